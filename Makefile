@@ -1,0 +1,46 @@
+# homeloc — two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= data/sample_userdays.csv
+OUT    ?= out
+USERS  ?= 20000
+
+.PHONY: setup run test test-fast lint pg-setup browser-setup bench bench-hll clean
+
+setup: $(STAMP)  ## create .venv with .venv/bin/homeloc (idempotent)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: setup  ## run the whole pipeline on a sample (or DATA=...) with the embedded HLL backend
+	test -f $(DATA) || $(BIN)/homeloc synth --users $(USERS) --out $(DATA) --seed 7
+	$(BIN)/homeloc run --input $(DATA) --out $(OUT)
+
+pg-setup:  ## PostgreSQL with the hll extension, where this machine can have it
+	bash scripts/pg-setup.sh
+
+browser-setup:  ## Debian's Chromium for the browser test
+	bash scripts/browser-setup.sh
+
+lint: setup
+	$(BIN)/ruff check homeloc_assets homeloc_tests benchmarks
+
+test: setup pg-setup browser-setup lint  ## everything the tests need, then the whole suite
+	$(BIN)/python -m pytest homeloc_tests
+
+test-fast: setup
+	$(BIN)/python -m pytest homeloc_tests -m "not slow and not browser"
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+bench-hll: setup
+	$(BIN)/python benchmarks/bench_hll.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -1,0 +1,47 @@
+"""Shared fixtures: a live PostgreSQL with the hll extension, and small data sets."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+PG_DSN = os.environ.get("HOMELOC_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
+
+
+def _require_pg() -> bool:
+    return os.environ.get("HOMELOC_REQUIRE_PG", "") not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """DSN of a PostgreSQL with the hll extension created.
+
+    Skips when no server or no extension is there, unless HOMELOC_REQUIRE_PG=1
+    (set by CI), where it fails instead.
+    """
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(PG_DSN, connect_timeout=5)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS hll")
+        conn.close()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no usable server"
+        reason = f"PostgreSQL with the hll extension not available at {PG_DSN!r}: {exc}"
+        if _require_pg():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return PG_DSN
+
+
+@pytest.fixture()
+def pg_conn(pg_dsn):
+    """A psycopg2 connection (autocommit) to the test database."""
+    import psycopg2
+
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    yield conn
+    conn.close()
