@@ -1,0 +1,74 @@
+"""Embedded postgresql-hll engine: decode, count, union and add hlls exactly like PostgreSQL.
+
+Owns everything about ``hll`` values outside the database: the storage
+format (``_format``), the scalar operations with hll.c's semantics and
+estimator (``_ops``), the ``hll_hash_*`` functions (``_hash``) and the
+vectorised batch functions for the pipeline (``_vector``).  No Dagster here.
+
+Why hand-written: python-hll on PyPI is unmaintained and fails to import on
+numpy 2, and no maintained library reproduces postgresql-hll byte for byte
+(its promotion rules EXPLICIT -> SPARSE -> FULL, the auto explicit threshold,
+the sparse cutoff, and its exact floating-point estimator).  Results are
+checked value by value against a live PostgreSQL with the extension.
+
+Conventions:
+  * an hll argument may be ``bytes``/``bytearray``/``memoryview`` or
+    PostgreSQL bytea hex text (``'\\x1281...'``, any case, surrounding
+    whitespace tolerated);
+  * every malformed input raises :class:`HLLError` (a ``ValueError``) saying
+    which value is wrong and why;
+  * SQL NULL results map to None: ``cardinality`` of an UNDEFINED hll and
+    ``union`` of zero inputs (hll_union_agg over zero rows).
+"""
+
+from ._format import (
+    EMPTY,
+    EXPLICIT,
+    FULL,
+    HLL,
+    SPARSE,
+    TYPE_NAMES,
+    UNDEFINED,
+    HLLError,
+    Params,
+    decode,
+    encode,
+    to_hex,
+)
+from ._hash import (
+    hash_any,
+    hash_bigint,
+    hash_boolean,
+    hash_bytea,
+    hash_integer,
+    hash_smallint,
+    hash_text,
+)
+from ._ops import add, cardinality, describe, empty, union
+
+__all__ = [
+    "EMPTY",
+    "EXPLICIT",
+    "FULL",
+    "HLL",
+    "SPARSE",
+    "TYPE_NAMES",
+    "UNDEFINED",
+    "HLLError",
+    "Params",
+    "add",
+    "cardinality",
+    "decode",
+    "describe",
+    "empty",
+    "encode",
+    "hash_any",
+    "hash_bigint",
+    "hash_boolean",
+    "hash_bytea",
+    "hash_integer",
+    "hash_smallint",
+    "hash_text",
+    "to_hex",
+    "union",
+]
