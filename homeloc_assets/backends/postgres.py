@@ -1,0 +1,216 @@
+"""The PostgreSQL backend: batch-wise, set-based SQL on the hll extension.
+
+Per call, the batch's HLLs go into a temporary table in one ``COPY`` and one
+``hll_union_agg ... GROUP BY`` returns every group's estimate: never a round
+trip per user. Lost connections are retried with back-off; the password comes
+only from the environment and never appears in messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from homeloc_assets.backends.base import BackendError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "install it on the server (Debian: `apt-get install -y postgresql-15-hll`) "
+    "and run `CREATE EXTENSION hll;` in the database"
+)
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """Where the hll-enabled PostgreSQL is. The password is read from the environment."""
+
+    dsn: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 5432
+    dbname: str = "postgres"
+    user: str = "postgres"
+    password_env: str = "HOMELOC_PG_PASSWORD"
+    retries: int = 5
+    backoff_seconds: float = 0.5
+    connect_timeout: int = 10
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> PostgresSettings:
+        """Read ``HOMELOC_PG_DSN`` or ``HOMELOC_PG_HOST/PORT/DB/USER``."""
+        env = dict(os.environ if env is None else env)
+        return cls(
+            dsn=env.get("HOMELOC_PG_DSN") or None,
+            host=env.get("HOMELOC_PG_HOST", cls.host),
+            port=int(env.get("HOMELOC_PG_PORT", cls.port)),
+            dbname=env.get("HOMELOC_PG_DB", cls.dbname),
+            user=env.get("HOMELOC_PG_USER", cls.user),
+            retries=int(env.get("HOMELOC_PG_RETRIES", cls.retries)),
+        )
+
+    def connect_kwargs(self) -> dict[str, object]:
+        """Arguments for ``psycopg2.connect``; the password only from the environment."""
+        kw: dict[str, object] = {"connect_timeout": self.connect_timeout}
+        if self.dsn:
+            kw["dsn"] = self.dsn
+        else:
+            kw.update(host=self.host, port=self.port, dbname=self.dbname, user=self.user)
+        password = os.environ.get(self.password_env)
+        if password:
+            kw["password"] = password
+        return kw
+
+    def describe(self) -> str:
+        """Where we connect, with any password removed."""
+        if self.dsn:
+            return redact(self.dsn)
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+_SECRET_PATTERNS = [
+    re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE),
+    re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)"),
+]
+
+
+def redact(text: str) -> str:
+    """Remove passwords from a DSN, URL or error message."""
+    text = _SECRET_PATTERNS[0].sub(r"\1***", text)
+    text = _SECRET_PATTERNS[1].sub(r"\1***\3", text)
+    secret = os.environ.get("HOMELOC_PG_PASSWORD") or os.environ.get("PGPASSWORD")
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+
+
+class PostgresBackend:
+    """Grouped unions in PostgreSQL's hll extension, one COPY and one query per call."""
+
+    name = "postgres"
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        self.settings = settings
+        self._conn = None
+
+    # -- connection -------------------------------------------------------
+    def _connect(self):
+        import psycopg2
+
+        conn = psycopg2.connect(**self.settings.connect_kwargs())
+        conn.autocommit = False
+        with conn.cursor() as cur:
+            cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'hll'")
+            if cur.fetchone() is None:
+                try:
+                    cur.execute("CREATE EXTENSION IF NOT EXISTS hll")
+                    conn.commit()
+                except psycopg2.Error as exc:
+                    conn.close()
+                    raise BackendError(
+                        f"the hll extension is not available in {self.settings.describe()}: "
+                        f"{INSTALL_HINT} ({redact(str(exc).strip())})"
+                    ) from None
+            cur.execute(
+                "CREATE TEMPORARY TABLE IF NOT EXISTS homeloc_batch (g bigint NOT NULL, h hll NOT NULL)"
+            )
+        conn.commit()
+        return conn
+
+    def _with_retry(self, work):
+        import psycopg2
+
+        delay = self.settings.backoff_seconds
+        last: Exception | None = None
+        for attempt in range(1, self.settings.retries + 2):
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect()
+                return work(self._conn)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                last = exc
+                self._drop()
+                if attempt > self.settings.retries:
+                    break
+                log.warning(
+                    "PostgreSQL at %s: %s; retry %d/%d in %.1fs",
+                    self.settings.describe(),
+                    redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__),
+                    attempt,
+                    self.settings.retries,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        msg = redact(str(last).strip().splitlines()[0]) if last and str(last).strip() else "no answer"
+        raise BackendError(
+            f"PostgreSQL at {self.settings.describe()} unreachable after "
+            f"{self.settings.retries + 1} attempts: {msg}"
+        )
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # closing a dead connection
+                self._conn.close()
+        self._conn = None
+
+    # -- work -------------------------------------------------------------
+    def check(self) -> str:
+        """Connect, verify the extension, and say where (no password)."""
+
+        def work(conn):
+            with conn.cursor() as cur:
+                cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'hll'")
+                version = cur.fetchone()[0]
+            conn.rollback()
+            return f"PostgreSQL hll {version} at {self.settings.describe()}"
+
+        return self._with_retry(work)
+
+    def grouped_cardinality(
+        self, blobs: pa.Array, groups: np.ndarray, n_groups: int
+    ) -> np.ndarray:
+        """``hll_cardinality(hll_union_agg(h)) GROUP BY g`` for one batch."""
+        groups = np.asarray(groups, dtype=np.int64)
+        if isinstance(blobs, pa.ChunkedArray):
+            blobs = blobs.combine_chunks()
+        lines = [
+            b"%d\t\\\\x%s\n" % (g, v.hex().encode())
+            for g, v in zip(groups.tolist(), blobs.to_pylist(), strict=True)
+        ]
+        payload = b"".join(lines)
+
+        def work(conn):
+            with conn.cursor() as cur:
+                cur.execute("TRUNCATE homeloc_batch")
+                cur.copy_expert("COPY homeloc_batch (g, h) FROM STDIN", io.BytesIO(payload))
+                cur.execute(
+                    "SELECT g, hll_cardinality(hll_union_agg(h)) FROM homeloc_batch GROUP BY g"
+                )
+                got = cur.fetchall()
+            conn.rollback()
+            return got
+
+        rows = self._with_retry(work)
+        out = np.zeros(n_groups, dtype=np.float64)
+        if rows:
+            g = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            c = np.fromiter(
+                (np.nan if r[1] is None else r[1] for r in rows), dtype=np.float64, count=len(rows)
+            )
+            out[g] = c
+        return out
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._drop()
+
+    def __getstate__(self):
+        return {"settings": self.settings, "_conn": None}

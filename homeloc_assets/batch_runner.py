@@ -1,0 +1,129 @@
+"""Run many user batches on all cores and write their partition files.
+
+A batch is processed by ``inference.process_batch`` in a worker process; the
+worker writes each of the batch's tables atomically where the IO manager keeps
+that asset's partition, then its counts file last: a batch is finished exactly
+when that file exists, so a killed run resumes without redoing finished
+batches. No Dagster here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from homeloc_assets.atomic import write_text_atomic
+from homeloc_assets.backends import PostgresSettings, make_backend
+from homeloc_assets.catalog import BatchRef
+from homeloc_assets.inference import process_batch
+from homeloc_assets.tables import write_table
+
+#: asset name -> attribute of BatchResult
+BATCH_TABLES = {
+    "user_locations": "locations",
+    "user_country_userdays": "country_userdays",
+    "user_home_locations": "homes",
+    "rejected_rows": "rejects",
+}
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every worker needs, pickled once per worker."""
+
+    country_names: np.ndarray
+    country_codes: np.ndarray
+    lookup_pickle: bytes
+    backend: str
+    pg: PostgresSettings | None
+    tables_dir: str
+    stats_dir: str
+
+
+_STATE: dict = {}
+
+
+def _init_worker(setup: WorkerSetup) -> None:
+    _STATE["setup"] = setup
+    _STATE["lookup"] = pickle.loads(setup.lookup_pickle)
+    _STATE["backend"] = make_backend(setup.backend, setup.pg)
+
+
+def _run_one(ref: BatchRef) -> dict:
+    setup: WorkerSetup = _STATE["setup"]
+    result = process_batch(
+        ref.path,
+        ref.start,
+        ref.end,
+        setup.country_names,
+        setup.country_codes,
+        _STATE["lookup"],
+        _STATE["backend"],
+    )
+    files = {}
+    for asset, attr in BATCH_TABLES.items():
+        target = Path(setup.tables_dir) / asset / f"{ref.key}.parquet"
+        write_table(getattr(result, attr), target)
+        files[asset] = str(target)
+    stats = dict(result.stats, key=ref.key, plan_id=ref.plan_id, index=ref.index)
+    # written last: a batch is finished exactly when its stats file exists
+    write_text_atomic(Path(setup.stats_dir) / f"{ref.key}.json", json.dumps(stats, sort_keys=True))
+    return {"key": ref.key, "files": files, "stats": stats}
+
+
+def run_batches(
+    refs: Sequence[BatchRef],
+    setup: WorkerSetup,
+    workers: int,
+    on_done: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Process ``refs`` on ``workers`` processes (in this process when 1); results in input order."""
+    results: list[dict] = []
+    for res in _iter_results(refs, setup, workers):
+        if on_done is not None:
+            on_done(res)
+        results.append(res)
+    order = {r.key: i for i, r in enumerate(refs)}
+    results.sort(key=lambda r: order[r["key"]])
+    return results
+
+
+def _iter_results(refs: Sequence[BatchRef], setup: WorkerSetup, workers: int) -> Iterator[dict]:
+    workers = max(1, min(workers, len(refs)))
+    if workers == 1:
+        _init_worker(setup)
+        try:
+            for ref in refs:
+                yield _run_one(ref)
+        finally:
+            _STATE["backend"].close()
+            _STATE.clear()
+        return
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(setup,)
+    ) as pool:
+        yield from pool.map(_run_one, refs, chunksize=1)
+
+
+def read_stats(stats_dir: str | os.PathLike[str], key: str) -> dict | None:
+    """The counts a worker recorded for batch ``key`` (None: not finished)."""
+    path = Path(stats_dir) / f"{key}.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def is_finished(tables_dir: str | os.PathLike[str], stats_dir: str | os.PathLike[str], key: str) -> bool:
+    """True when batch ``key`` has its counts file and all its tables."""
+    if not (Path(stats_dir) / f"{key}.json").exists():
+        return False
+    return all((Path(tables_dir) / a / f"{key}.parquet").exists() for a in BATCH_TABLES)

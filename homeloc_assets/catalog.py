@@ -1,0 +1,85 @@
+"""The batch catalog: which input files are cut into which user batches.
+
+A batch plan is stored as JSON under ``<storage>/plans/<plan_id>.json``; the
+dynamic partition keys are ``<plan_id>-<index>``. The plan id covers the file's
+fingerprint and the batch size, so a changed file or batch size gives new keys
+and old results can never mix with new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from homeloc_assets.atomic import write_text_atomic
+from homeloc_assets.inputs import BatchPlan, plan_batches
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """One batch: its partition key, file and byte range."""
+
+    key: str
+    plan_id: str
+    index: int
+    path: str
+    start: int
+    end: int
+
+
+def plan_id_for(plan: BatchPlan, batch_users: int) -> str:
+    """``<stem>-<8 hex>`` from the file name, its fingerprint and the batch size."""
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(plan.path).stem)[:40] or "input"
+    digest = hashlib.sha1(f"{plan.fingerprint}:{batch_users}".encode()).hexdigest()[:8]
+    return f"{stem}-{digest}"
+
+
+def split_key(key: str) -> tuple[str, int]:
+    """``(plan_id, index)`` of a partition key."""
+    plan_id, _, index = key.rpartition("-")
+    if not plan_id or not index.isdigit():
+        raise ValueError(f"not a homeloc batch key: {key!r}")
+    return plan_id, int(index)
+
+
+class Catalog:
+    """Plans on disk, looked up by partition key."""
+
+    def __init__(self, storage_dir: str | Path) -> None:
+        self.root = Path(storage_dir)
+        self.plans_dir = self.root / "plans"
+
+    def register(self, path: str | Path, batch_users: int) -> tuple[str, list[str]]:
+        """Plan ``path`` (seeks only), store the plan, return ``(plan_id, keys)``."""
+        plan = plan_batches(path, batch_users)
+        plan_id = plan_id_for(plan, batch_users)
+        doc = {"plan_id": plan_id, "batch_users": batch_users, "plan": plan.to_dict()}
+        target = self.plans_dir / f"{plan_id}.json"
+        if not target.exists() or json.loads(target.read_text()) != doc:
+            write_text_atomic(target, json.dumps(doc, indent=1, sort_keys=True))
+        return plan_id, [f"{plan_id}-{b.index:05d}" for b in plan.batches]
+
+    def load_plan(self, plan_id: str) -> BatchPlan:
+        """The stored plan ``plan_id``."""
+        target = self.plans_dir / f"{plan_id}.json"
+        if not target.exists():
+            raise KeyError(f"no batch plan {plan_id!r} in {self.plans_dir}")
+        return BatchPlan.from_dict(json.loads(target.read_text())["plan"])
+
+    def batch(self, key: str) -> BatchRef:
+        """The batch behind partition ``key``."""
+        plan_id, index = split_key(key)
+        plan = self.load_plan(plan_id)
+        if index >= len(plan.batches):
+            raise KeyError(f"batch {key!r}: plan {plan_id!r} has {len(plan.batches)} batches")
+        b = plan.batches[index]
+        return BatchRef(key, plan_id, index, str(plan.path), b.start, b.end)
+
+    def plan_ids(self) -> list[str]:
+        """All stored plan ids."""
+        if not self.plans_dir.exists():
+            return []
+        return sorted(p.stem for p in self.plans_dir.glob("*.json"))

@@ -1,0 +1,377 @@
+"""The ``homeloc`` command: run the pipeline headless, make data, inspect HLLs, open the UI.
+
+``homeloc run`` materialises the same Dagster definitions as the UI, against a
+persistent instance (``DAGSTER_HOME``, by default ``<out>/.homeloc/dagster_home``)
+so that running the same command again resumes: finished batches are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A failure with a one-line reason for the user."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- run
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run the whole pipeline on a userdays CSV")
+    p.add_argument("--input", required=True, help="userdays CSV sorted by user_guid")
+    p.add_argument("--out", default=None, help="export folder (default: HOMELOC_OUTPUT_DIR or ./out)")
+    p.add_argument("--backend", choices=["embedded", "postgres"], default=None,
+                   help="HLL engine (default: HOMELOC_HLL_BACKEND or embedded)")
+    p.add_argument("--study-country", default=None, help="name or ISO alpha-3 code (default Germany)")
+    p.add_argument("--min-userdays", type=float, default=None,
+                   help="users with fewer distinct userdays are undetermined (default 0)")
+    p.add_argument("--batch-users", type=int, default=None, help="users per batch (default 50000)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    p.add_argument("--max-reject-share", type=float, default=None,
+                   help="fail when more than this share of rows is rejected (default 0.01)")
+    p.add_argument("--dagster-home", default=None,
+                   help="Dagster instance folder (default: DAGSTER_HOME or <out>/.homeloc/dagster_home)")
+    p.add_argument("--fresh", action="store_true", help="recompute finished batches too")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _instance(home: Path):
+    import dagster as dg
+
+    home.mkdir(parents=True, exist_ok=True)
+    cfg = home / "dagster.yaml"
+    if not cfg.exists():
+        cfg.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(home.resolve())
+    return dg.DagsterInstance.get()
+
+
+def _failure_reason(result) -> str:
+    """The innermost error message of a failed in-process run, on one line."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            err = event.step_failure_data.error
+            while err is not None and err.cause is not None:
+                err = err.cause
+            if err is not None:
+                msg = err.message.strip().splitlines()
+                text = msg[-1] if msg else err.cls_name
+                return text.split(": ", 1)[1] if text.startswith(err.cls_name or "\0") else text
+    return "run failed"
+
+
+def _quiet_logs() -> dict:
+    return {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+class _Progress:
+    """Batches done and users/s, from the stats files the workers write."""
+
+    def __init__(self, stats_dir: Path, keys: list[str], quiet: bool) -> None:
+        self.stats_dir, self.keys, self.quiet = stats_dir, keys, quiet
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.tty = sys.stderr.isatty()
+
+    def _done(self) -> tuple[int, int]:
+        n = users = 0
+        for k in self.keys:
+            p = self.stats_dir / f"{k}.json"
+            if p.exists():
+                try:
+                    users += json.loads(p.read_text())["users"]
+                    n += 1
+                except (ValueError, KeyError, OSError):
+                    pass
+        return n, users
+
+    def _loop(self) -> None:
+        start = time.monotonic()
+        total = len(self.keys)
+        if self.tty:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            with Progress(TextColumn("batches"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                          console=None, transient=False) as bar:
+                task = bar.add_task("batches", total=total, rate="")
+                while True:
+                    n, users = self._done()
+                    rate = users / max(time.monotonic() - start, 1e-9)
+                    bar.update(task, completed=n, rate=f"{rate:,.0f} users/s")
+                    if self._stop.wait(0.5):
+                        n, users = self._done()
+                        bar.update(task, completed=n)
+                        return
+        else:
+            last = -1
+            while True:
+                n, users = self._done()
+                if n != last:
+                    rate = users / max(time.monotonic() - start, 1e-9)
+                    print(f"homeloc: batches {n}/{total}, {users} users, {rate:,.0f} users/s",
+                          file=sys.stderr, flush=True)
+                    last = n
+                if self._stop.wait(2.0):
+                    return
+
+    def __enter__(self):
+        if not self.quiet:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+def cmd_run(args) -> int:
+    """Materialise everything for one input file; print the summary."""
+    import dagster as dg
+
+    from homeloc_assets.settings import Settings
+
+    t0 = time.monotonic()
+    input_path = Path(args.input)
+    if not input_path.is_file():
+        raise CliError(f"input file not found: {input_path}", EXIT_USAGE)
+    base = Settings.from_env()
+    out = Path(args.out or base.output_dir)
+    try:
+        settings = base.with_(
+            output_dir=str(out),
+            input_dir=str(input_path.parent),
+            backend=args.backend,
+            study_country=args.study_country,
+            min_userdays=args.min_userdays,
+            batch_users=args.batch_users,
+            workers=args.workers,
+            max_reject_share=args.max_reject_share,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if args.backend:
+        os.environ["HOMELOC_HLL_BACKEND"] = args.backend
+    home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or out / ".homeloc" / "dagster_home")
+    instance = _instance(home)
+
+    from homeloc_assets.catalog import Catalog
+    from homeloc_assets.definitions import build_definitions
+    from homeloc_assets.defs.batches import user_batches
+    from homeloc_assets.inputs import InputError
+
+    catalog = Catalog(settings.storage_path)
+    try:
+        plan_id, keys = catalog.register(input_path, settings.batch_users)
+    except InputError as exc:
+        raise CliError(f"{input_path}: {exc}", EXIT_USAGE) from None
+    _sync_partitions(instance, catalog, user_batches.name, input_path, plan_id, keys)
+
+    defs = build_definitions(settings)
+    assets = defs.assets
+    resources = defs.resources
+    log_cfg = _quiet_logs()
+    say = (lambda *a: None) if args.quiet else (lambda m: print(f"homeloc: {m}", file=sys.stderr, flush=True))
+
+    say(f"{input_path}: {len(keys)} batch(es) of about {settings.batch_users} users; "
+        f"backend {settings.backend}; {settings.n_workers} worker(s)")
+    res = dg.materialize(assets, selection=["world_countries", "countries"], instance=instance,
+                         resources=resources, run_config=log_cfg, raise_on_error=False)
+    if not res.success:
+        raise CliError(f"countries: {_failure_reason(res)}")
+
+    from homeloc_assets.batch_runner import is_finished
+
+    cfg = settings
+    tdir = cfg.storage_path / "assets"
+    todo = [k for k in keys if args.fresh or not is_finished(tdir, stats_dir_for(cfg), k)]
+    if len(todo) < len(keys):
+        say(f"resuming: {len(keys) - len(todo)} finished batch(es) kept")
+    if todo:
+        tags = {
+            "dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1],
+        }
+        run_config = dict(log_cfg)
+        run_config["ops"] = {"user_batch_assets": {"config": {"reuse_finished": not args.fresh}}}
+        with _Progress(stats_dir_for(cfg), keys, args.quiet):
+            res = dg.materialize(
+                assets,
+                selection=["user_locations", "user_country_userdays", "user_home_locations",
+                           "rejected_rows"],
+                instance=instance, resources=resources, run_config=run_config,
+                tags=tags, raise_on_error=False,
+            )
+        if not res.success:
+            raise CliError(f"batches: {_failure_reason(res)}")
+    res = dg.materialize(assets, selection=["user_classification", "homeloc_exports"],
+                         instance=instance, resources=resources, run_config=log_cfg,
+                         raise_on_error=False)
+    if not res.success:
+        raise CliError(_failure_reason(res))
+    summary = json.loads((out / "summary.json").read_text())
+    elapsed = time.monotonic() - t0
+    _print_summary(summary, out, elapsed)
+    return EXIT_OK
+
+
+def stats_dir_for(settings) -> Path:
+    """Where finished batches record their counts."""
+    return settings.storage_path / "batch_stats"
+
+
+def _sync_partitions(instance, catalog, name: str, path: Path, plan_id: str, keys: list[str]) -> None:
+    """Add this plan's batches; retire batches of older versions of the same file."""
+    existing = instance.get_dynamic_partitions(name)
+    resolved = str(path.resolve())
+    for key in existing:
+        if key in keys:
+            continue
+        other_plan = key.rpartition("-")[0]
+        try:
+            other_path = str(Path(catalog.load_plan(other_plan).path).resolve())
+        except KeyError:
+            other_path = None
+        if other_path == resolved or other_path is None:
+            instance.delete_dynamic_partition(name, key)
+    have = set(instance.get_dynamic_partitions(name))
+    new = [k for k in keys if k not in have]
+    if new:
+        instance.add_dynamic_partitions(name, new)
+
+
+def _print_summary(s: dict, out: Path, elapsed: float) -> None:
+    users = s["users"]
+    rate = users / elapsed if elapsed > 0 else 0.0
+    lines = [
+        f"users              {users:>12,}",
+        f"  with a home      {s['users_with_home']:>12,}",
+        f"  Locals           {s['locals']:>12,}",
+        f"  Tourists         {s['tourists']:>12,}",
+        f"  undetermined     {s['undetermined']:>12,}",
+        f"rows               {s['rows']:>12,}",
+        f"rejected rows      {s['rejected_rows']:>12,}",
+        f"points in no country {s['points_in_no_country']:>10,}",
+        f"time               {elapsed:>11.1f}s ({rate:,.0f} users/s)",
+        f"exports            {out.resolve()}",
+    ]
+    print("\n".join(lines))
+
+
+# ------------------------------------------------------------------------- synth
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="generate a synthetic userdays CSV with known truth")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+
+def cmd_synth(args) -> int:
+    """Delegate to the generator's own argument parser."""
+    from homeloc_assets.synth import synth_main
+
+    return synth_main(args.rest)
+
+
+# --------------------------------------------------------------------------- hll
+def _add_hll(sub) -> None:
+    p = sub.add_parser("hll", help="inspect postgresql-hll values (like hll_print / hll_cardinality)")
+    p.add_argument("op", choices=["card", "union", "print"])
+    p.add_argument("values", nargs="*", help="'\\x..' hex values (default: one per line on stdin)")
+
+
+def cmd_hll(args) -> int:
+    """``card``: one cardinality per value; ``union``: the union's hex; ``print``: describe."""
+    from homeloc_assets import hll
+
+    values = args.values or [ln.strip() for ln in sys.stdin if ln.strip()]
+    if not values:
+        raise CliError("no hll values given (arguments or stdin)", EXIT_USAGE)
+    try:
+        if args.op == "card":
+            for v in values:
+                print(repr(hll.cardinality(v)))
+        elif args.op == "union":
+            u = hll.union(values)
+            print(hll.to_hex(u))
+        else:
+            for v in values:
+                print(hll.describe(v))
+    except hll.HLLError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- ui
+def _add_ui(sub) -> None:
+    p = sub.add_parser("ui", help="open the Dagster UI on this project (dagster dev)")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="127.0.0.1")
+
+
+def cmd_ui(args) -> int:
+    """Run ``dagster dev`` on the project's workspace."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "dagster", "dev", "-h", args.host, "-p", str(args.port)]
+    ws = root / "workspace.yaml"
+    if ws.exists():
+        cmd += ["-w", str(ws)]
+    else:
+        cmd += ["-m", "homeloc_assets.definitions"]
+    return subprocess.call(cmd, cwd=root if ws.exists() else None)
+
+
+# -------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``homeloc`` console script."""
+    parser = argparse.ArgumentParser(prog="homeloc", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_synth(sub)
+    _add_hll(sub)
+    _add_ui(sub)
+    extra = _explain_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handlers = {"run": cmd_run, "synth": cmd_synth, "hll": cmd_hll, "ui": cmd_ui, **extra}
+    try:
+        return handlers[args.command](args)
+    except CliError as exc:
+        print(f"homeloc: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("homeloc: interrupted", file=sys.stderr)
+        return 130
+
+
+def _explain_parser(sub) -> dict:
+    """``homeloc explain`` when its module is present."""
+    try:
+        from homeloc_assets.explain import add_parser, cmd_explain
+    except ImportError:
+        return {}
+    add_parser(sub)
+    return {"explain": cmd_explain}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

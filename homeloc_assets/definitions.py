@@ -1,0 +1,39 @@
+"""The one ``Definitions`` of homeloc: assets, checks, resources, IO manager.
+
+``workspace.yaml`` points here and ``homeloc run`` builds the same definitions
+with ``build_definitions`` (its flags become ``Settings``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from homeloc_assets.defs.batches import user_batch_assets, user_batches
+from homeloc_assets.defs.classification import homeloc_exports, user_classification
+from homeloc_assets.defs.countries import countries, world_countries
+from homeloc_assets.defs.io_managers import HomelocIOManager
+from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
+from homeloc_assets.settings import Settings
+
+ASSETS = [world_countries, countries, user_batch_assets, user_classification, homeloc_exports]
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    """Definitions for ``settings`` (default: from the ``HOMELOC_*`` environment)."""
+    settings = settings or Settings.from_env()
+    storage = settings.storage_path
+    return dg.Definitions(
+        assets=ASSETS,
+        resources={
+            "homeloc": HomelocConfig.from_settings(settings),
+            "hll_backend": HllBackendResource.from_env(settings.backend),
+            "io_manager": HomelocIOManager(base_dir=str(Path(storage) / "assets")),
+        },
+    )
+
+
+defs = build_definitions()
+
+__all__ = ["ASSETS", "build_definitions", "defs", "user_batches"]

@@ -1,0 +1,1 @@
+"""Dagster wiring: assets, checks, partitions, sensors, schedules, resources, IO managers."""

@@ -1,0 +1,221 @@
+"""The per-batch assets: user_locations, user_country_userdays, user_home_locations, rejected_rows.
+
+One step computes all four for its batches (they come from the same pass over
+the bytes), partitioned by the dynamic ``user_batches`` partitions. A run may
+cover a range of batches: they are processed on all cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import dagster as dg
+import geopandas as gpd
+import numpy as np
+import shapely
+
+from homeloc_assets.batch_runner import (
+    BATCH_TABLES,
+    WorkerSetup,
+    is_finished,
+    read_stats,
+    run_batches,
+)
+from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
+from homeloc_assets.geo import CountryLookup
+from homeloc_assets.tables import StagedPartitions
+
+user_batches = dg.DynamicPartitionsDefinition(name="user_batches")
+
+#: Batches per run in UI backfills: few runs (low Dagster overhead), each on all cores.
+BACKFILL_BATCHES_PER_RUN = 16
+
+POINTS_IN_NO_COUNTRY_WARN = 0.05
+
+
+class BatchRunConfig(dg.Config):
+    """Run options for the batch step."""
+
+    reuse_finished: bool = False
+    """Keep batches whose files are complete (resume after a crash) instead of recomputing."""
+
+
+def tables_dir(config: HomelocConfig) -> Path:
+    """Where the IO manager keeps asset files."""
+    return Path(config.storage_dir) / "assets"
+
+
+def stats_dir(config: HomelocConfig) -> Path:
+    """Where each finished batch records its counts."""
+    return Path(config.storage_dir) / "batch_stats"
+
+
+def country_lookup(countries: gpd.GeoDataFrame, storage_dir: str | Path) -> CountryLookup:
+    """The grid lookup for ``countries``, cached on disk by the geometries' hash."""
+    wkb = shapely.to_wkb(np.asarray(countries.geometry.array, dtype=object))
+    digest = hashlib.sha1(b"".join(wkb)).hexdigest()[:16]
+    cache = Path(storage_dir) / "lookup" / f"countries-{digest}.npz"
+    if cache.exists():
+        try:
+            return CountryLookup.load(cache, countries)
+        except Exception:  # noqa: BLE001 - a stale or damaged cache is rebuilt
+            cache.unlink(missing_ok=True)
+    lookup = CountryLookup.from_countries(countries)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    lookup.save(cache)
+    return lookup
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "user_locations",
+            deps=["countries"],
+            partitions_def=user_batches,
+            group_name="users",
+            kinds={"pyarrow", "parquet"},
+            description=(
+                "Validated input rows of one user batch with the country of each point "
+                "(`country`/`country_code` null: in no country) and the row's input line."
+            ),
+        ),
+        dg.AssetSpec(
+            "user_country_userdays",
+            deps=["countries"],
+            partitions_def=user_batches,
+            group_name="users",
+            kinds={"pyarrow", "parquet"},
+            description=(
+                "Per user and country: `userdays` = hll_cardinality(hll_union_agg(userday_hll)) "
+                "over the user's locations in that country, and the number of `locations`."
+            ),
+        ),
+        dg.AssetSpec(
+            "user_home_locations",
+            deps=["countries"],
+            partitions_def=user_batches,
+            group_name="users",
+            kinds={"pyarrow", "parquet"},
+            description=(
+                "Per user the home country (most distinct userdays), its `userdays`, the user's "
+                "`total_userdays` over all countries, `home_share`, `runner_up` with its "
+                "userdays, `margin` and a `tie` flag (ties go to the first country by name)."
+            ),
+        ),
+        dg.AssetSpec(
+            "rejected_rows",
+            deps=["countries"],
+            partitions_def=user_batches,
+            group_name="users",
+            kinds={"pyarrow", "parquet"},
+            description="Input rows rejected in this batch: `line` (relative to the batch), `reason`, `raw`.",
+        ),
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "one_home_per_user",
+            asset="user_home_locations",
+            description="No user has two home rows; every user is in exactly one batch.",
+        ),
+        dg.AssetCheckSpec(
+            "points_in_a_country",
+            asset="user_locations",
+            description=f"Warn when over {POINTS_IN_NO_COUNTRY_WARN:.0%} of points fall in no country.",
+        ),
+    ],
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_BATCHES_PER_RUN),
+    pool="homeloc_batches",
+    ins={"countries": dg.AssetIn("countries")},
+)
+def user_batch_assets(
+    context: dg.AssetExecutionContext,
+    config: BatchRunConfig,
+    homeloc: HomelocConfig,
+    hll_backend: HllBackendResource,
+    countries: gpd.GeoDataFrame,
+):
+    """Read, validate, locate and union the batches of this run on all cores."""
+    keys = list(context.partition_keys)
+    catalog = homeloc.catalog
+    refs = [catalog.batch(k) for k in keys]
+    tdir, sdir = tables_dir(homeloc), stats_dir(homeloc)
+    todo = [
+        r for r in refs if not (config.reuse_finished and is_finished(tdir, sdir, r.key))
+    ]
+    reused = len(refs) - len(todo)
+    backend = hll_backend.make()
+    context.log.info(f"HLL backend: {backend.check()}")
+    backend.close()
+    lookup = country_lookup(countries, homeloc.storage_dir)
+    setup = WorkerSetup(
+        country_names=countries["country"].to_numpy(dtype=object),
+        country_codes=countries["country_code"].to_numpy(dtype=object),
+        lookup_pickle=pickle.dumps(lookup),
+        backend=hll_backend.backend,
+        pg=hll_backend.pg_settings if hll_backend.backend == "postgres" else None,
+        tables_dir=str(tdir),
+        stats_dir=str(sdir),
+    )
+    done = {"n": 0}
+
+    def progress(res: dict) -> None:
+        done["n"] += 1
+        s = res["stats"]
+        context.log.info(
+            f"batch {res['key']} done ({done['n']}/{len(todo)}): {s['users']} users, "
+            f"{s['rows']} rows, {s['rejected']} rejected"
+        )
+
+    run_batches(todo, setup, homeloc.settings.n_workers, on_done=progress)
+
+    stats = [read_stats(sdir, r.key) for r in refs]
+    total = {
+        k: int(sum(s[k] for s in stats))
+        for k in ("rows", "rejected", "users", "users_with_home", "points_in_no_country", "ties")
+    }
+    files = {
+        asset: StagedPartitions(
+            {r.key: tdir / asset / f"{r.key}.parquet" for r in refs},
+            metadata={"batches": len(refs), "batches_reused": reused},
+        )
+        for asset in BATCH_TABLES
+    }
+    share_none = total["points_in_no_country"] / total["rows"] if total["rows"] else 0.0
+    yield dg.Output(
+        files["user_locations"],
+        output_name="user_locations",
+        metadata={"rows": total["rows"], "points_in_no_country": total["points_in_no_country"],
+                  "share_in_no_country": round(share_none, 6)},
+    )
+    yield dg.Output(files["user_country_userdays"], output_name="user_country_userdays",
+                    metadata={"users": total["users"]})
+    yield dg.Output(
+        files["user_home_locations"],
+        output_name="user_home_locations",
+        metadata={"users": total["users"], "users_with_home": total["users_with_home"],
+                  "ties": total["ties"]},
+    )
+    yield dg.Output(files["rejected_rows"], output_name="rejected_rows",
+                    metadata={"rejected": total["rejected"]})
+    dup = sum(s.get("duplicate_users", 0) for s in stats)
+    overlaps = [
+        b["key"]
+        for a, b in zip(stats, stats[1:], strict=False)
+        if a["plan_id"] == b["plan_id"] and a["last_user"] and b["first_user"]
+        and not a["last_user"] < b["first_user"]
+    ]
+    yield dg.AssetCheckResult(
+        check_name="one_home_per_user",
+        asset_key="user_home_locations",
+        passed=dup == 0 and not overlaps,
+        metadata={"duplicate_users": dup, "batches_overlapping_previous": len(overlaps)},
+    )
+    yield dg.AssetCheckResult(
+        check_name="points_in_a_country",
+        asset_key="user_locations",
+        passed=share_none <= POINTS_IN_NO_COUNTRY_WARN,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"share_in_no_country": round(share_none, 6)},
+    )

@@ -1,0 +1,201 @@
+"""Over all batches: the Local/Tourist classification and the export files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dagster as dg
+import geopandas as gpd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from homeloc_assets.batch_runner import read_stats
+from homeloc_assets.catalog import Catalog
+from homeloc_assets.defs.batches import stats_dir
+from homeloc_assets.defs.resources import HomelocConfig
+from homeloc_assets.exports import global_line_offsets, write_exports
+from homeloc_assets.geo import resolve_country
+from homeloc_assets.inference import (
+    CLASS_LOCAL,
+    CLASS_TOURIST,
+    CLASS_UNDETERMINED,
+    classify_homes,
+)
+from homeloc_assets.tables import PartitionedTables
+
+
+class RejectShareError(Exception):
+    """Too many rows were rejected to trust the result."""
+
+
+def batch_stats(config: HomelocConfig, keys: list[str]) -> dict[str, dict]:
+    """The counts of every batch in ``keys`` (all must be finished)."""
+    out = {}
+    for key in keys:
+        s = read_stats(stats_dir(config), key)
+        if s is None:
+            raise dg.Failure(f"batch {key} has no results yet: materialize it first")
+        out[key] = s
+    return out
+
+
+@dg.asset(
+    group_name="results",
+    kinds={"pyarrow", "parquet"},
+    ins={"user_home_locations": dg.AssetIn("user_home_locations"), "countries": dg.AssetIn()},
+    check_specs=[
+        dg.AssetCheckSpec("no_user_twice", asset="user_classification",
+                          description="Each user appears once over all batches."),
+        dg.AssetCheckSpec("reject_share_below_limit", asset="user_classification",
+                          description="Rejected rows stay below HOMELOC_MAX_REJECT_SHARE."),
+    ],
+    description=(
+        "Every user with a home: `Local` if the home is the study country (HOMELOC_STUDY_COUNTRY), "
+        "else `Tourist`; `undetermined` below HOMELOC_MIN_USERDAYS distinct userdays."
+    ),
+)
+def user_classification(
+    context: dg.AssetExecutionContext,
+    homeloc: HomelocConfig,
+    user_home_locations: PartitionedTables | pa.Table,
+    countries: gpd.GeoDataFrame,
+):
+    """Classify each user's home against the study country, batch by batch."""
+    homes = _as_partitioned(context, user_home_locations)
+    stats = batch_stats(homeloc, homes.keys())
+    rows = sum(s["rows"] for s in stats.values())
+    rejected = sum(s["rejected"] for s in stats.values())
+    share = rejected / (rows + rejected) if rows + rejected else 0.0
+    if share > homeloc.max_reject_share:
+        raise RejectShareError(
+            f"{rejected} of {rows + rejected} rows rejected ({share:.2%}) — above the limit of "
+            f"{homeloc.max_reject_share:.2%}; see rejected_rows for the reasons "
+            "(raise --max-reject-share to accept)"
+        )
+    name, code = resolve_country(countries, homeloc.study_country)
+    target = Path(homeloc.storage_dir) / "assets" / "user_classification.parquet"
+    counts = {CLASS_LOCAL: 0, CLASS_TOURIST: 0, CLASS_UNDETERMINED: 0}
+    guids = []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.parent / f".user_classification.{time.time_ns()}.staged"
+    writer = None
+    try:
+        for _, t in homes.iter_tables():
+            c = classify_homes(t, code, homeloc.min_userdays)
+            if writer is None:
+                writer = pq.ParquetWriter(str(staged), c.schema, compression="zstd")
+            writer.write_table(c)
+            for item in pc.value_counts(c.column("classification")).to_pylist():
+                counts[item["values"]] += int(item["counts"])
+            guids.append(c.column("user_guid"))
+        if writer is None:
+            raise dg.Failure("no user batches to classify")
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        staged.unlink(missing_ok=True)
+        raise
+    all_guids = pa.chunked_array(guids, pa.string())
+    n_users = len(all_guids)
+    distinct = pc.count_distinct(all_guids).as_py() if n_users else 0
+    users_total = sum(s["users"] for s in stats.values())
+    yield dg.Output(
+        staged,
+        metadata={
+            "study_country": f"{name} ({code})",
+            "users": users_total,
+            "users_with_home": n_users,
+            "locals": counts[CLASS_LOCAL],
+            "tourists": counts[CLASS_TOURIST],
+            "undetermined": counts[CLASS_UNDETERMINED],
+            "users_without_home": users_total - n_users,
+            "rejected_rows": rejected,
+            "min_userdays": homeloc.min_userdays,
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="no_user_twice", passed=distinct == n_users,
+        metadata={"users": n_users, "distinct": distinct},
+    )
+    yield dg.AssetCheckResult(
+        check_name="reject_share_below_limit", passed=share <= homeloc.max_reject_share,
+        metadata={"rejected": rejected, "share": round(share, 6)},
+    )
+
+
+def _as_partitioned(context, value) -> PartitionedTables:
+    if isinstance(value, PartitionedTables):
+        return value
+    raise dg.Failure("expected all user batches as input")
+
+
+@dg.asset(
+    group_name="results",
+    kinds={"csv", "parquet"},
+    deps=["user_classification"],
+    ins={
+        "user_home_locations": dg.AssetIn("user_home_locations"),
+        "user_country_userdays": dg.AssetIn("user_country_userdays"),
+        "rejected_rows": dg.AssetIn("rejected_rows"),
+    },
+    description=(
+        "The export files in HOMELOC_OUTPUT_DIR: user_home_locations.csv/.parquet, "
+        "user_classification.csv, user_country_userdays.parquet, rejected_rows.csv, summary.json "
+        "— each written atomically."
+    ),
+)
+def homeloc_exports(
+    context: dg.AssetExecutionContext,
+    homeloc: HomelocConfig,
+    user_home_locations: PartitionedTables,
+    user_country_userdays: PartitionedTables,
+    rejected_rows: PartitionedTables,
+) -> dg.MaterializeResult:
+    """Stream every batch into the export files."""
+    homes = _as_partitioned(context, user_home_locations)
+    keys = homes.keys()
+    stats = batch_stats(homeloc, keys)
+    catalog = Catalog(homeloc.storage_dir)
+    header_lines = {}
+    for plan_id in {s["plan_id"] for s in stats.values()}:
+        plan = catalog.load_plan(plan_id)
+        with open(plan.path, "rb") as fh:
+            header_lines[plan_id] = fh.read(plan.header_end).count(b"\n")
+    offsets = global_line_offsets(keys, stats, header_lines)
+    cls_path = Path(homeloc.storage_dir) / "assets" / "user_classification.parquet"
+    cls = pq.read_table(cls_path, columns=["classification"]).column("classification")
+    counts = {item["values"]: int(item["counts"]) for item in pc.value_counts(cls).to_pylist()}
+    summary = {
+        "inputs": sorted({catalog.load_plan(p).path for p in header_lines}),
+        "batches": len(keys),
+        "users": sum(s["users"] for s in stats.values()),
+        "users_with_home": sum(s["users_with_home"] for s in stats.values()),
+        "locals": counts.get(CLASS_LOCAL, 0),
+        "tourists": counts.get(CLASS_TOURIST, 0),
+        "undetermined": counts.get(CLASS_UNDETERMINED, 0),
+        "rows": sum(s["rows"] for s in stats.values()),
+        "rejected_rows": sum(s["rejected"] for s in stats.values()),
+        "points_in_no_country": sum(s["points_in_no_country"] for s in stats.values()),
+        "ties": sum(s["ties"] for s in stats.values()),
+        "study_country": homeloc.study_country,
+        "min_userdays": homeloc.min_userdays,
+    }
+    paths = write_exports(
+        homeloc.output_dir,
+        homes,
+        _as_partitioned(context, user_country_userdays),
+        cls_path,
+        _as_partitioned(context, rejected_rows),
+        offsets,
+        summary,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "output_dir": dg.MetadataValue.path(str(Path(homeloc.output_dir).resolve())),
+            "files": ", ".join(sorted(paths)),
+            **{k: v for k, v in summary.items() if isinstance(v, int)},
+        }
+    )

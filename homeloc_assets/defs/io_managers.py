@@ -1,0 +1,101 @@
+"""IO manager for tables: Parquet or CSV files per asset and partition, atomic.
+
+``<base>/<asset>/<partition>.parquet`` for partitioned assets and
+``<base>/<asset>.parquet`` otherwise. Values may be Arrow tables, pandas or
+GeoPandas frames, ``StagedPartitions`` (files workers already wrote, moved into
+place here) or a staged single file. Loading many partitions gives a lazy
+``PartitionedTables``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+
+from homeloc_assets.tables import (
+    PartitionedTables,
+    StagedPartitions,
+    read_table,
+    write_table,
+)
+
+
+def _asset_name(context) -> str:
+    return "__".join(context.asset_key.path)
+
+
+class HomelocIOManager(dg.ConfigurableIOManager):
+    """Parquet (default) or CSV (``metadata={"format": "csv"}``), written atomically."""
+
+    base_dir: str
+
+    def _fmt(self, context) -> str:
+        meta = (context.definition_metadata or {}) if hasattr(context, "definition_metadata") else {}
+        return str(meta.get("format", "parquet"))
+
+    def path_for(self, asset: str, partition_key: str | None, fmt: str = "parquet") -> Path:
+        """Where a value lives."""
+        if partition_key is None:
+            return Path(self.base_dir) / f"{asset}.{fmt}"
+        return Path(self.base_dir) / asset / f"{partition_key}.{fmt}"
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        asset = _asset_name(context)
+        fmt = self._fmt(context)
+        if isinstance(obj, StagedPartitions):
+            for key, staged in obj.files.items():
+                target = self.path_for(asset, key, fmt)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
+            context.add_output_metadata({"partitions_written": len(obj.files), **obj.metadata})
+            return
+        if obj is None:
+            return
+        key = context.partition_key if context.has_partition_key else None
+        target = self.path_for(asset, key, fmt)
+        if isinstance(obj, Path):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(obj, target)
+        elif hasattr(obj, "to_parquet") and hasattr(obj, "geometry") and fmt == "parquet":
+            from homeloc_assets.atomic import atomic_path
+
+            with atomic_path(target) as tmp:
+                obj.to_parquet(tmp)
+        elif isinstance(obj, pd.DataFrame):
+            write_table(pa.Table.from_pandas(obj, preserve_index=False), target, fmt)
+        elif isinstance(obj, pa.Table):
+            write_table(obj, target, fmt)
+        else:
+            raise TypeError(f"{asset}: cannot store a {type(obj).__name__}")
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(target))})
+
+    def load_input(self, context: dg.InputContext):
+        asset = _asset_name(context)
+        fmt = self._fmt(context.upstream_output) if context.upstream_output else "parquet"
+        if context.has_asset_partitions:
+            keys = sorted(context.asset_partition_keys)
+            files = {k: self.path_for(asset, k, fmt) for k in keys}
+            missing = [k for k, p in files.items() if not p.exists()]
+            if missing:
+                raise FileNotFoundError(
+                    f"{asset}: {len(missing)} partition(s) not materialized, e.g. {missing[0]}"
+                )
+            if len(keys) == 1 and context.has_partition_key:
+                return read_table(files[keys[0]])
+            return PartitionedTables(files)
+        target = self.path_for(asset, None, fmt)
+        if not target.exists():
+            raise FileNotFoundError(f"{asset}: not materialized yet ({target})")
+        if target.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            meta = pq.read_schema(target).metadata or {}
+            if b"geo" in meta:
+                import geopandas as gpd
+
+                return gpd.read_parquet(target)
+        return read_table(target)

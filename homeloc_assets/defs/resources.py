@@ -1,0 +1,116 @@
+"""Dagster resources: the run settings and the HLL backend (embedded or PostgreSQL)."""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field
+
+from homeloc_assets.backends import HllBackend, PostgresSettings, make_backend
+from homeloc_assets.catalog import Catalog
+from homeloc_assets.settings import Settings
+
+
+class HomelocConfig(dg.ConfigurableResource):
+    """Where data lives and how it is judged (see README, "Configuration")."""
+
+    input_dir: str = Field(description="Folder watched for userdays CSVs (HOMELOC_INPUT_DIR).")
+    output_dir: str = Field(description="Where the exports go (HOMELOC_OUTPUT_DIR).")
+    storage_dir: str = Field(description="Partition files and batch plans.")
+    study_country: str = Field(default="Germany", description="Name or ISO alpha-3 code.")
+    min_userdays: float = Field(default=0.0, description="Below: undetermined.")
+    batch_users: int = Field(default=50_000, description="Users per batch partition.")
+    workers: int = Field(default=0, description="Worker processes (0 = one per core).")
+    max_reject_share: float = Field(default=0.01, description="Fail above this share of rejected rows.")
+    countries_path: str = Field(default="", description="Own countries file (default: Natural Earth).")
+    countries_name_column: str = "ADMIN"
+    countries_code_column: str = "ISO_A3_EH"
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> HomelocConfig:
+        """The resource for ``s``."""
+        return cls(
+            input_dir=s.input_dir,
+            output_dir=s.output_dir,
+            storage_dir=str(s.storage_path),
+            study_country=s.study_country,
+            min_userdays=s.min_userdays,
+            batch_users=s.batch_users,
+            workers=s.workers,
+            max_reject_share=s.max_reject_share,
+            countries_path=s.countries_path,
+            countries_name_column=s.countries_name_column,
+            countries_code_column=s.countries_code_column,
+        )
+
+    @property
+    def settings(self) -> Settings:
+        """As a plain ``Settings``."""
+        return Settings(
+            input_dir=self.input_dir,
+            output_dir=self.output_dir,
+            storage_dir=self.storage_dir,
+            study_country=self.study_country,
+            min_userdays=self.min_userdays,
+            batch_users=self.batch_users,
+            workers=self.workers,
+            max_reject_share=self.max_reject_share,
+            countries_path=self.countries_path,
+            countries_name_column=self.countries_name_column,
+            countries_code_column=self.countries_code_column,
+        )
+
+    @property
+    def catalog(self) -> Catalog:
+        """The batch plans."""
+        return Catalog(self.storage_dir)
+
+
+class HllBackendResource(dg.ConfigurableResource):
+    """The HLL engine: ``embedded`` (default) or ``postgres``.
+
+    For PostgreSQL give ``pg_dsn`` (without a password) or host/port/db/user;
+    the password is read only from the environment variable named by
+    ``pg_password_env`` when connecting, never stored in config or shown.
+    """
+
+    backend: str = Field(default="embedded", description="embedded | postgres")
+    pg_dsn: str = Field(default="", description="libpq DSN without password (HOMELOC_PG_DSN).")
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5432
+    pg_db: str = "postgres"
+    pg_user: str = "postgres"
+    pg_password_env: str = "HOMELOC_PG_PASSWORD"
+    pg_retries: int = 5
+
+    @property
+    def pg_settings(self) -> PostgresSettings:
+        """Connection settings for the PostgreSQL backend."""
+        return PostgresSettings(
+            dsn=self.pg_dsn or None,
+            host=self.pg_host,
+            port=self.pg_port,
+            dbname=self.pg_db,
+            user=self.pg_user,
+            password_env=self.pg_password_env,
+            retries=self.pg_retries,
+        )
+
+    def make(self) -> HllBackend:
+        """A fresh backend object."""
+        return make_backend(self.backend, self.pg_settings if self.backend == "postgres" else None)
+
+    @classmethod
+    def from_env(cls, backend: str | None = None) -> HllBackendResource:
+        """From ``HOMELOC_HLL_BACKEND`` and ``HOMELOC_PG_*``."""
+        pg = PostgresSettings.from_env()
+        import os
+
+        return cls(
+            backend=backend or os.environ.get("HOMELOC_HLL_BACKEND", "embedded") or "embedded",
+            pg_dsn=pg.dsn or "",
+            pg_host=pg.host,
+            pg_port=pg.port,
+            pg_db=pg.dbname,
+            pg_user=pg.user,
+            pg_retries=pg.retries,
+        )

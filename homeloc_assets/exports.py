@@ -1,0 +1,147 @@
+"""The export files of DESIGN.md, streamed batch by batch and written atomically.
+
+``user_home_locations.csv`` (user_guid,country), ``user_classification.csv``
+(user_guid,classification), ``user_country_userdays.parquet``,
+``user_home_locations.parquet``, ``rejected_rows.csv`` (global input line) and
+``summary.json``. All are written to temporary files first and renamed into
+place only when every one of them is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from homeloc_assets.atomic import atomic_path
+from homeloc_assets.inference import CLASS_UNDETERMINED
+from homeloc_assets.tables import PartitionedTables, read_table
+
+EXPORT_FILES = (
+    "user_home_locations.csv",
+    "user_classification.csv",
+    "user_country_userdays.parquet",
+    "user_home_locations.parquet",
+    "rejected_rows.csv",
+    "summary.json",
+)
+
+REJECTS_SCHEMA = pa.schema(
+    [("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string()), ("batch", pa.string())]
+)
+
+
+def global_line_offsets(
+    keys: Iterable[str], stats: dict[str, dict], header_lines: dict[str, int]
+) -> dict[str, int]:
+    """For each batch, the number of physical input lines before it.
+
+    ``stats[key]["n_lines"]`` are the lines of each batch, ``header_lines[plan_id]``
+    the lines up to and including the header. Batches of one plan are contiguous
+    and ordered by index.
+    """
+    by_plan: dict[str, list[tuple[int, str]]] = {}
+    for key in keys:
+        s = stats[key]
+        by_plan.setdefault(s["plan_id"], []).append((int(s["index"]), key))
+    offsets: dict[str, int] = {}
+    for plan_id, items in by_plan.items():
+        items.sort()
+        expected = list(range(len(items)))
+        if [i for i, _ in items] != expected:
+            raise ValueError(f"plan {plan_id}: batches {[i for i, _ in items]} are not all present")
+        acc = header_lines[plan_id]
+        for _, key in items:
+            offsets[key] = acc
+            acc += int(stats[key]["n_lines"])
+    return offsets
+
+
+class _Writers(contextlib.ExitStack):
+    """Temporary files for every export, committed together."""
+
+    def __init__(self, out_dir: Path) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.paths: dict[str, Path] = {}
+
+    def path(self, name: str) -> Path:
+        if name not in self.paths:
+            self.paths[name] = self.enter_context(atomic_path(self.out_dir / name))
+        return self.paths[name]
+
+
+def write_exports(
+    out_dir: str | Path,
+    homes: PartitionedTables,
+    country_userdays: PartitionedTables,
+    classification_path: str | Path,
+    rejects: PartitionedTables,
+    line_offsets: dict[str, int],
+    summary: dict,
+) -> dict[str, Path]:
+    """Write all export files into ``out_dir``; returns name -> path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _Writers(out_dir) as w:
+        _stream_csv(
+            w.path("user_home_locations.csv"),
+            (t for _, t in homes.iter_tables(["user_guid", "country"])),
+            pa.schema([("user_guid", pa.string()), ("country", pa.string())]),
+        )
+        cls = read_table(classification_path, ["user_guid", "classification"])
+        cls = cls.filter(pc.not_equal(cls.column("classification"), CLASS_UNDETERMINED))
+        pacsv.write_csv(cls, w.path("user_classification.csv"))
+        _stream_parquet(
+            w.path("user_country_userdays.parquet"),
+            (t for _, t in country_userdays.iter_tables(
+                ["user_guid", "country", "country_code", "userdays", "locations"])),
+        )
+        _stream_parquet(
+            w.path("user_home_locations.parquet"), (t for _, t in homes.iter_tables())
+        )
+        _stream_csv(w.path("rejected_rows.csv"), _global_rejects(rejects, line_offsets), REJECTS_SCHEMA)
+        w.path("summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        paths = {name: out_dir / name for name in w.paths}
+    return paths
+
+
+def _global_rejects(rejects: PartitionedTables, offsets: dict[str, int]) -> Iterator[pa.Table]:
+    for key, t in rejects.iter_tables():
+        line = pc.add(t.column("line").cast(pa.int64()), pa.scalar(offsets[key], pa.int64()))
+        yield pa.table(
+            {
+                "line": line,
+                "reason": t.column("reason"),
+                "raw": t.column("raw"),
+                "batch": pa.array([key] * t.num_rows, pa.string()),
+            },
+            schema=REJECTS_SCHEMA,
+        )
+
+
+def _stream_csv(path: Path, tables: Iterable[pa.Table], schema: pa.Schema) -> None:
+    with pacsv.CSVWriter(str(path), schema) as writer:
+        for t in tables:
+            if t.num_rows:
+                writer.write_table(t.select(schema.names).cast(schema))
+
+
+def _stream_parquet(path: Path, tables: Iterable[pa.Table]) -> None:
+    writer = None
+    try:
+        for t in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(str(path), t.schema, compression="zstd")
+            writer.write_table(t.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError("no batches to export")

@@ -1,0 +1,101 @@
+"""One user batch, start to finish: read, validate, locate, union, pick the home.
+
+``process_batch`` is the unit of work of the partitioned assets; a test (or a
+worker process) calls it with no Dagster at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from homeloc_assets.inference.homes import GroupedCardinality, country_userdays, pick_homes
+from homeloc_assets.inputs import read_batch
+
+
+@dataclass
+class BatchResult:
+    """The tables of one batch and its counts.
+
+    ``locations``: validated rows with the country of each point;
+    ``country_userdays``: per (user, country) the union estimate;
+    ``homes``: per user the home and its confidence columns;
+    ``rejects``: rejected rows (``line`` relative to the batch start);
+    ``stats``: counts for metadata (``n_lines``, ``rows``, ``rejected``, ``users``, ...).
+    """
+
+    locations: pa.Table
+    country_userdays: pa.Table
+    homes: pa.Table
+    rejects: pa.Table
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def process_batch(
+    path: str | Path,
+    start: int,
+    end: int,
+    country_names: np.ndarray,
+    country_codes: np.ndarray,
+    lookup: Any,
+    backend: GroupedCardinality,
+) -> BatchResult:
+    """Process the byte range ``[start, end)`` of a sorted userdays CSV.
+
+    ``lookup.lookup(lon, lat)`` gives the index into ``country_names`` /
+    ``country_codes`` of each point (-1: in no country); ``backend`` unions HLLs.
+    """
+    batch = read_batch(path, start, end)
+    rows = batch.rows
+    lon = rows.column("longitude").to_numpy()
+    lat = rows.column("latitude").to_numpy()
+    cidx = np.asarray(lookup.lookup(lon, lat), dtype=np.int64)
+    inside = cidx >= 0
+    safe = np.where(inside, cidx, 0)
+    none_mask = pa.array(~inside)
+    names = pa.array(np.asarray(country_names, dtype=object)[safe], pa.string())
+    codes = pa.array(np.asarray(country_codes, dtype=object)[safe], pa.string())
+    locations = pa.table(
+        {
+            "user_guid": rows.column("user_guid"),
+            "latitude": rows.column("latitude"),
+            "longitude": rows.column("longitude"),
+            "country": pc.if_else(none_mask, pa.scalar(None, pa.string()), names),
+            "country_code": pc.if_else(none_mask, pa.scalar(None, pa.string()), codes),
+            "userday_hll": rows.column("hll"),
+            "line": rows.column("line"),
+        }
+    )
+    guid = rows.column("user_guid").combine_chunks()
+    hlls = rows.column("hll").combine_chunks()
+    per_country, per_user = country_userdays(
+        guid,
+        cidx,
+        hlls,
+        np.asarray(country_names, dtype=object),
+        np.asarray(country_codes, dtype=object),
+        backend,
+    )
+    homes = pick_homes(per_country, per_user)
+    cu = per_country.drop_columns(["user_index", "country_index"])
+    stats = {
+        "n_lines": int(batch.n_lines),
+        "rows": int(rows.num_rows),
+        "rejected": int(batch.rejects.num_rows),
+        "users": int(per_user.num_rows),
+        "users_with_home": int(homes.num_rows),
+        "users_without_home": int(per_user.num_rows - homes.num_rows),
+        "points_in_no_country": int((~inside).sum()),
+        "ties": int(pc.sum(homes.column("tie")).as_py() or 0) if homes.num_rows else 0,
+        "duplicate_users": int(homes.num_rows - pc.count_distinct(homes.column("user_guid")).as_py())
+        if homes.num_rows
+        else 0,
+        "first_user": guid[0].as_py() if len(guid) else None,
+        "last_user": guid[-1].as_py() if len(guid) else None,
+    }
+    return BatchResult(locations, cu, homes, batch.rejects, stats)

@@ -1,0 +1,99 @@
+"""Configuration of homeloc, read from ``HOMELOC_*`` environment variables.
+
+One dataclass serves the Dagster definitions and the CLI (whose flags override
+the environment), so both run with the same settings. Secrets are not here:
+the PostgreSQL password is read from the environment at connect time only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DEFAULT_BATCH_USERS = 50_000
+
+
+def _cpu_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know. Defaults suit one person on one machine."""
+
+    input_dir: str = "data/input"
+    output_dir: str = "out"
+    storage_dir: str = ""
+    backend: str = "embedded"
+    study_country: str = "Germany"
+    min_userdays: float = 0.0
+    batch_users: int = DEFAULT_BATCH_USERS
+    workers: int = 0
+    max_reject_share: float = 0.01
+    countries_path: str = ""
+    countries_name_column: str = "ADMIN"
+    countries_code_column: str = "ISO_A3_EH"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Settings from ``HOMELOC_*`` variables (unset ones keep their defaults)."""
+        env = dict(os.environ if env is None else env)
+        d = cls()
+
+        def get(name: str, default):
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return type(default)(raw)
+            except ValueError:
+                raise ValueError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
+
+        return cls(
+            input_dir=get("HOMELOC_INPUT_DIR", d.input_dir),
+            output_dir=get("HOMELOC_OUTPUT_DIR", d.output_dir),
+            storage_dir=get("HOMELOC_STORAGE_DIR", d.storage_dir),
+            backend=get("HOMELOC_HLL_BACKEND", d.backend),
+            study_country=get("HOMELOC_STUDY_COUNTRY", d.study_country),
+            min_userdays=get("HOMELOC_MIN_USERDAYS", d.min_userdays),
+            batch_users=get("HOMELOC_BATCH_USERS", d.batch_users),
+            workers=get("HOMELOC_WORKERS", d.workers),
+            max_reject_share=get("HOMELOC_MAX_REJECT_SHARE", d.max_reject_share),
+            countries_path=get("HOMELOC_COUNTRIES_PATH", d.countries_path),
+            countries_name_column=get("HOMELOC_COUNTRIES_NAME_COLUMN", d.countries_name_column),
+            countries_code_column=get("HOMELOC_COUNTRIES_CODE_COLUMN", d.countries_code_column),
+        ).validated()
+
+    def validated(self) -> Settings:
+        """Check ranges; raise ValueError with the setting's name."""
+        if self.backend not in ("embedded", "postgres"):
+            raise ValueError(
+                f"HOMELOC_HLL_BACKEND={self.backend!r}: choose 'embedded' or 'postgres'"
+            )
+        if self.batch_users < 1:
+            raise ValueError(f"HOMELOC_BATCH_USERS={self.batch_users}: must be at least 1")
+        if self.min_userdays < 0:
+            raise ValueError(f"HOMELOC_MIN_USERDAYS={self.min_userdays}: must be >= 0")
+        if not 0 <= self.max_reject_share <= 1:
+            raise ValueError(
+                f"max reject share {self.max_reject_share}: must be between 0 and 1"
+            )
+        return self
+
+    def with_(self, **changes) -> Settings:
+        """A copy with ``changes`` (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None}).validated()
+
+    @property
+    def storage_path(self) -> Path:
+        """Where partition files and batch plans live (default: ``<output>/.homeloc``)."""
+        return Path(self.storage_dir) if self.storage_dir else Path(self.output_dir) / ".homeloc"
+
+    @property
+    def n_workers(self) -> int:
+        """Worker processes for batches (0 = one per core)."""
+        return self.workers if self.workers > 0 else _cpu_workers()
