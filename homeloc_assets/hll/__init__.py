@@ -45,6 +45,14 @@ from ._hash import (
     hash_text,
 )
 from ._ops import add, cardinality, describe, empty, union
+from ._vector import (
+    InspectResult,
+    grouped_cardinality,
+    grouped_union,
+    inspect_many,
+    params_of_code,
+    unhex_many,
+)
 
 __all__ = [
     "EMPTY",
@@ -55,6 +63,12 @@ __all__ = [
     "TYPE_NAMES",
     "UNDEFINED",
     "HLLError",
+    "InspectResult",
+    "grouped_cardinality",
+    "grouped_union",
+    "inspect_many",
+    "params_of_code",
+    "unhex_many",
     "Params",
     "add",
     "cardinality",
