@@ -181,7 +181,7 @@ class HLL:
         return hash(encode(self))
 
 
-_HEX_RE = re.compile(r"\s*\\x([0-9A-Fa-f]*)\s*\Z")
+_HEX_RE = re.compile(r"\s*\\[xX]([0-9A-Fa-f]*)\s*\Z")
 
 
 def as_bytes(x: object) -> bytes:

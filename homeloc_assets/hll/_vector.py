@@ -117,6 +117,8 @@ def unhex_many(values: object) -> tuple[pa.Array, np.ndarray]:
     values = pc.utf8_trim_whitespace(values).cast(pa.large_string())
     data, off, valid = _flat(values, binary=False)
     n = len(off) - 1
+    if n == 0:
+        return pa.array([], type=pa.large_binary()), np.zeros(0, bool)
     start, end = off[:-1], off[1:]
     length = end - start
     dpad = np.concatenate([data, np.zeros(2, np.uint8)])
