@@ -1,0 +1,585 @@
+"""Reading and validating one byte range (a batch) of the userdays CSV, vectorised.
+
+Owns the row-level contract of the input: which lines become rows, which
+become rejects (and why), and which problems stop the whole file
+(:class:`InputError`: rows not sorted by user_guid, file changed since
+planning). Everything is numpy/pyarrow over the whole range; Python loops run
+only over rejected lines (to cut their raw text) and over lines with non-ASCII
+bytes (to check UTF-8).
+
+How a range is read:
+
+1. one ``read`` of ``[start, end)``; line ends (``\\n``) and commas are found
+   with numpy, so every physical line has its number before any parsing;
+2. blank lines are skipped (but counted); lines with a wrong field count, a
+   stray ``\\r`` or invalid UTF-8 become rejects and are cut out of the
+   buffer, so ``pyarrow.csv`` (quoting off, ``newlines_in_values=False``) sees
+   only lines with exactly 4 fields and row i maps to a known line;
+3. coordinates are parsed by one Arrow cast (with a regex fallback that finds
+   the bad values), HLLs by ``hll.unhex_many`` + ``hll.inspect_many``;
+4. user_guids must be non-decreasing (byte order) or InputError; within each
+   user, rows whose HLL parameters differ from the user's majority are
+   rejected (ties: the params of the user's first row win).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from homeloc_assets import hll
+from homeloc_assets.inputs.errors import InputError
+from homeloc_assets.inputs.plan import BOM, COLUMNS, _first_field, file_fingerprint, read_header
+
+__all__ = [
+    "REJECTS_SCHEMA",
+    "ROWS_SCHEMA",
+    "BatchRows",
+    "find_user",
+    "iter_user_rows",
+    "parse_bytes",
+    "read_batch",
+]
+
+ROWS_SCHEMA = pa.schema(
+    [
+        ("user_guid", pa.string()),
+        ("latitude", pa.float64()),
+        ("longitude", pa.float64()),
+        ("hll", pa.binary()),
+        ("line", pa.int64()),
+    ]
+)
+REJECTS_SCHEMA = pa.schema([("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())])
+RAW_MAX = 200
+SORT_HINT = (
+    "the input must be sorted by user_guid in byte order; sort it keeping the header, e.g. "
+    "(head -n1 in.csv; tail -n+2 in.csv | LC_ALL=C sort -t, -k1,1 -s) > sorted.csv"
+)
+_NAMES = ["user_guid", "latitude", "longitude", "hll"]
+_NUM_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_NONFINITE_RE = r"^[+-]?([nN][aA][nN]|[iI][nN][fF]([iI][nN][iI][tT][yY])?)$"
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """Valid rows and rejects of one byte range.
+
+    ``rows``: ``user_guid`` string, ``latitude``/``longitude`` float64,
+    ``hll`` binary (decoded bytea), ``line`` int64; ``rejects``: ``line``
+    int64, ``reason`` string, ``raw`` string (the line, cut to 200 chars).
+    ``line`` is the 1-based physical line number relative to ``start`` (line 1
+    is the first line of the range) unless ``line_base`` says otherwise;
+    ``n_lines`` counts every physical line of the range, blank ones included.
+    ``line_base`` is what was already added to ``line`` (0: relative).
+    """
+
+    rows: pa.Table
+    rejects: pa.Table
+    n_lines: int
+    start: int = 0
+    end: int = 0
+    line_base: int = 0
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def _starts_ends(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Line starts, content ends (\\n and one trailing \\r excluded) and raw ends (incl. \\n)."""
+    n = len(buf)
+    nl = np.flatnonzero(buf == 10)
+    starts = np.concatenate([[0], nl + 1]).astype(np.int64)
+    ends = np.concatenate([nl, [n]]).astype(np.int64)
+    if len(starts) and starts[-1] == n:  # data ends with \n: no extra line
+        starts, ends = starts[:-1], ends[:-1]
+    raw_end = np.minimum(ends + 1, n)
+    if len(ends):
+        has = ends > starts
+        cr = np.zeros(len(ends), dtype=bool)
+        cr[has] = buf[ends[has] - 1] == 13
+        ends = ends - cr
+    return starts, ends, raw_end
+
+
+def _count_in_lines(buf: np.ndarray, byte: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    pos = np.flatnonzero(buf == byte)
+    if not len(pos):
+        return np.zeros(len(starts), dtype=np.int64)
+    return np.searchsorted(pos, ends) - np.searchsorted(pos, starts)
+
+
+def _parse_float(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values, ok-as-number mask) of a string column; cast once, regex only on failure."""
+    try:
+        out = pc.cast(values, pa.float64())
+        return out.to_numpy(zero_copy_only=False), np.ones(len(values), dtype=bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    trimmed = pc.utf8_trim_whitespace(values)
+    ok = pc.or_(
+        pc.match_substring_regex(trimmed, _NUM_RE),
+        pc.match_substring_regex(trimmed, _NONFINITE_RE),
+    )
+    ok_np = np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool)
+    safe = pc.if_else(ok, trimmed, pa.scalar("0", trimmed.type))
+    try:
+        vals = pc.cast(safe, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # pragma: no cover - belt and braces
+        vals = np.zeros(len(values))
+        for i, s in enumerate(safe.to_pylist()):
+            try:
+                vals[i] = float(s)
+            except ValueError:
+                ok_np[i] = False
+    return vals, ok_np
+
+
+def _coordinate_reasons(
+    name: str, raw: pa.Array, vals: np.ndarray, ok: np.ndarray, lo: float, hi: float
+) -> list[tuple[np.ndarray, str]]:
+    """(mask, reason) pairs for a coordinate column, in priority order."""
+    empty = np.asarray(pc.equal(pc.utf8_length(raw), 0).to_numpy(zero_copy_only=False), dtype=bool)
+    finite = np.isfinite(vals)
+    return [
+        (empty, f"{name} missing"),
+        (~ok, f"{name} is not a number"),
+        (ok & ~finite, f"{name} is not finite (NaN or infinity)"),
+        (ok & finite & ((vals < lo) | (vals > hi)), f"{name} out of range [{lo:g}, {hi:g}]"),
+    ]
+
+
+def _params_minority(
+    group_starts: np.ndarray, n: int, params: np.ndarray, valid: np.ndarray
+) -> np.ndarray:
+    """Mask of valid rows whose params differ from their user's winning params.
+
+    Winner per user: the most frequent params among the user's valid rows;
+    on a tie, the params of the earliest of those rows (so the first row's
+    params win a tie they are part of).
+    """
+    out = np.zeros(n, dtype=bool)
+    vidx = np.flatnonzero(valid)
+    if len(vidx) < 2:
+        return out
+    group = (np.searchsorted(group_starts, np.arange(n), side="right") - 1)[vidx]
+    p = params[vidx].astype(np.int64)
+    # quick exit: every user has a single params value
+    same_as_prev = (group[1:] != group[:-1]) | (p[1:] == p[:-1])
+    if same_as_prev.all():
+        return out
+    key = group * (1 << 32) + (p & 0xFFFFFFFF)
+    _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+    rc = counts[inv]  # count of this row's (user, params)
+    gmax = np.zeros(group.max() + 1, dtype=np.int64)
+    np.maximum.at(gmax, group, rc)
+    cand = rc == gmax[group]
+    ci = np.flatnonzero(cand)
+    _, first = np.unique(group[ci], return_index=True)  # earliest candidate per user
+    win = np.full(gmax.shape, -1, dtype=np.int64)
+    win[group[ci[first]]] = p[ci[first]]
+    out[vidx[p != win[group]]] = True
+    return out
+
+
+def _raw_text(data: bytes, starts: np.ndarray, ends: np.ndarray) -> list[str]:
+    return [
+        data[s : min(e, s + RAW_MAX * 4)].decode("utf-8", errors="replace")[:RAW_MAX]
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
+    ]
+
+
+def _python_split(data: bytes, starts: np.ndarray, ends: np.ndarray) -> pa.Table:
+    """Slow but simple split of known-good lines (only used if Arrow disagrees on the row count)."""
+    cols: list[list[str]] = [[], [], [], []]
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        parts = data[s:e].decode("utf-8").split(",")
+        for c, v in zip(cols, parts, strict=True):
+            c.append(v)
+    return pa.table({n: pa.array(c, pa.string()) for n, c in zip(_NAMES, cols, strict=True)})
+
+
+# ------------------------------------------------------------------------ core
+
+
+class _Unsorted(Exception):
+    """Internal: rows go backwards in user_guid at relative line ``line`` (byte ``offset``)."""
+
+    def __init__(self, line: int, offset: int, before: str, after: str) -> None:
+        super().__init__(line, offset, before, after)
+        self.line, self.offset, self.before, self.after = line, offset, before, after
+
+
+def _count_newlines(path: str | Path, end: int) -> int:
+    """Number of \n in ``[0, end)`` (a sequential scan; used only for error messages)."""
+    n = 0
+    with open(path, "rb") as fh:
+        left = end
+        while left > 0:
+            chunk = fh.read(min(left, 16 << 20))
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            left -= len(chunk)
+    return n
+
+
+def _unsorted_error(path: str | Path, start: int, exc: _Unsorted) -> InputError:
+    line = _count_newlines(path, start) + exc.line
+    return InputError(
+        f"{path}: not sorted by user_guid: line {line} (byte {exc.offset}) has user_guid "
+        f"{exc.after[:80]!r} after {exc.before[:80]!r}; {SORT_HINT}",
+        line=line,
+        offset=exc.offset,
+    )
+
+
+def parse_bytes(
+    data: bytes,
+    *,
+    offset: int = 0,
+    skip_header: bool = False,
+    use_threads: bool = True,
+) -> BatchRows:
+    """Validate CSV lines in ``data`` (no header unless ``skip_header``); see :func:`read_batch`.
+
+    ``offset`` is the file offset of ``data[0]``. Raises ``_Unsorted`` (internal)
+    when user_guids go backwards; :func:`read_batch` turns it into InputError.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    starts, ends, raw_end = _starts_ends(buf)
+    n_lines = len(starts)
+    length = ends - starts
+    skip = length == 0  # blank lines
+    if skip_header and n_lines:
+        first = data[starts[0] : ends[0]]
+        if first.startswith(BOM):
+            first = first[len(BOM) :]
+        if first.rstrip(b"\r") == ",".join(COLUMNS).encode():
+            skip[0] = True
+    commas = _count_in_lines(buf, 44, starts, ends)
+    crs = _count_in_lines(buf, 13, starts, ends)
+    reject_reason = np.full(n_lines, None, dtype=object)
+    wrong = ~skip & (commas != 3)
+    if wrong.any():
+        idx = np.flatnonzero(wrong)
+        reject_reason[idx] = [
+            f"wrong field count: {c + 1} fields, expected 4" for c in commas[idx].tolist()
+        ]
+    stray = ~skip & ~wrong & (crs > 0)
+    reject_reason[stray] = "carriage return inside the line"
+    hi = np.flatnonzero(buf >= 0x80)
+    if len(hi):
+        for li in np.unique(np.searchsorted(starts, hi, side="right") - 1).tolist():
+            if skip[li] or reject_reason[li] is not None:
+                continue
+            try:
+                data[starts[li] : ends[li]].decode("utf-8")
+            except UnicodeDecodeError:
+                reject_reason[li] = "not valid UTF-8"
+    pre_rej = (
+        np.array([r is not None for r in reject_reason], dtype=bool)
+        if n_lines
+        else np.zeros(0, bool)
+    )
+    good = ~skip & ~pre_rej
+    gidx = np.flatnonzero(good)
+
+    table = _read_good_lines(
+        data, buf, starts, ends, raw_end, good, gidx, skip, pre_rej, use_threads
+    )
+
+    m = table.num_rows
+    guid = table.column("user_guid").combine_chunks()
+    lat_s = table.column("latitude").combine_chunks()
+    lon_s = table.column("longitude").combine_chunks()
+    hll_s = table.column("hll").combine_chunks()
+    reason = np.full(m, None, dtype=object)
+
+    def mark(mask: np.ndarray, why: str | np.ndarray) -> None:
+        sel = mask & np.equal(reason, None)
+        if sel.any():
+            reason[sel] = why if isinstance(why, str) else why[sel]
+
+    is_header = np.asarray(
+        pc.and_(pc.equal(guid, "user_guid"), pc.equal(lat_s, "latitude")).to_numpy(
+            zero_copy_only=False
+        ),
+        dtype=bool,
+    )
+    mark(is_header, "repeated header line")
+    empty_guid = np.asarray(
+        pc.equal(pc.utf8_length(guid), 0).to_numpy(zero_copy_only=False), dtype=bool
+    )
+    mark(empty_guid, "empty user_guid")
+
+    # ---- sortedness (structural): non-decreasing user_guid in byte order
+    keyed = ~is_header & ~empty_guid
+    kidx = np.flatnonzero(keyed)
+    if len(kidx) > 1:
+        g = guid if len(kidx) == m else guid.take(pa.array(kidx))
+        back = np.asarray(pc.less(g[1:], g[:-1]).to_numpy(zero_copy_only=False), dtype=bool)
+        if back.any():
+            j = int(np.argmax(back)) + 1
+            row = int(kidx[j])
+            rel_line = int(gidx[row]) + 1
+            off = offset + int(starts[gidx[row]])
+            raise _Unsorted(rel_line, off, g[j - 1].as_py(), g[j].as_py())
+
+    for name, col, lo, hi in (
+        ("latitude", lat_s, -90.0, 90.0),
+        ("longitude", lon_s, -180.0, 180.0),
+    ):
+        vals, ok = _parse_float(col)
+        for mask, why in _coordinate_reasons(name, col, vals, ok, lo, hi):
+            mark(mask, why)
+        if name == "latitude":
+            lat = vals
+        else:
+            lon = vals
+
+    hll_empty = np.asarray(
+        pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(hll_s)), 0).to_numpy(zero_copy_only=False),
+        dtype=bool,
+    )
+    mark(hll_empty, "userday_hll missing")
+    blobs, hex_ok = hll.unhex_many(hll_s)
+    mark(
+        ~hex_ok,
+        "userday_hll is not bytea hex text (expected \\x followed by an even number of hex digits)",
+    )
+    insp = hll.inspect_many(blobs)
+    if not np.all(insp.ok | ~hex_ok):
+        why = np.array(
+            [f"invalid hll: {r}" if r is not None else "invalid hll" for r in insp.reason],
+            dtype=object,
+        )
+        mark(~insp.ok, why)
+    st = np.asarray(insp.storage_type)
+    mark(st == hll.EMPTY, "empty hll (no userdays)")
+    mark(st == hll.UNDEFINED, "undefined hll")
+
+    # ---- params consistency within each user (among otherwise valid rows)
+    valid = np.equal(reason, None)
+    if m:
+        change = np.ones(m, dtype=bool)
+        if m > 1:
+            change[1:] = np.asarray(
+                pc.not_equal(guid[1:], guid[:-1]).to_numpy(zero_copy_only=False), dtype=bool
+            )
+        group_starts = np.flatnonzero(change)
+        minority = _params_minority(group_starts, m, np.asarray(insp.params), valid)
+        mark(minority, "hll parameters differ from the other rows of this user")
+        valid = np.equal(reason, None)
+
+    vidx = np.flatnonzero(valid)
+    lines_good = gidx.astype(np.int64) + 1
+    hll_bin = blobs.cast(pa.binary()) if pa.types.is_large_binary(blobs.type) else blobs
+    take = pa.array(vidx, pa.int64())
+    all_valid = len(vidx) == m
+    rows = pa.table(
+        [
+            guid if all_valid else guid.take(take),
+            pa.array(lat if all_valid else lat[vidx], pa.float64()),
+            pa.array(lon if all_valid else lon[vidx], pa.float64()),
+            hll_bin if all_valid else hll_bin.take(take),
+            pa.array(lines_good if all_valid else lines_good[vidx], pa.int64()),
+        ],
+        schema=ROWS_SCHEMA,
+    )
+
+    # ---- rejects: pre-parse rejects + row rejects, in line order
+    rej_lines_pre = np.flatnonzero(pre_rej)
+    ridx = np.flatnonzero(~valid)
+    rej_line_idx = np.concatenate([rej_lines_pre, gidx[ridx]]).astype(np.int64)
+    rej_reason = (
+        np.concatenate([reject_reason[rej_lines_pre], reason[ridx]]) if len(rej_line_idx) else []
+    )
+    order = np.argsort(rej_line_idx, kind="stable")
+    rej_line_idx = rej_line_idx[order]
+    rej_reason = np.asarray(rej_reason, dtype=object)[order] if len(order) else []
+    rejects = pa.table(
+        [
+            pa.array(rej_line_idx + 1, pa.int64()),
+            pa.array(list(rej_reason), pa.string()),
+            pa.array(_raw_text(data, starts[rej_line_idx], ends[rej_line_idx]), pa.string()),
+        ],
+        schema=REJECTS_SCHEMA,
+    )
+    return BatchRows(rows, rejects, int(n_lines), offset, offset + len(data))
+
+
+def _read_good_lines(
+    data, buf, starts, ends, raw_end, good, gidx, skip, pre_rej, use_threads
+) -> pa.Table:
+    """Arrow-parse exactly the good lines; row i of the result is line ``gidx[i]``."""
+    n_good = len(gidx)
+    if n_good == 0:
+        return pa.table({n: pa.array([], pa.string()) for n in _NAMES})
+    if not pre_rej.any() and not (skip & (ends > starts)).any():
+        src = data  # fast path: only good lines and blank ones (Arrow skips those too)
+    else:  # cut rejected lines (and a skipped header) out of the buffer
+        mark = np.zeros(len(buf) + 1, dtype=np.int8)
+        mark[starts[gidx]] += 1
+        mark[raw_end[gidx]] -= 1
+        keep = np.cumsum(mark[:-1], dtype=np.int8).astype(bool)
+        src = buf[keep].tobytes()
+    if not src.endswith(b"\n"):
+        src += b"\n"
+    ropts = pacsv.ReadOptions(
+        column_names=_NAMES,
+        use_threads=use_threads,
+        block_size=max(1 << 20, min(len(src) // 4 + 1, 16 << 20)),
+    )
+    popts = pacsv.ParseOptions(
+        delimiter=",",
+        quote_char=False,
+        double_quote=False,
+        escape_char=False,
+        newlines_in_values=False,
+        ignore_empty_lines=True,
+    )
+    copts = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in _NAMES},
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+        check_utf8=False,
+    )
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(src), read_options=ropts, parse_options=popts, convert_options=copts
+        )
+    except pa.ArrowInvalid:
+        table = None
+    if table is None or table.num_rows != n_good:
+        table = _python_split(data, starts[gidx], ends[gidx])
+    return table
+
+
+# ------------------------------------------------------------------- public
+
+
+def read_batch(
+    path: str | Path,
+    start: int,
+    end: int,
+    expected_fingerprint: str | None = None,
+    *,
+    use_threads: bool = True,
+) -> BatchRows:
+    """Read and validate the byte range ``[start, end)`` of a userdays CSV.
+
+    ``start`` must be a line start (a plan boundary); a range starting at 0
+    skips the header line (BOM tolerated) but counts it as line 1. Row-level
+    damage becomes a reject of that line; blank lines are skipped (counted in
+    ``n_lines``). Raises :class:`InputError` when the file changed since
+    planning (``expected_fingerprint``) or user_guids are not non-decreasing
+    (the message names the global line number and the sort command).
+    """
+    path = Path(path)
+    if start < 0 or end < start:
+        raise ValueError(f"bad byte range [{start}, {end})")
+    if expected_fingerprint is not None:
+        try:
+            fp = file_fingerprint(path)
+        except OSError as exc:
+            raise InputError(f"cannot read input file {path}: {exc}") from exc
+        if fp != expected_fingerprint:
+            raise InputError(
+                f"{path} changed since it was planned (fingerprint {fp}, planned {expected_fingerprint}); plan it again"
+            )
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            data = fh.read(end - start)
+    except OSError as exc:
+        raise InputError(f"cannot read input file {path}: {exc}") from exc
+    try:
+        return parse_bytes(data, offset=start, skip_header=start == 0, use_threads=use_threads)
+    except _Unsorted as exc:
+        raise _unsorted_error(path, start, exc) from None
+
+
+def _user_range(fh, size: int, header_end: int, guid: bytes) -> tuple[int, int]:
+    """Byte range of ``guid``'s lines in a sorted file by binary search on offsets.
+
+    Returns ``(start, end)``; an empty range (start == end) when the user is absent.
+    Reads O(log(size)) small chunks plus the user's own lines.
+    """
+    from homeloc_assets.inputs.plan import _Scanner
+
+    sc = _Scanner(fh, size)
+
+    def lines_from(p: int) -> Iterator[tuple[int, bytes]]:
+        """(line start, first field) of the non-blank lines from line start ``p`` on."""
+        buf, at = b"", p
+        while p < size:
+            nl = buf.find(b"\n", p - at)
+            if nl < 0 and at + len(buf) < size:
+                buf = buf[p - at :] + sc.read(at + len(buf), max(8192, len(buf)))
+                at = p
+                continue
+            stop = at + len(buf) if nl < 0 else at + nl
+            line = buf[p - at : stop - at]
+            if line.strip(b"\r \t"):
+                yield p, _first_field(line)
+            p = stop + 1
+
+    def lower_bound(strict: bool) -> int:
+        """First line start whose guid is >= guid (> guid if strict), or size."""
+
+        def above(g: bytes) -> bool:
+            return g > guid if strict else g >= guid
+
+        lo, hi = header_end, size  # lines before lo are below; the line at hi is above
+        while hi - lo > 65536:
+            m = sc.next_line_start((lo + hi) // 2, header_end)
+            if m >= hi:
+                break
+            first = next(lines_from(m), None)
+            if first is None or above(first[1]):
+                hi = m
+            else:
+                lo = m
+        for p, g in lines_from(lo):
+            if p >= hi or above(g):
+                return min(p, hi)
+        return hi
+
+    return lower_bound(False), lower_bound(True)
+
+
+def find_user(path: str | Path, user_guid: str, *, global_lines: bool = False) -> BatchRows:
+    """Rows and rejects of one user, found by binary search in the sorted file (no scan).
+
+    ``line`` is relative to the user's first line (``BatchRows.start`` is its
+    byte offset); with ``global_lines=True`` the file before it is scanned for
+    line ends once and ``line`` becomes the global 1-based line number (header
+    = line 1). An absent user gives empty tables.
+    """
+    path = Path(path)
+    header_end = read_header(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        start, end = _user_range(fh, size, header_end, str(user_guid).encode("utf-8"))
+    if end <= start:
+        return BatchRows(ROWS_SCHEMA.empty_table(), REJECTS_SCHEMA.empty_table(), 0, start, start)
+    res = read_batch(path, start, end)
+    if not global_lines:
+        return res
+    base = _count_newlines(path, start)
+    rows = res.rows.set_column(4, "line", pc.add(res.rows.column("line"), base))
+    rej = res.rejects.set_column(0, "line", pc.add(res.rejects.column("line"), base))
+    return BatchRows(rows, rej, res.n_lines, res.start, res.end, base)
+
+
+def iter_user_rows(path: str | Path, user_guids: Iterable[str]) -> Iterator[tuple[str, BatchRows]]:
+    """``(user_guid, rows)`` for each requested user, each by :func:`find_user` (relative lines)."""
+    for g in user_guids:
+        yield g, find_user(path, g)
