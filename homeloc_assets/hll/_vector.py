@@ -465,7 +465,12 @@ def _estimate_groups(p, g, gsel, pr: Params, card, out, n_groups) -> None:
             m = lf >= 0
             if m.any():
                 np.maximum.at(d2, lf[m], regs[m])
-        sums = np.cumsum(POW2_NEG[d2], axis=1)[:, -1]
+        if pr.log2m + 1 + pr.max_register <= 53:
+            # every partial sum is a multiple of 2**-max_register below 2**(log2m+1):
+            # exact in any order, so the faster pairwise sum equals the C loop
+            sums = POW2_NEG[d2].sum(axis=1)
+        else:
+            sums = np.cumsum(POW2_NEG[d2], axis=1)[:, -1]  # sequential like the C loop
         zeros = nregs - np.count_nonzero(d2, axis=1)
         card[gs] = estimate_from_sums(pr, sums, zeros)
         if out is not None:
