@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -67,13 +68,13 @@ def _failure_reason(result) -> str:
                 err = err.cause
             if err is not None:
                 msg = err.message.strip().splitlines()
-                text = msg[-1] if msg else err.cls_name
-                return text.split(": ", 1)[1] if text.startswith(err.cls_name or "\0") else text
+                text = msg[0] if msg else (err.cls_name or "error")
+                return re.sub(r"^[\w.]+: ", "", text)
     return "run failed"
 
 
 def _quiet_logs() -> dict:
-    return {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    return {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 class _Progress:

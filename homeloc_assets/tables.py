@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 from homeloc_assets.atomic import atomic_path
 
 FORMATS = ("parquet", "csv")
+#: quote only where needed: plain `user_guid,country` lines like the seed's
+CSV_OPTIONS = pacsv.WriteOptions(quoting_style="needed")
 
 
 def write_table(table: pa.Table, target: str | Path, fmt: str = "parquet") -> Path:
@@ -25,7 +27,7 @@ def write_table(table: pa.Table, target: str | Path, fmt: str = "parquet") -> Pa
         if fmt == "parquet":
             pq.write_table(table, tmp, compression="zstd")
         elif fmt == "csv":
-            pacsv.write_csv(table, tmp)
+            pacsv.write_csv(table, tmp, CSV_OPTIONS)
         else:
             raise ValueError(f"unknown table format {fmt!r}: use one of {FORMATS}")
     return target

@@ -5,7 +5,6 @@ the bytes), partitioned by the dynamic ``user_batches`` partitions. A run may
 cover a range of batches: they are processed on all cores.
 """
 
-from __future__ import annotations
 
 import hashlib
 import pickle
@@ -69,11 +68,8 @@ def country_lookup(countries: gpd.GeoDataFrame, storage_dir: str | Path) -> Coun
 
 
 @dg.multi_asset(
-    specs=[
-        dg.AssetSpec(
-            "user_locations",
-            deps=["countries"],
-            partitions_def=user_batches,
+    outs={
+        "user_locations": dg.AssetOut(
             group_name="users",
             kinds={"pyarrow", "parquet"},
             description=(
@@ -81,10 +77,7 @@ def country_lookup(countries: gpd.GeoDataFrame, storage_dir: str | Path) -> Coun
                 "(`country`/`country_code` null: in no country) and the row's input line."
             ),
         ),
-        dg.AssetSpec(
-            "user_country_userdays",
-            deps=["countries"],
-            partitions_def=user_batches,
+        "user_country_userdays": dg.AssetOut(
             group_name="users",
             kinds={"pyarrow", "parquet"},
             description=(
@@ -92,10 +85,7 @@ def country_lookup(countries: gpd.GeoDataFrame, storage_dir: str | Path) -> Coun
                 "over the user's locations in that country, and the number of `locations`."
             ),
         ),
-        dg.AssetSpec(
-            "user_home_locations",
-            deps=["countries"],
-            partitions_def=user_batches,
+        "user_home_locations": dg.AssetOut(
             group_name="users",
             kinds={"pyarrow", "parquet"},
             description=(
@@ -104,15 +94,13 @@ def country_lookup(countries: gpd.GeoDataFrame, storage_dir: str | Path) -> Coun
                 "userdays, `margin` and a `tie` flag (ties go to the first country by name)."
             ),
         ),
-        dg.AssetSpec(
-            "rejected_rows",
-            deps=["countries"],
-            partitions_def=user_batches,
+        "rejected_rows": dg.AssetOut(
             group_name="users",
             kinds={"pyarrow", "parquet"},
             description="Input rows rejected in this batch: `line` (relative to the batch), `reason`, `raw`.",
         ),
-    ],
+    },
+    partitions_def=user_batches,
     check_specs=[
         dg.AssetCheckSpec(
             "one_home_per_user",

