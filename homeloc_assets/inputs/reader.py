@@ -108,13 +108,6 @@ def _starts_ends(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts, ends, raw_end
 
 
-def _count_in_lines(buf: np.ndarray, byte: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    pos = np.flatnonzero(buf == byte)
-    if not len(pos):
-        return np.zeros(len(starts), dtype=np.int64)
-    return np.searchsorted(pos, ends) - np.searchsorted(pos, starts)
-
-
 def _parse_float(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(float64 values, ok-as-number mask) of a string column; cast once, regex only on failure."""
     try:
@@ -139,20 +132,6 @@ def _parse_float(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
             except ValueError:
                 ok_np[i] = False
     return vals, ok_np
-
-
-def _coordinate_reasons(
-    name: str, raw: pa.Array, vals: np.ndarray, ok: np.ndarray, lo: float, hi: float
-) -> list[tuple[np.ndarray, str]]:
-    """(mask, reason) pairs for a coordinate column, in priority order."""
-    empty = np.asarray(pc.equal(pc.utf8_length(raw), 0).to_numpy(zero_copy_only=False), dtype=bool)
-    finite = np.isfinite(vals)
-    return [
-        (empty, f"{name} missing"),
-        (~ok, f"{name} is not a number"),
-        (ok & ~finite, f"{name} is not finite (NaN or infinity)"),
-        (ok & finite & ((vals < lo) | (vals > hi)), f"{name} out of range [{lo:g}, {hi:g}]"),
-    ]
 
 
 def _params_minority(
@@ -186,6 +165,82 @@ def _params_minority(
     win[group[ci[first]]] = p[ci[first]]
     out[vidx[p != win[group]]] = True
     return out
+
+
+_HEX = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX[_c] = 10 + _i
+# two hex characters (as a little-endian uint16 of the two bytes) -> byte value, 0xFFFF if not hex
+_HEX2 = np.full(1 << 16, 0xFFFF, dtype=np.uint16)
+_lo, _hi = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")  # first byte, second byte
+_v = (_HEX[_lo] != 255) & (_HEX[_hi] != 255)
+_HEX2[(_lo | (_hi << 8))[_v]] = ((_HEX[_lo] << 4) | _HEX[_hi])[_v]
+del _lo, _hi, _v
+
+
+def _unhex(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """``hll.unhex_many`` with a fast path: (binary array, ok mask).
+
+    Rows that are exactly ``\\x`` + an even number of hex digits are decoded
+    here in a few whole-buffer numpy passes (all such rows have even length,
+    so row starts are even and digit pairs line up across the whole buffer);
+    any other row is handed to ``hll.unhex_many`` (which also tolerates
+    surrounding whitespace), so the result is the contract's.
+    """
+    n = len(values)
+    if n == 0:
+        return pa.array([], pa.binary()), np.zeros(0, dtype=bool)
+    if values.type != pa.string():
+        values = values.cast(pa.string())
+    bufs = values.buffers()
+    off = np.frombuffer(bufs[1], dtype=np.int32)[values.offset : values.offset + n + 1].astype(
+        np.int64
+    )
+    data = (
+        np.frombuffer(bufs[2], dtype=np.uint8)[off[0] : off[-1]]
+        if bufs[2] is not None
+        else np.zeros(0, np.uint8)
+    )
+    off = off - off[0]
+    start, length = off[:-1], np.diff(off)
+    ok = (length >= 2) & (length % 2 == 0)
+    if ok.all():
+        ok &= (data[start] == 92) & ((data[start + 1] | 0x20) == 120)
+    else:
+        s2 = start[ok]
+        ok[ok] = (data[s2] == 92) & ((data[s2 + 1] | 0x20) == 120)
+    if ok.all():
+        # every row has even length, so row starts are even and digit pairs line up
+        dec = _HEX2[data.view("<u2")]
+        if np.count_nonzero(dec == 0xFFFF) == n:  # only the n "\\x" prefixes are not hex
+            out = np.delete(dec, start // 2).astype(np.uint8)
+            ooff = ((off - 2 * np.arange(n + 1)) // 2).astype(np.int32)
+            arr = pa.Array.from_buffers(
+                pa.binary(), n, [None, pa.py_buffer(ooff), pa.py_buffer(out)]
+            )
+            return arr, ok
+    nib = _HEX[data]
+    bad = np.flatnonzero(nib == 255)
+    if len(bad):
+        row = np.searchsorted(off, bad, side="right") - 1
+        digit = (bad - start[row]) >= 2
+        ok[row[digit]] = False
+    if ok.all():  # cannot happen (the fast path takes these); no recursion, just the engine
+        arr, ok = hll.unhex_many(values)
+        return arr.cast(pa.binary()), np.asarray(ok, dtype=bool)
+    # mixed: decode the clean rows here, the rest by the engine, then put them back in order
+    good = np.flatnonzero(ok)
+    rest = np.flatnonzero(~ok)
+    a, _ = _unhex(values.take(pa.array(good, pa.int64())))
+    b, ok_b = hll.unhex_many(values.take(pa.array(rest, pa.int64())))
+    b = b.cast(pa.binary())
+    ok[rest] = ok_b
+    order = np.empty(n, dtype=np.int64)
+    order[good] = np.arange(len(good))
+    order[rest] = len(good) + np.arange(len(rest))
+    return pa.concat_arrays([a, b]).take(pa.array(order, pa.int64())), ok
 
 
 def _raw_text(data: bytes, starts: np.ndarray, ends: np.ndarray) -> list[str]:
@@ -240,6 +295,87 @@ def _unsorted_error(path: str | Path, start: int, exc: _Unsorted) -> InputError:
     )
 
 
+class _Reasons:
+    """Per-row reject reasons as int codes (0 = ok) plus their texts; first reason wins."""
+
+    def __init__(self, n: int) -> None:
+        self.code = np.zeros(n, dtype=np.int32)
+        self.texts: list[str | None] = [None]
+        self._ids: dict[str, int] = {}
+
+    def _id(self, text: str) -> int:
+        i = self._ids.get(text)
+        if i is None:
+            i = self._ids[text] = len(self.texts)
+            self.texts.append(text)
+        return i
+
+    def mark(self, mask: np.ndarray, why: str | np.ndarray) -> None:
+        """Give rows in ``mask`` (not yet rejected) the reason ``why`` (a text or per-row texts)."""
+        if not mask.any():
+            return
+        sel = mask & (self.code == 0)
+        if isinstance(why, str):
+            self.code[sel] = self._id(why)
+        else:
+            for r in np.flatnonzero(sel).tolist():
+                self.code[r] = self._id(str(why[r]))
+
+    def text(self, idx: np.ndarray) -> list[str | None]:
+        return [self.texts[c] for c in self.code[idx].tolist()]
+
+
+def _bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _prescan(data: bytes, buf: np.ndarray, skip_header: bool):
+    """Physical lines and the line-level verdicts, before any parsing.
+
+    Returns (starts, ends, raw_end, skip, reasons) where ``skip`` marks blank
+    lines (and a leading header) and ``reasons`` the line-level rejects.
+    """
+    starts, ends, raw_end = _starts_ends(buf)
+    n_lines = len(starts)
+    skip = ends == starts  # blank lines
+    if skip_header and n_lines:
+        first = data[starts[0] : ends[0]]
+        if first.startswith(BOM):
+            first = first[len(BOM) :]
+        if first == ",".join(COLUMNS).encode():
+            skip[0] = True
+    reasons = _Reasons(n_lines)
+    if not n_lines:
+        return starts, ends, raw_end, skip, reasons
+    # commas per line: commas before each line start, differenced
+    cpos = np.flatnonzero(buf == 44)
+    before = np.searchsorted(cpos, starts)
+    commas = np.diff(np.append(before, len(cpos)))
+    wrong = ~skip & (commas != 3)
+    if wrong.any():
+        idx = np.flatnonzero(wrong)
+        texts = np.full(n_lines, None, dtype=object)
+        texts[idx] = [
+            f"wrong field count: {c + 1} fields, expected 4" for c in commas[idx].tolist()
+        ]
+        reasons.mark(wrong, texts)
+    if np.count_nonzero(buf == 13):
+        crpos = np.flatnonzero(buf == 13)
+        crs = np.searchsorted(crpos, ends) - np.searchsorted(crpos, starts)
+        reasons.mark(~skip & (crs > 0), "carriage return inside the line")
+    if np.count_nonzero(buf >= 0x80):
+        hi = np.flatnonzero(buf >= 0x80)
+        bad = np.zeros(n_lines, dtype=bool)
+        for li in np.unique(np.searchsorted(starts, hi, side="right") - 1).tolist():
+            if not skip[li] and reasons.code[li] == 0:
+                try:
+                    data[starts[li] : ends[li]].decode("utf-8")
+                except UnicodeDecodeError:
+                    bad[li] = True
+        reasons.mark(bad, "not valid UTF-8")
+    return starts, ends, raw_end, skip, reasons
+
+
 def parse_bytes(
     data: bytes,
     *,
@@ -253,162 +389,123 @@ def parse_bytes(
     when user_guids go backwards; :func:`read_batch` turns it into InputError.
     """
     buf = np.frombuffer(data, dtype=np.uint8)
-    starts, ends, raw_end = _starts_ends(buf)
+    starts, ends, raw_end, skip, line_rej = _prescan(data, buf, skip_header)
     n_lines = len(starts)
-    length = ends - starts
-    skip = length == 0  # blank lines
-    if skip_header and n_lines:
-        first = data[starts[0] : ends[0]]
-        if first.startswith(BOM):
-            first = first[len(BOM) :]
-        if first.rstrip(b"\r") == ",".join(COLUMNS).encode():
-            skip[0] = True
-    commas = _count_in_lines(buf, 44, starts, ends)
-    crs = _count_in_lines(buf, 13, starts, ends)
-    reject_reason = np.full(n_lines, None, dtype=object)
-    wrong = ~skip & (commas != 3)
-    if wrong.any():
-        idx = np.flatnonzero(wrong)
-        reject_reason[idx] = [
-            f"wrong field count: {c + 1} fields, expected 4" for c in commas[idx].tolist()
-        ]
-    stray = ~skip & ~wrong & (crs > 0)
-    reject_reason[stray] = "carriage return inside the line"
-    hi = np.flatnonzero(buf >= 0x80)
-    if len(hi):
-        for li in np.unique(np.searchsorted(starts, hi, side="right") - 1).tolist():
-            if skip[li] or reject_reason[li] is not None:
-                continue
-            try:
-                data[starts[li] : ends[li]].decode("utf-8")
-            except UnicodeDecodeError:
-                reject_reason[li] = "not valid UTF-8"
-    pre_rej = (
-        np.array([r is not None for r in reject_reason], dtype=bool)
-        if n_lines
-        else np.zeros(0, bool)
-    )
-    good = ~skip & ~pre_rej
-    gidx = np.flatnonzero(good)
-
-    table = _read_good_lines(
-        data, buf, starts, ends, raw_end, good, gidx, skip, pre_rej, use_threads
-    )
+    pre_rej = line_rej.code != 0
+    gidx = np.flatnonzero(~skip & ~pre_rej)
+    table = _read_good_lines(data, buf, starts, raw_end, gidx, skip, ends, pre_rej, use_threads)
 
     m = table.num_rows
     guid = table.column("user_guid").combine_chunks()
     lat_s = table.column("latitude").combine_chunks()
     lon_s = table.column("longitude").combine_chunks()
     hll_s = table.column("hll").combine_chunks()
-    reason = np.full(m, None, dtype=object)
+    rr = _Reasons(m)
 
-    def mark(mask: np.ndarray, why: str | np.ndarray) -> None:
-        sel = mask & np.equal(reason, None)
-        if sel.any():
-            reason[sel] = why if isinstance(why, str) else why[sel]
-
-    is_header = np.asarray(
-        pc.and_(pc.equal(guid, "user_guid"), pc.equal(lat_s, "latitude")).to_numpy(
-            zero_copy_only=False
-        ),
-        dtype=bool,
-    )
-    mark(is_header, "repeated header line")
-    empty_guid = np.asarray(
-        pc.equal(pc.utf8_length(guid), 0).to_numpy(zero_copy_only=False), dtype=bool
-    )
-    mark(empty_guid, "empty user_guid")
+    is_header = _bool(pc.equal(guid, "user_guid"))
+    if is_header.any():
+        is_header &= _bool(pc.equal(lat_s, "latitude"))
+        rr.mark(is_header, "repeated header line")
+    empty_guid = _bool(pc.equal(pc.utf8_length(guid), 0))
+    rr.mark(empty_guid, "empty user_guid")
 
     # ---- sortedness (structural): non-decreasing user_guid in byte order
     keyed = ~is_header & ~empty_guid
     kidx = np.flatnonzero(keyed)
     if len(kidx) > 1:
         g = guid if len(kidx) == m else guid.take(pa.array(kidx))
-        back = np.asarray(pc.less(g[1:], g[:-1]).to_numpy(zero_copy_only=False), dtype=bool)
+        back = _bool(pc.less(g[1:], g[:-1]))
         if back.any():
             j = int(np.argmax(back)) + 1
             row = int(kidx[j])
-            rel_line = int(gidx[row]) + 1
-            off = offset + int(starts[gidx[row]])
-            raise _Unsorted(rel_line, off, g[j - 1].as_py(), g[j].as_py())
+            raise _Unsorted(
+                int(gidx[row]) + 1, offset + int(starts[gidx[row]]), g[j - 1].as_py(), g[j].as_py()
+            )
 
+    coords = {}
     for name, col, lo, hi in (
         ("latitude", lat_s, -90.0, 90.0),
         ("longitude", lon_s, -180.0, 180.0),
     ):
         vals, ok = _parse_float(col)
-        for mask, why in _coordinate_reasons(name, col, vals, ok, lo, hi):
-            mark(mask, why)
-        if name == "latitude":
-            lat = vals
-        else:
-            lon = vals
+        if not ok.all():
+            rr.mark(
+                _bool(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)), f"{name} missing"
+            )
+            rr.mark(~ok, f"{name} is not a number")
+        finite = np.isfinite(vals)
+        rr.mark(ok & ~finite, f"{name} is not finite (NaN or infinity)")
+        rr.mark(ok & finite & ((vals < lo) | (vals > hi)), f"{name} out of range [{lo:g}, {hi:g}]")
+        coords[name] = vals
 
-    hll_empty = np.asarray(
-        pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(hll_s)), 0).to_numpy(zero_copy_only=False),
-        dtype=bool,
-    )
-    mark(hll_empty, "userday_hll missing")
-    blobs, hex_ok = hll.unhex_many(hll_s)
-    mark(
-        ~hex_ok,
-        "userday_hll is not bytea hex text (expected \\x followed by an even number of hex digits)",
-    )
-    insp = hll.inspect_many(blobs)
-    if not np.all(insp.ok | ~hex_ok):
-        why = np.array(
-            [f"invalid hll: {r}" if r is not None else "invalid hll" for r in insp.reason],
-            dtype=object,
+    blobs, hex_ok = _unhex(hll_s)
+    if not hex_ok.all():
+        rr.mark(
+            _bool(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(hll_s)), 0)),
+            "userday_hll missing",
         )
-        mark(~insp.ok, why)
+        rr.mark(
+            ~hex_ok,
+            "userday_hll is not bytea hex text (expected \\x followed by an even number of hex digits)",
+        )
+    insp = hll.inspect_many(blobs)
+    bad_hll = ~np.asarray(insp.ok, dtype=bool) & hex_ok
+    if bad_hll.any():
+        why = np.full(m, None, dtype=object)
+        for r in np.flatnonzero(bad_hll).tolist():
+            why[r] = f"invalid hll: {insp.reason[r] or 'malformed'}"
+        rr.mark(bad_hll, why)
     st = np.asarray(insp.storage_type)
-    mark(st == hll.EMPTY, "empty hll (no userdays)")
-    mark(st == hll.UNDEFINED, "undefined hll")
+    rr.mark(st == hll.EMPTY, "empty hll (no userdays)")
+    rr.mark(st == hll.UNDEFINED, "undefined hll")
 
     # ---- params consistency within each user (among otherwise valid rows)
-    valid = np.equal(reason, None)
     if m:
+        valid = rr.code == 0
         change = np.ones(m, dtype=bool)
         if m > 1:
-            change[1:] = np.asarray(
-                pc.not_equal(guid[1:], guid[:-1]).to_numpy(zero_copy_only=False), dtype=bool
-            )
-        group_starts = np.flatnonzero(change)
-        minority = _params_minority(group_starts, m, np.asarray(insp.params), valid)
-        mark(minority, "hll parameters differ from the other rows of this user")
-        valid = np.equal(reason, None)
+            change[1:] = _bool(pc.not_equal(guid[1:], guid[:-1]))
+        minority = _params_minority(np.flatnonzero(change), m, np.asarray(insp.params), valid)
+        rr.mark(minority, "hll parameters differ from the other rows of this user")
 
+    valid = rr.code == 0
     vidx = np.flatnonzero(valid)
     lines_good = gidx.astype(np.int64) + 1
-    hll_bin = blobs.cast(pa.binary()) if pa.types.is_large_binary(blobs.type) else blobs
-    take = pa.array(vidx, pa.int64())
-    all_valid = len(vidx) == m
-    rows = pa.table(
+    hll_bin = blobs.cast(pa.binary()) if blobs.type != pa.binary() else blobs
+    if len(vidx) == m:
+        cols = [guid, coords["latitude"], coords["longitude"], hll_bin, lines_good]
+    else:
+        take = pa.array(vidx, pa.int64())
+        cols = [
+            guid.take(take),
+            coords["latitude"][vidx],
+            coords["longitude"][vidx],
+            hll_bin.take(take),
+            lines_good[vidx],
+        ]
+    rows = pa.Table.from_arrays(
         [
-            guid if all_valid else guid.take(take),
-            pa.array(lat if all_valid else lat[vidx], pa.float64()),
-            pa.array(lon if all_valid else lon[vidx], pa.float64()),
-            hll_bin if all_valid else hll_bin.take(take),
-            pa.array(lines_good if all_valid else lines_good[vidx], pa.int64()),
+            cols[0],
+            pa.array(cols[1], pa.float64()),
+            pa.array(cols[2], pa.float64()),
+            cols[3],
+            pa.array(cols[4], pa.int64()),
         ],
         schema=ROWS_SCHEMA,
     )
 
-    # ---- rejects: pre-parse rejects + row rejects, in line order
-    rej_lines_pre = np.flatnonzero(pre_rej)
+    # ---- rejects: line-level + row-level, in line order
+    pidx = np.flatnonzero(pre_rej)
     ridx = np.flatnonzero(~valid)
-    rej_line_idx = np.concatenate([rej_lines_pre, gidx[ridx]]).astype(np.int64)
-    rej_reason = (
-        np.concatenate([reject_reason[rej_lines_pre], reason[ridx]]) if len(rej_line_idx) else []
-    )
-    order = np.argsort(rej_line_idx, kind="stable")
-    rej_line_idx = rej_line_idx[order]
-    rej_reason = np.asarray(rej_reason, dtype=object)[order] if len(order) else []
-    rejects = pa.table(
+    rej_line = np.concatenate([pidx, gidx[ridx]]).astype(np.int64)
+    rej_text = line_rej.text(pidx) + rr.text(ridx)
+    order = np.argsort(rej_line, kind="stable")
+    rej_line = rej_line[order]
+    rejects = pa.Table.from_arrays(
         [
-            pa.array(rej_line_idx + 1, pa.int64()),
-            pa.array(list(rej_reason), pa.string()),
-            pa.array(_raw_text(data, starts[rej_line_idx], ends[rej_line_idx]), pa.string()),
+            pa.array(rej_line + 1, pa.int64()),
+            pa.array([rej_text[i] for i in order.tolist()], pa.string()),
+            pa.array(_raw_text(data, starts[rej_line], ends[rej_line]), pa.string()),
         ],
         schema=REJECTS_SCHEMA,
     )
@@ -416,7 +513,7 @@ def parse_bytes(
 
 
 def _read_good_lines(
-    data, buf, starts, ends, raw_end, good, gidx, skip, pre_rej, use_threads
+    data, buf, starts, raw_end, gidx, skip, ends, pre_rej, use_threads
 ) -> pa.Table:
     """Arrow-parse exactly the good lines; row i of the result is line ``gidx[i]``."""
     n_good = len(gidx)
