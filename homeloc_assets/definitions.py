@@ -14,10 +14,19 @@ from homeloc_assets.defs.batches import user_batch_assets, user_batches
 from homeloc_assets.defs.classification import homeloc_exports, user_classification
 from homeloc_assets.defs.countries import countries, world_countries
 from homeloc_assets.defs.io_managers import HomelocIOManager
+from homeloc_assets.defs.operations import JOBS, SCHEDULES, SENSORS
+from homeloc_assets.defs.reports import REPORT_ASSETS
 from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
 from homeloc_assets.settings import Settings
 
-ASSETS = [world_countries, countries, user_batch_assets, user_classification, homeloc_exports]
+ASSETS = [
+    world_countries,
+    countries,
+    user_batch_assets,
+    user_classification,
+    homeloc_exports,
+    *REPORT_ASSETS,
+]
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
@@ -26,6 +35,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     storage = settings.storage_path
     return dg.Definitions(
         assets=ASSETS,
+        sensors=SENSORS,
+        schedules=SCHEDULES,
+        jobs=JOBS,
         resources={
             "homeloc": HomelocConfig.from_settings(settings),
             "hll_backend": HllBackendResource.from_env(settings.backend),

@@ -1,0 +1,3 @@
+"""Report assets: pictures and tables for the researcher."""
+
+REPORT_ASSETS: list = []
