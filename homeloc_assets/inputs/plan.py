@@ -95,9 +95,8 @@ def _looks_binary(chunk: bytes) -> bool:
         return True
     try:
         chunk.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # a multi-byte character cut at the chunk end is fine
-        return exc.start < len(chunk) - 4
+    except UnicodeDecodeError:
+        return True
     return False
 
 
@@ -122,8 +121,9 @@ def read_header(path: str | Path) -> int:
             f"{path}: no line end in the first {_HEADER_MAX} bytes; not a CSV text file"
         )
     line = head[skip : (nl if nl >= 0 else len(head))]
-    if _looks_binary(head[skip:]):
-        raise InputError(f"{path}: not a CSV text file (binary data or not UTF-8 near the start)")
+    # only the header line is judged: one damaged data row must not condemn the file
+    if _looks_binary(line):
+        raise InputError(f"{path}: not a CSV text file (the header line is binary or not UTF-8)")
     line = line.rstrip(b"\r")
     text = line.decode("utf-8", errors="replace")
     found = [c.strip().strip('"').strip() for c in text.split(",")]
