@@ -37,7 +37,7 @@ BOM = b"\xef\xbb\xbf"
 SAMPLE_BYTES = 4 << 20
 _FP_BYTES = 64 << 10
 _HEADER_MAX = 64 << 10
-_STEP = 64 << 10
+_STEP = 8 << 10
 
 
 @dataclass(frozen=True)
