@@ -218,21 +218,43 @@ def _day_hashes(n_days: int) -> tuple[np.ndarray, np.ndarray]:
     return h[order], rank
 
 
-def registers_from_hashes(row: np.ndarray, hashes: np.ndarray, n_rows: int) -> np.ndarray:
-    """HLL registers (n_rows, 2048) uint8 of the hashed values grouped by ``row``.
+def register_values(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(register index, value) of each hashed value, as postgresql-hll computes them.
 
-    Register index = low 11 bits; value = 1 + number of trailing zeros of the
-    remaining 53 bits (0 when they are all zero), capped at 2**5 - 1.
+    Index = low 11 bits; value = 1 + number of trailing zeros of the remaining
+    53 bits (0 when they are all zero), capped at 2**5 - 1.
     """
     u = np.asarray(hashes, dtype=np.int64).view(np.uint64)
     idx = (u & np.uint64(NREGS - 1)).astype(np.int64)
     w = u >> np.uint64(LOG2M)
     low = w & (~w + np.uint64(1))  # lowest set bit, a power of two <= 2**52 (exact in float64)
     p = np.where(w == 0, 0, np.log2(low.astype(np.float64)).astype(np.int64) + 1)
-    p = np.minimum(p, (1 << REGWIDTH) - 1).astype(np.uint8)
+    return idx, np.minimum(p, (1 << REGWIDTH) - 1).astype(np.uint8)
+
+
+def registers_from_hashes(row: np.ndarray, hashes: np.ndarray, n_rows: int) -> np.ndarray:
+    """Dense HLL registers (n_rows, 2048) uint8 of the hashed values grouped by ``row``."""
+    idx, p = register_values(hashes)
     regs = np.zeros((n_rows, NREGS), dtype=np.uint8)
     np.maximum.at(regs, (np.asarray(row, dtype=np.int64), idx), p)
     return regs
+
+
+def filled_registers(
+    row: np.ndarray, hashes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-zero registers as triplets (row, index, value), sorted by (row, index).
+
+    The sparse counterpart of :func:`registers_from_hashes`: memory grows with
+    the number of values, not with rows x 2048.
+    """
+    idx, p = register_values(hashes)
+    key = (((np.asarray(row, dtype=np.int64) << LOG2M) | idx) << 5) | p
+    key = np.sort(key[p > 0])
+    last = np.ones(len(key), dtype=bool)
+    last[:-1] = (key[1:] >> 5) != (key[:-1] >> 5)  # the max value per (row, index) sorts last
+    key = key[last]
+    return key >> (LOG2M + 5), (key >> 5) & (NREGS - 1), (key & 31).astype(np.uint8)
 
 
 def sparse_or_full(regs: np.ndarray) -> np.ndarray:
@@ -393,6 +415,7 @@ class _Params:
     heavy_share: float
     n_days: int
     local_travel_share: float
+    explicit_max: int
 
 
 def _sorted_unique(a: np.ndarray) -> np.ndarray:
@@ -514,16 +537,18 @@ def _chunk(
 
     # --- HLL bytes: [placeholder, 3 header bytes, payload] per row
     htype = np.full(n_rows_out, TYPE_EXPLICIT, dtype=np.uint8)
-    big = np.flatnonzero(cnt > EXPLICIT_MAX)
+    explicit_max = prm.explicit_max
+    big = np.flatnonzero(cnt > explicit_max)
     payload = cnt * 8
-    regs = None
     if len(big):
-        big_entries = np.flatnonzero(np.repeat(cnt > EXPLICIT_MAX, cnt))
+        big_entries = np.flatnonzero(np.repeat(cnt > explicit_max, cnt))
         local_row = np.searchsorted(big, e_row[big_entries])
-        regs = registers_from_hashes(local_row, day_hash[e_rank[big_entries]], len(big))
-        htype[big] = sparse_or_full(regs)
-        filled = np.count_nonzero(regs, axis=1)
-        payload[big] = np.where(htype[big] == TYPE_SPARSE, 2 * filled, FULL_BYTES)
+        t_row, t_idx, t_val = filled_registers(local_row, day_hash[e_rank[big_entries]])
+        filled = np.bincount(t_row, minlength=len(big))
+        sparse_bytes = (filled * (LOG2M + REGWIDTH) + 7) // 8
+        is_sparse = sparse_bytes < FULL_BYTES
+        htype[big] = np.where(is_sparse, TYPE_SPARSE, TYPE_FULL)
+        payload[big] = np.where(is_sparse, sparse_bytes, FULL_BYTES)
     nbytes = 4 + payload
     off = np.concatenate([[0], np.cumsum(nbytes)])
     starts = off[:-1]
@@ -537,20 +562,19 @@ def _chunk(
     dest_pos = starts[xr] + 4 + 8 * j
     buf[dest_pos[:, None] + np.arange(8)] = day_be[e_rank[expl]]
     if len(big):
-        sp = htype[big] == TYPE_SPARSE
-        if sp.any():
-            r, chunks = pack_sparse(regs[sp])
-            rows_sp = big[sp]
-            jj = (
-                np.arange(len(r))
-                - np.concatenate([[0], np.cumsum(np.bincount(r, minlength=len(rows_sp)))[:-1]])[r]
-            )
-            pos = starts[rows_sp[r]] + 4 + 2 * jj
-            buf[pos[:, None] + np.arange(2)] = chunks
-        if (~sp).any():
-            full = pack_full(regs[~sp])
-            pos = starts[big[~sp]] + 4
-            buf[pos[:, None] + np.arange(FULL_BYTES)] = full
+        t_first = np.concatenate([[0], np.cumsum(filled)[:-1]])
+        sp = is_sparse[t_row]
+        chunk = ((t_idx[sp] << REGWIDTH) | t_val[sp]).astype(">u2").view(np.uint8).reshape(-1, 2)
+        jj = np.flatnonzero(sp) - t_first[t_row[sp]]
+        pos = starts[big[t_row[sp]]] + 4 + 2 * jj
+        buf[pos[:, None] + np.arange(2)] = chunk
+        full_rows = np.flatnonzero(~is_sparse)
+        if len(full_rows):
+            regs = np.zeros((len(full_rows), NREGS), dtype=np.uint8)
+            fr = ~sp
+            regs[np.searchsorted(full_rows, t_row[fr]), t_idx[fr]] = t_val[fr]
+            pos = starts[big[full_rows]] + 4
+            buf[pos[:, None] + np.arange(FULL_BYTES)] = pack_full(regs)
     text = hex_bytes(buf)
     text[2 * starts] = ord("\\")
     text[2 * starts + 1] = ord("x")
@@ -613,6 +637,7 @@ def generate(
     heavy_share: float = 0.003,
     local_travel_share: float = 0.25,
     n_days: int = 4383,
+    explicit_max: int = EXPLICIT_MAX,
     grid_step: float = 0.01,
     decimals: int = 2,
     pool_size: int = 2000,
@@ -626,7 +651,10 @@ def generate(
     ``chunk_users`` users at a time. ``countries`` defaults to the dissolved
     Natural Earth countries. ``progress(users_done, n_users, rows_done)`` is
     called after every chunk. Days are numbered from 2000-01-01 (day 0) to
-    ``n_days - 1`` (default: 12 years).
+    ``n_days - 1`` (default: 12 years). ``explicit_max`` is the largest
+    number of values stored as EXPLICIT (PostgreSQL's auto threshold, 160, by
+    default); 0 stores every value as SPARSE (or FULL), which PostgreSQL
+    accepts too, like input whose values all start with ``\\x138b7f``.
     """
     from homeloc_assets.atomic import atomic_path
 
@@ -675,6 +703,7 @@ def generate(
         heavy_share=heavy_share,
         n_days=n_days,
         local_travel_share=local_travel_share,
+        explicit_max=explicit_max,
     )
     day_hash, day_rank = _day_hashes(n_days)
     day_be = day_hash.astype(">i8").view(np.uint8).reshape(n_days, 8)
@@ -739,6 +768,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--study-country", default="Germany", help="name or code (default Germany)")
     p.add_argument("--local-share", type=float, default=0.7, help="share of locals (default 0.7)")
     p.add_argument("--chunk-users", type=int, default=200_000, help="users per chunk")
+    p.add_argument(
+        "--explicit-max",
+        type=int,
+        default=EXPLICIT_MAX,
+        help="largest value count stored as EXPLICIT (default 160, PostgreSQL's); "
+        "0 writes every value as SPARSE/FULL",
+    )
     return p
 
 
@@ -804,6 +840,7 @@ def _run(args: argparse.Namespace, progress: Callable[[int, int, int], None]) ->
         study_country=args.study_country,
         local_share=args.local_share,
         chunk_users=args.chunk_users,
+        explicit_max=args.explicit_max,
         progress=progress,
     )
 

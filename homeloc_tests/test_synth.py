@@ -206,3 +206,37 @@ def test_postgres_accepts_every_value_and_agrees_on_cardinality(generated, pg_co
     for text, pg_card, repacked in rows:
         assert pg_card == pytest.approx(hll.cardinality(text), rel=1e-12)
         assert repacked == text, "PostgreSQL packs the value the same way"
+
+
+@pytest.fixture(scope="module")
+def sparse_only(tmp_path_factory, countries):
+    """explicit_max=0: every value SPARSE or FULL (like input whose values start with 138b7f)."""
+    out = tmp_path_factory.mktemp("synth_sparse") / "users.csv"
+    summary = synth.generate(400, out, seed=5, explicit_max=0, countries=countries)
+    return summary, pd.read_csv(out, dtype=str, keep_default_na=False)
+
+
+def test_sparse_only_mode(sparse_only):
+    summary, data = sparse_only
+    assert summary.hll_types["explicit"] == 0
+    assert data["userday_hll"].str.startswith("\\x138b7f").mean() > 0.95
+    for text in data["userday_hll"]:
+        assert hll.to_hex(hll.union([text])) == text
+        assert hll.cardinality(text) >= 1
+
+
+@pytest.mark.postgres
+def test_postgres_accepts_sparse_only_values(sparse_only, pg_conn):
+    _, data = sparse_only
+    values = list(data["userday_hll"])
+    with pg_conn.cursor() as cur:
+        cur.execute(
+            "SELECT v, hll_cardinality(v::hll), hll_union(v::hll, hll_empty())::text "
+            "FROM unnest(%s::text[]) AS v",
+            (values,),
+        )
+        rows = cur.fetchall()
+    assert len(rows) == len(values)
+    for text, pg_card, repacked in rows:
+        assert pg_card == pytest.approx(hll.cardinality(text), rel=1e-12)
+        assert repacked == text
