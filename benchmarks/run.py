@@ -172,6 +172,27 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M")
     rows: list[dict] = []
     raw: list[dict] = []
+    out = args.out or RESULTS_DIR / f"{time.strftime('%Y-%m-%d_%H%M')}.md"
+
+    def render() -> str:
+        header = (
+            f"# homeloc end-to-end benchmark, {started}\n\n"
+            f"Machine: {os.cpu_count()} cores, "
+            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
+            f"{platform.platform()}, Python {platform.python_version()}.\n"
+            f"Command: `{' '.join([sys.executable, *sys.argv])}`\n\n"
+            "vs_postgis / vs_truth: users whose home country differs "
+            "(of the users both answers have).\n\n"
+        )
+        return header + markdown_table(rows, COLUMNS) + "\n"
+
+    def save() -> Path:
+        """Write what is measured so far (after every step: a long run keeps its figures)."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render())
+        out.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=str))
+        return out
+
     for si, n in enumerate(sizes):
         path, gen = ensure_data(n, args.seed, args.regenerate)
         raw.append({"users": n, "data": str(path), "generate": gen})
@@ -187,11 +208,21 @@ def main(argv: list[str] | None = None) -> int:
             )
         truth = _truth(path)
         reference = None
+        r = None
         if not args.skip_peers and not args.skip_postgis:
             import peer_postgis
 
             ref_csv = DATA_DIR / f"peer_postgis_{path.stem}.csv"
-            r = peer_postgis.run(path, out=ref_csv)
+            try:
+                r = peer_postgis.run(path, out=ref_csv)
+            except Exception as exc:  # noqa: BLE001 - record the failure, go on with the rest
+                log(f"peer_postgis failed: {exc}")
+                rows.append(
+                    {"users": f"{n:,}", "system": "PostGIS + hll", "notes": f"FAILED: {exc}"}
+                )
+                save()
+                r = None
+        if r is not None:
             reference = pd.read_csv(ref_csv, dtype=str, keep_default_na=False)
             r["vs_truth"] = compare_homes(reference, truth)
             raw.append({"users": n, "peer_postgis": r})
@@ -208,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"({r['country_parts']} parts); server RSS not measured",
                 }
             )
+            save()
         if not args.skip_peers and args.seed_sample > 0 and si == 0:
             import peer_seed_loop
 
@@ -227,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"~{r['extrapolated_6_3M_h']:.1f} h",
                 }
             )
+            save()
         for backend in backends:
             r = bench_homeloc(path, n, backend, args)
             row = {
@@ -251,23 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                         row["vs_postgis"] = _mismatch_text(r["vs_postgis"])
             raw.append({"users": n, "homeloc": r})
             rows.append(row)
+            save()
 
-    header = (
-        f"# homeloc end-to-end benchmark, {started}\n\n"
-        f"Machine: {os.cpu_count()} cores, "
-        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
-        f"{platform.platform()}, Python {platform.python_version()}.\n"
-        f"Command: `{' '.join([sys.executable, *sys.argv])}`\n\n"
-        "vs_postgis / vs_truth: users whose home country differs "
-        "(of the users both answers have).\n\n"
-    )
-    md = header + markdown_table(rows, COLUMNS) + "\n"
-    print(md)
-    out = args.out or RESULTS_DIR / f"{time.strftime('%Y-%m-%d_%H%M')}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(md)
-    out.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=str))
-    log(f"wrote {out}")
+    log(f"wrote {save()}")
+    print(render())
     return 0
 
 
