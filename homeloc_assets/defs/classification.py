@@ -43,6 +43,7 @@ def batch_stats(config: HomelocConfig, keys: list[str]) -> dict[str, dict]:
 @dg.asset(
     group_name="results",
     kinds={"pyarrow", "parquet"},
+    automation_condition=dg.AutomationCondition.eager(),
     ins={"user_home_locations": dg.AssetIn("user_home_locations"), "countries": dg.AssetIn()},
     check_specs=[
         dg.AssetCheckSpec("no_user_twice", asset="user_classification",
@@ -134,6 +135,7 @@ def _as_partitioned(context, value) -> PartitionedTables:
 @dg.asset(
     group_name="results",
     kinds={"csv", "parquet"},
+    automation_condition=dg.AutomationCondition.eager(),
     deps=["user_classification"],
     ins={
         "user_home_locations": dg.AssetIn("user_home_locations"),

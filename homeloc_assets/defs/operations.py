@@ -1,5 +1,524 @@
-"""Sensors, schedules and jobs that run homeloc without anyone clicking."""
+"""Sensors, schedules and jobs that run homeloc without anyone clicking.
 
-SENSORS: list = []
-SCHEDULES: list = []
-JOBS: list = []
+* ``homeloc_input_sensor`` watches ``HOMELOC_INPUT_DIR`` (``*.csv``, not
+  recursive). A file is registered once it is *stable*: the same size and
+  mtime on two ticks and an mtime at least ``HOMELOC_SENSOR_SETTLE_SECONDS``
+  old. Registering plans the file by seeking only (``Catalog.register``), adds
+  its batches as ``user_batches`` partitions and requests one run per range of
+  up to 16 batches (run key ``<plan_id>:<first>..<last>``). A changed or
+  removed file retires the partitions of its old plan first, so old and new
+  data never mix.
+* ``homeloc_automation`` evaluates ``AutomationCondition.eager()`` of
+  ``user_classification``, ``homeloc_exports`` (and any other asset with an
+  automation condition): once every batch is materialized they update.
+* ``homeloc_nightly_heal`` (02:00) re-checks the input folder and requests runs
+  for every registered batch that is neither materialized nor in flight.
+
+The cursor of the sensor is JSON (see :class:`_Cursor`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import stat
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from homeloc_assets.catalog import Catalog, split_key
+from homeloc_assets.defs.batches import BACKFILL_BATCHES_PER_RUN, user_batches
+from homeloc_assets.defs.resources import HomelocConfig
+from homeloc_assets.inputs import InputError
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw.strip() else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+#: Seconds between input sensor ticks.
+SENSOR_INTERVAL_SECONDS = _env_int("HOMELOC_SENSOR_INTERVAL_SECONDS", 30)
+#: A file's mtime must be at least this old before it is registered.
+SETTLE_SECONDS = _env_int("HOMELOC_SENSOR_SETTLE_SECONDS", 30)
+#: Seconds between evaluations of the automation conditions.
+AUTOMATION_INTERVAL_SECONDS = _env_int("HOMELOC_AUTOMATION_INTERVAL_SECONDS", 30)
+#: Cron of the nightly heal (server time zone unless HOMELOC_HEAL_TIMEZONE is set).
+HEAL_CRON = os.environ.get("HOMELOC_HEAL_CRON", "0 2 * * *")
+HEAL_TIMEZONE = os.environ.get("HOMELOC_HEAL_TIMEZONE", "UTC")
+#: Re-request the countries run after a failure at most this often.
+COUNTRIES_RETRY_SECONDS = 600
+#: Runs that started longer ago than this are not counted as "in flight" by the heal
+#: (the default run launcher cannot tell a dead run process after a machine crash).
+HEAL_STALE_RUN_SECONDS = 12 * 3600
+
+BATCH_ASSETS = ("user_locations", "user_country_userdays", "user_home_locations", "rejected_rows")
+COUNTRY_ASSETS = ("world_countries", "countries")
+HOME_KEY = dg.AssetKey("user_home_locations")
+COUNTRIES_KEY = dg.AssetKey("countries")
+
+PLAN_TAG = "homeloc/plan_id"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+# ------------------------------------------------------------------------------ jobs
+homeloc_batches_job = dg.define_asset_job(
+    "homeloc_batches_job",
+    selection=dg.AssetSelection.assets(*BATCH_ASSETS),
+    partitions_def=user_batches,
+    description="The per-batch assets for a range of user batches (one run: all cores).",
+)
+
+homeloc_countries_job = dg.define_asset_job(
+    "homeloc_countries_job",
+    selection=dg.AssetSelection.assets(*COUNTRY_ASSETS),
+    description="The country polygons every batch needs (run once, before the first batches).",
+)
+
+homeloc_results_job = dg.define_asset_job(
+    "homeloc_results_job",
+    selection=dg.AssetSelection.assets("user_classification").downstream(),
+    description="Classification, exports and reports over all current batches.",
+)
+
+
+def _batch_run_config(reuse_finished: bool) -> dict:
+    return {"ops": {"user_batch_assets": {"config": {"reuse_finished": reuse_finished}}}}
+
+
+def range_run_request(
+    keys: Sequence[str], run_key: str, *, reuse_finished: bool = False, tags: dict | None = None
+) -> dg.RunRequest:
+    """One run of ``homeloc_batches_job`` over the consecutive batches ``keys[0]..keys[-1]``."""
+    return dg.RunRequest(
+        run_key=run_key,
+        job_name=homeloc_batches_job.name,
+        run_config=_batch_run_config(reuse_finished),
+        tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1], **(tags or {})},
+    )
+
+
+def chunk(keys: Sequence[str], size: int = BACKFILL_BATCHES_PER_RUN) -> list[list[str]]:
+    """``keys`` cut into lists of at most ``size``."""
+    return [list(keys[i : i + size]) for i in range(0, len(keys), size)]
+
+
+def consecutive_ranges(
+    wanted: Iterable[str], order: Sequence[str], size: int = BACKFILL_BATCHES_PER_RUN
+) -> list[list[str]]:
+    """The keys of ``wanted`` as runs of consecutive keys of ``order``, each at most ``size``.
+
+    A partition range covers every key between its ends, so a range may only
+    span keys that are all wanted.
+    """
+    wanted = set(wanted)
+    out: list[list[str]] = []
+    cur: list[str] = []
+    for k in order:
+        if k in wanted and len(cur) < size:
+            cur.append(k)
+            continue
+        if cur:
+            out.append(cur)
+        cur = [k] if k in wanted else []
+    if cur:
+        out.append(cur)
+    return out
+
+
+# ------------------------------------------------------------------------ the folder
+@dataclass(frozen=True)
+class Candidate:
+    """A CSV in the input folder that may be registered."""
+
+    name: str
+    path: Path  # resolved (a symlink inside the folder resolves to its target)
+    size: int
+    mtime_ns: int
+
+
+def _not_an_input_name(name: str) -> bool:
+    low = name.lower()
+    return (
+        name.startswith((".", "~", "#"))
+        or low.endswith((".tmp", ".part", ".partial", ".crdownload", ".swp", "~"))
+        or not low.endswith(".csv")
+    )
+
+
+def scan_input_dir(input_dir: str | Path) -> tuple[dict[str, Candidate], list[str]]:
+    """The regular ``*.csv`` files directly in ``input_dir`` and the names that were ignored.
+
+    Hidden and temporary names are skipped silently. A symlink counts only if it
+    resolves to a regular file inside the folder; anything else (outside,
+    dangling, a directory, a FIFO or device) is ignored and named in the second list.
+    """
+    root = Path(input_dir)
+    try:
+        real_root = root.resolve(strict=True)
+    except OSError:
+        return {}, []
+    found: dict[str, Candidate] = {}
+    ignored: list[str] = []
+    try:
+        entries = list(os.scandir(real_root))
+    except OSError:
+        return {}, []
+    for entry in sorted(entries, key=lambda e: e.name):
+        if _not_an_input_name(entry.name):
+            continue
+        p = Path(entry.path)
+        try:
+            if entry.is_symlink():
+                target = p.resolve(strict=True)
+                if not target.is_relative_to(real_root) or target.parent != real_root:
+                    ignored.append(entry.name)
+                    continue
+            else:
+                target = p
+            st = os.stat(target)
+        except (OSError, RuntimeError):
+            ignored.append(entry.name)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            ignored.append(entry.name)
+            continue
+        found[entry.name] = Candidate(entry.name, target, st.st_size, st.st_mtime_ns)
+    return found, ignored
+
+
+# ----------------------------------------------------------------------------- cursor
+class _Cursor:
+    """The sensor's memory, stored as JSON.
+
+    ``{"v": 1, "files": {name: entry}, "countries_requested_at": float}`` where
+    an entry is ``{"size", "mtime_ns", "state", ...}`` with ``state``:
+
+    * ``"seen"``: observed once with this size/mtime; registered when unchanged
+      on a later tick and old enough;
+    * ``"registered"``: partitions added (``plan_id``, ``n``, ``first``, ``last``),
+      ``requested`` tells whether its runs were requested;
+    * ``"rejected"``: not a valid input (``error``); retried when it changes.
+    """
+
+    def __init__(self, raw: str | None) -> None:
+        doc: dict = {}
+        if raw:
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = {}
+        if not isinstance(doc, dict) or doc.get("v") != 1:
+            doc = {}
+        self.files: dict[str, dict] = dict(doc.get("files") or {})
+        self.countries_requested_at: float = float(doc.get("countries_requested_at") or 0.0)
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {"v": 1, "files": self.files, "countries_requested_at": self.countries_requested_at},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+
+def _plan_path(catalog: Catalog, plan_id: str, cache: dict[str, str | None]) -> str | None:
+    if plan_id not in cache:
+        try:
+            cache[plan_id] = str(Path(catalog.load_plan(plan_id).path).resolve())
+        except (KeyError, OSError, ValueError):
+            cache[plan_id] = None
+    return cache[plan_id]
+
+
+def keys_to_retire(
+    existing: Sequence[str],
+    catalog: Catalog,
+    *,
+    plan_ids: Iterable[str] = (),
+    paths: Iterable[str | Path] = (),
+    keep_plan: str | None = None,
+) -> list[str]:
+    """Existing partition keys of the plans ``plan_ids`` or of plans of the files ``paths``.
+
+    Keys of ``keep_plan`` are never retired. Plans are read from the catalog
+    (small JSON files), not the inputs.
+    """
+    plan_ids = set(plan_ids)
+    paths = {str(Path(p).resolve()) for p in paths}
+    cache: dict[str, str | None] = {}
+    out = []
+    for key in existing:
+        try:
+            plan_id, _ = split_key(key)
+        except ValueError:
+            continue
+        if plan_id == keep_plan:
+            continue
+        if plan_id in plan_ids or (paths and _plan_path(catalog, plan_id, cache) in paths):
+            out.append(key)
+    return out
+
+
+def _countries_state(instance: dg.DagsterInstance) -> str:
+    """``ready`` (materialized), ``running`` (a run in flight) or ``missing``."""
+    if instance.get_latest_materialization_event(COUNTRIES_KEY) is not None:
+        return "ready"
+    runs = instance.get_run_records(
+        dg.RunsFilter(job_name=homeloc_countries_job.name, statuses=IN_FLIGHT), limit=1
+    )
+    return "running" if runs else "missing"
+
+
+def evaluate_input_folder(
+    context: dg.SensorEvaluationContext, homeloc: HomelocConfig, now: float | None = None
+) -> dg.SensorResult:
+    """One tick of the input sensor (a plain function so tests can call it with a clock)."""
+    now = time.time() if now is None else now
+    instance = context.instance
+    cursor = _Cursor(context.cursor)
+    catalog = homeloc.catalog
+    found, ignored = scan_input_dir(homeloc.input_dir)
+    for name in ignored:
+        if name not in cursor.files or cursor.files[name].get("state") != "ignored":
+            context.log.warning(
+                f"{name}: ignored (a symlink leaving {homeloc.input_dir}, dangling, or not a "
+                "regular file)"
+            )
+    existing = list(instance.get_dynamic_partitions(user_batches.name))
+    retire: list[str] = []
+    add: list[str] = []
+    runs: list[dg.RunRequest] = []
+    refresh_results = False
+    new_files: dict[str, dict] = {}
+
+    # files that are gone (or now ignored): retire their partitions
+    for name, entry in cursor.files.items():
+        if name in found or entry.get("state") != "registered":
+            continue
+        keys = keys_to_retire(existing, catalog, plan_ids=[entry["plan_id"]])
+        if keys:
+            context.log.info(f"{name}: removed; retiring {len(keys)} batch(es) of {entry['plan_id']}")
+            retire += keys
+            refresh_results = True
+    for name in ignored:
+        new_files[name] = {"state": "ignored"}
+
+    for name, cand in found.items():
+        entry = dict(cursor.files.get(name) or {})
+        same = entry.get("size") == cand.size and entry.get("mtime_ns") == cand.mtime_ns
+        if same and entry.get("state") in ("registered", "rejected"):
+            new_files[name] = entry
+            continue
+        if not same:
+            # new or changed: the old plan's batches are no longer true
+            if entry.get("state") == "registered":
+                keys = keys_to_retire(existing, catalog, plan_ids=[entry["plan_id"]])
+                if keys:
+                    context.log.info(
+                        f"{name}: changed; retiring {len(keys)} batch(es) of {entry['plan_id']}"
+                    )
+                    retire += keys
+            new_files[name] = {
+                "state": "seen", "size": cand.size, "mtime_ns": cand.mtime_ns,
+                "prev_plan": entry.get("plan_id") or entry.get("prev_plan"),
+            }
+            continue
+        # unchanged since the last tick: register once it is old enough
+        if now - cand.mtime_ns / 1e9 < SETTLE_SECONDS:
+            new_files[name] = entry
+            continue
+        try:
+            plan_id, keys = catalog.register(cand.path, homeloc.batch_users)
+        except (InputError, OSError, ValueError) as exc:
+            context.log.warning(f"{name}: not registered: {exc}")
+            new_files[name] = {**entry, "state": "rejected", "error": str(exc)[:500]}
+            continue
+        try:
+            after = os.stat(cand.path)
+        except OSError:
+            continue
+        if (after.st_size, after.st_mtime_ns) != (cand.size, cand.mtime_ns):
+            new_files[name] = {"state": "seen", "size": after.st_size,
+                               "mtime_ns": after.st_mtime_ns, "prev_plan": entry.get("prev_plan")}
+            continue
+        old = keys_to_retire(existing, catalog, paths=[cand.path], keep_plan=plan_id)
+        if old:
+            context.log.info(f"{name}: retiring {len(old)} batch(es) of older versions")
+            retire += old
+        have = set(existing)
+        add += [k for k in keys if k not in have]
+        rewritten = entry.get("prev_plan") == plan_id
+        new_files[name] = {
+            "state": "registered", "size": cand.size, "mtime_ns": cand.mtime_ns,
+            "plan_id": plan_id, "n": len(keys), "first": keys[0], "last": keys[-1],
+            "requested": False, "rerun": bool(rewritten),
+        }
+        context.log.info(f"{name}: registered as {plan_id} with {len(keys)} batch(es)")
+
+    # launch the runs of registered files (after the countries exist)
+    pending = {n: e for n, e in new_files.items()
+               if e.get("state") == "registered" and not e.get("requested")}
+    countries = _countries_state(instance) if pending else "ready"
+    if pending and countries == "missing" and now - cursor.countries_requested_at >= COUNTRIES_RETRY_SECONDS:
+        runs.append(dg.RunRequest(run_key=None, job_name=homeloc_countries_job.name))
+        cursor.countries_requested_at = now
+    if pending and countries == "ready":
+        materialized = instance.get_materialized_partitions(HOME_KEY)
+        for entry in pending.values():
+            keys = _plan_keys(entry)
+            todo = keys if entry.get("rerun") else [k for k in keys if k not in materialized]
+            suffix = f"@{entry['mtime_ns']}" if entry.get("rerun") else ""
+            for part in consecutive_ranges(todo, keys):
+                runs.append(range_run_request(
+                    part, f"{entry['plan_id']}{suffix}:{part[0]}..{part[-1]}",
+                    tags={PLAN_TAG: entry["plan_id"]},
+                ))
+            entry["requested"] = True
+
+    if refresh_results and not add:
+        left = [k for k in existing if k not in set(retire)]
+        if left and set(left) <= set(instance.get_materialized_partitions(HOME_KEY)):
+            runs.append(dg.RunRequest(
+                run_key=f"refresh:{','.join(sorted({split_key(k)[0] for k in retire}))}",
+                job_name=homeloc_results_job.name,
+            ))
+
+    cursor.files = new_files
+    requests: list = []
+    if retire:
+        requests.append(dg.DeleteDynamicPartitionsRequest(user_batches.name, sorted(set(retire))))
+    if add:
+        requests.append(dg.AddDynamicPartitionsRequest(user_batches.name, add))
+    return dg.SensorResult(
+        run_requests=runs, dynamic_partitions_requests=requests, cursor=cursor.dumps()
+    )
+
+
+def _plan_keys(entry: dict) -> list[str]:
+    """The keys of a registered cursor entry (``<plan_id>-<index:05d>``, as the catalog makes them)."""
+    keys = [f"{entry['plan_id']}-{i:05d}" for i in range(int(entry["n"]))]
+    if keys and (keys[0] != entry["first"] or keys[-1] != entry["last"]):
+        raise ValueError(f"plan {entry['plan_id']}: key format differs from the catalog's")
+    return keys
+
+
+@dg.sensor(
+    name="homeloc_input_sensor",
+    jobs=[homeloc_batches_job, homeloc_countries_job, homeloc_results_job],
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Registers new or changed CSVs in HOMELOC_INPUT_DIR as user_batches partitions once "
+        "they are stable, retires the batches of changed or removed files, and requests one "
+        f"run per range of up to {BACKFILL_BATCHES_PER_RUN} batches."
+    ),
+)
+def homeloc_input_sensor(context: dg.SensorEvaluationContext, homeloc: HomelocConfig):
+    """See :func:`evaluate_input_folder`."""
+    return evaluate_input_folder(context, homeloc)
+
+
+# --------------------------------------------------------------------- automation
+homeloc_automation = dg.AutomationConditionSensorDefinition(
+    "homeloc_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
+    description=(
+        "Evaluates the automation conditions (eager: user_classification, homeloc_exports, "
+        "reports) — running by default, unlike Dagster's default automation sensor."
+    ),
+)
+
+
+# ----------------------------------------------------------------------- schedule
+def in_flight_keys(instance: dg.DagsterInstance, order: Sequence[str], now: float) -> set[str]:
+    """Batches covered by queued or running batch runs (runs started long ago count as dead)."""
+    index = {k: i for i, k in enumerate(order)}
+    out: set[str] = set()
+    for rec in instance.get_run_records(
+        dg.RunsFilter(job_name=homeloc_batches_job.name, statuses=IN_FLIGHT)
+    ):
+        run = rec.dagster_run
+        started = rec.start_time
+        if run.status == dg.DagsterRunStatus.STARTED and started and now - started > HEAL_STALE_RUN_SECONDS:
+            continue
+        tags = run.tags
+        lo, hi = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+        if lo in index and hi in index:
+            out.update(order[index[lo] : index[hi] + 1])
+        elif tags.get("dagster/partition") in index:
+            out.add(tags["dagster/partition"])
+    return out
+
+
+def heal_requests(
+    instance: dg.DagsterInstance, homeloc: HomelocConfig, stamp: str, now: float | None = None,
+    log=None,
+) -> list[dg.RunRequest]:
+    """Register stable files the sensor has not, then one run per range of missing batches."""
+    now = time.time() if now is None else now
+    found, _ = scan_input_dir(homeloc.input_dir)
+    have = set(instance.get_dynamic_partitions(user_batches.name))
+    for cand in found.values():
+        if now - cand.mtime_ns / 1e9 < SETTLE_SECONDS:
+            continue
+        try:
+            _, keys = homeloc.catalog.register(cand.path, homeloc.batch_users)
+        except (InputError, OSError, ValueError):
+            continue
+        new = [k for k in keys if k not in have]
+        if new:
+            # the sensor normally did this; after a sensor outage the schedule catches up
+            instance.add_dynamic_partitions(user_batches.name, new)
+            have.update(new)
+            if log:
+                log.info(f"{cand.name}: added {len(new)} batch(es) the sensor had not registered")
+    order = list(instance.get_dynamic_partitions(user_batches.name))
+    done = set(instance.get_materialized_partitions(HOME_KEY))
+    busy = in_flight_keys(instance, order, now)
+    missing = [k for k in order if k not in done and k not in busy]
+    return [
+        range_run_request(part, f"heal:{stamp}:{part[0]}..{part[-1]}", reuse_finished=True,
+                          tags={"homeloc/heal": stamp})
+        for part in consecutive_ranges(missing, order)
+    ]
+
+
+@dg.schedule(
+    name="homeloc_nightly_heal",
+    cron_schedule=HEAL_CRON,
+    execution_timezone=HEAL_TIMEZONE,
+    job=homeloc_batches_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description=(
+        "Nightly: registers stable inputs the sensor missed and requests runs for every batch "
+        "that is neither materialized nor in flight (a crash overnight heals itself)."
+    ),
+)
+def homeloc_nightly_heal(context: dg.ScheduleEvaluationContext, homeloc: HomelocConfig):
+    """See :func:`heal_requests`."""
+    when = context.scheduled_execution_time or _dt.datetime.now(_dt.UTC)
+    reqs = heal_requests(context.instance, homeloc, when.strftime("%Y%m%dT%H%M"), log=context.log)
+    if not reqs:
+        return dg.SkipReason("every registered batch is materialized or in flight")
+    return reqs
+
+
+SENSORS: list = [homeloc_input_sensor, homeloc_automation]
+SCHEDULES: list = [homeloc_nightly_heal]
+JOBS: list = [homeloc_batches_job, homeloc_countries_job, homeloc_results_job]
