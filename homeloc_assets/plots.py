@@ -167,12 +167,15 @@ def user_map(
     title: str = "",
     *,
     userdays: np.ndarray | None = None,
+    in_home: np.ndarray | None = None,
+    home_label: str = "home country",
     pad: float = 0.25,
     min_span_m: float = 400_000.0,
 ) -> Figure:
     """One user's points (Mollweide), zoomed to their extent, home country filled.
 
-    Point size follows ``userdays`` (distinct days at the location) when given.
+    Point size follows ``userdays`` (distinct days at the location) when given;
+    points where ``in_home`` is true are red, the others blue.
     The view covers all points plus ``pad`` of their span on each side, and at
     least ``min_span_m`` metres, so a single point still shows its surroundings.
     """
@@ -198,15 +201,21 @@ def user_map(
     if home_code is not None:
         home = world[world["country_code"] == home_code]
         if len(home):
-            home.plot(ax=ax, color="#fde0c5", edgecolor=HIGHLIGHT_COLOR, linewidth=1.0)
+            home.plot(ax=ax, color="#fbd3b0", edgecolor=HIGHLIGHT_COLOR, linewidth=1.0)
     if len(x):
         if userdays is not None:
             ud = np.asarray(userdays, dtype=np.float64)
-            sizes = 20 + 60 * np.sqrt(np.maximum(ud, 0) / max(float(np.max(ud)), 1.0))
+            sizes = 20 + 80 * np.sqrt(np.maximum(ud, 0) / max(float(np.max(ud)), 1.0))
         else:
-            sizes = 30
-        ax.scatter(x, y, s=sizes, c="#1f77b4", edgecolors="white", linewidths=0.6, zorder=3,
-                   alpha=0.85)
+            sizes = np.full(len(x), 30.0)
+        mask = np.zeros(len(x), bool) if in_home is None else np.asarray(in_home, bool)
+        for sel, color, label in ((~mask, "#1f77b4", "elsewhere"), (mask, HIGHLIGHT_COLOR,
+                                                                     home_label)):
+            if sel.any():
+                ax.scatter(x[sel], y[sel], s=sizes[sel], c=color, edgecolors="white",
+                           linewidths=0.6, zorder=3, alpha=0.85,
+                           label=f"{label} ({int(sel.sum())} location(s))")
+        ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     ax.set_title(title)
