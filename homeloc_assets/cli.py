@@ -280,15 +280,11 @@ def _print_summary(s: dict, out: Path, elapsed: float) -> None:
 
 # ------------------------------------------------------------------------- synth
 def _add_synth(sub) -> None:
-    p = sub.add_parser("synth", help="generate a synthetic userdays CSV with known truth")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-
-
-def cmd_synth(args) -> int:
-    """Delegate to the generator's own argument parser."""
-    from homeloc_assets.synth import synth_main
-
-    return synth_main(args.rest)
+    sub.add_parser(
+        "synth",
+        help="generate a synthetic userdays CSV with known truth (see `homeloc synth --help`)",
+        add_help=False,
+    )
 
 
 # --------------------------------------------------------------------------- hll
@@ -351,9 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_hll(sub)
     _add_ui(sub)
     extra = _explain_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["synth"]:  # the generator owns its flags
+        from homeloc_assets.synth import synth_main
+
+        return synth_main(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"run": cmd_run, "synth": cmd_synth, "hll": cmd_hll, "ui": cmd_ui, **extra}
+    handlers = {"run": cmd_run, "hll": cmd_hll, "ui": cmd_ui, **extra}
     try:
         return handlers[args.command](args)
     except CliError as exc:

@@ -45,3 +45,14 @@ def pg_conn(pg_dsn):
     conn.autocommit = True
     yield conn
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def small_input(tmp_path_factory):
+    """A synthetic userdays CSV of 3000 users with its truth file (built once per session)."""
+    from homeloc_assets.synth import generate
+
+    d = tmp_path_factory.mktemp("small_input")
+    path = d / "userdays.csv"
+    generate(3000, path, seed=11)
+    return path
