@@ -93,15 +93,20 @@ def explain_user(
     countries,
     study_country: str = "Germany",
     min_userdays: float = 0.0,
+    found=None,
 ) -> Explanation:
-    """Find ``user_guid`` in the sorted ``path`` and explain its home against ``study_country``."""
+    """Find ``user_guid`` in the sorted ``path`` and explain its home against ``study_country``.
+
+    ``found``: the user's ``find_user`` result when the caller already has it.
+    """
     from homeloc_assets.backends.embedded import EmbeddedBackend
     from homeloc_assets.geo import exact_lookup, resolve_country
     from homeloc_assets.inference import classify_homes, country_userdays, pick_homes
     from homeloc_assets.inputs import find_user
 
     study = resolve_country(countries, study_country)
-    found = find_user(path, user_guid, global_lines=False)
+    if found is None:
+        found = find_user(path, user_guid, global_lines=False)
     rows = found.rows
     names = countries["country"].to_numpy(dtype=object)
     codes = countries["country_code"].to_numpy(dtype=object)
@@ -219,7 +224,7 @@ def cmd_explain(args) -> int:
     from rich.console import Console
 
     from homeloc_assets.geo import CountryError
-    from homeloc_assets.inputs import InputError
+    from homeloc_assets.inputs import InputError, find_user
     from homeloc_assets.settings import Settings
 
     err = Console(stderr=True, soft_wrap=True)
@@ -230,15 +235,16 @@ def cmd_explain(args) -> int:
     try:
         settings = Settings.from_env().with_(study_country=args.study_country,
                                              min_userdays=args.min_userdays)
+        found = find_user(path, args.user_guid)
+        if found.rows.num_rows == 0 and found.rejects.num_rows == 0:
+            err.print(f"homeloc: error: user {args.user_guid!r} is not in {path} "
+                      "(user_guid must match exactly; the file must be sorted by user_guid)")
+            return EXIT_USAGE
         countries = load_countries(settings)
         ex = explain_user(path, args.user_guid, countries, settings.study_country,
-                          settings.min_userdays)
+                          settings.min_userdays, found=found)
     except (ValueError, CountryError, InputError) as exc:
         err.print(f"homeloc: error: {exc}")
-        return EXIT_USAGE
-    if not ex.found:
-        err.print(f"homeloc: error: user {args.user_guid!r} is not in {path} "
-                  "(user_guid must match exactly; the file must be sorted by user_guid)")
         return EXIT_USAGE
     print_explanation(ex, Console(soft_wrap=True))
     if args.out:
