@@ -1,8 +1,8 @@
 """The ``homeloc`` command: run the pipeline headless, make data, inspect HLLs, open the UI.
 
-``homeloc run`` materialises the same Dagster definitions as the UI, against a
-persistent instance (``DAGSTER_HOME``, by default ``<out>/.homeloc/dagster_home``)
-so that running the same command again resumes: finished batches are kept.
+``homeloc run`` materialises the same Dagster definitions as the UI, against
+``DAGSTER_HOME`` (or a temporary instance when it is unset). Running the same
+command again resumes: batches whose files are complete are kept.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def _add_run(sub) -> None:
     p.add_argument("--max-reject-share", type=float, default=None,
                    help="fail when more than this share of rows is rejected (default 0.01)")
     p.add_argument("--dagster-home", default=None,
-                   help="Dagster instance folder (default: DAGSTER_HOME or <out>/.homeloc/dagster_home)")
+                   help="Dagster instance folder, to see the runs in the UI "
+                        "(default: DAGSTER_HOME, else a temporary instance)")
     p.add_argument("--fresh", action="store_true", help="recompute finished batches too")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -172,8 +173,10 @@ def cmd_run(args) -> int:
         raise CliError(str(exc), EXIT_USAGE) from None
     if args.backend:
         os.environ["HOMELOC_HLL_BACKEND"] = args.backend
-    home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or out / ".homeloc" / "dagster_home")
-    instance = _instance(home)
+    home = args.dagster_home or os.environ.get("DAGSTER_HOME")
+    # Resume does not need a persistent instance (finished batches are known by
+    # their files), so without DAGSTER_HOME the run uses a temporary one.
+    instance = _instance(Path(home)) if home else dg.DagsterInstance.ephemeral()
 
     from homeloc_assets.catalog import Catalog
     from homeloc_assets.definitions import build_definitions
@@ -195,10 +198,18 @@ def cmd_run(args) -> int:
 
     say(f"{input_path}: {len(keys)} batch(es) of about {settings.batch_users} users; "
         f"backend {settings.backend}; {settings.n_workers} worker(s)")
-    res = dg.materialize(assets, selection=["world_countries", "countries"], instance=instance,
-                         resources=resources, run_config=log_cfg, raise_on_error=False)
-    if not res.success:
-        raise CliError(f"countries: {_failure_reason(res)}")
+    source = json.dumps([settings.countries_path, settings.countries_name_column,
+                         settings.countries_code_column])
+    marker = settings.storage_path / "assets" / "countries.source.json"
+    have_countries = (settings.storage_path / "assets" / "countries.parquet").exists() and (
+        marker.exists() and marker.read_text() == source)
+    if not have_countries or home:
+        res = dg.materialize(assets, selection=["world_countries", "countries"],
+                             instance=instance, resources=resources, run_config=log_cfg,
+                             raise_on_error=False)
+        if not res.success:
+            raise CliError(f"countries: {_failure_reason(res)}")
+        marker.write_text(source)
 
     from homeloc_assets.batch_runner import is_finished
 
