@@ -79,7 +79,6 @@ IN_FLIGHT = [
 homeloc_batches_job = dg.define_asset_job(
     "homeloc_batches_job",
     selection=dg.AssetSelection.assets(*BATCH_ASSETS),
-    partitions_def=user_batches,
     description="The per-batch assets for a range of user batches (one run: all cores).",
 )
 
@@ -165,7 +164,8 @@ def scan_input_dir(input_dir: str | Path) -> tuple[dict[str, Candidate], list[st
 
     Hidden and temporary names are skipped silently. A symlink counts only if it
     resolves to a regular file inside the folder; anything else (outside,
-    dangling, a directory, a FIFO or device) is ignored and named in the second list.
+    dangling, a directory, a FIFO or device, or an alias of another file of the folder) is
+    ignored and named in the second list.
     """
     root = Path(input_dir)
     try:
@@ -198,7 +198,15 @@ def scan_input_dir(input_dir: str | Path) -> tuple[dict[str, Candidate], list[st
             ignored.append(entry.name)
             continue
         found[entry.name] = Candidate(entry.name, target, st.st_size, st.st_mtime_ns)
-    return found, ignored
+    # a symlink to another file of the folder is an alias: the file counts once, by its own name
+    by_path: dict[Path, str] = {}
+    for name, cand in sorted(found.items(), key=lambda kv: (kv[1].path.name != kv[0], kv[0])):
+        if cand.path in by_path:
+            del found[name]
+            ignored.append(name)
+        else:
+            by_path[cand.path] = name
+    return found, sorted(ignored)
 
 
 # ----------------------------------------------------------------------------- cursor
@@ -359,7 +367,7 @@ def evaluate_input_folder(
         if old:
             context.log.info(f"{name}: retiring {len(old)} batch(es) of older versions")
             retire += old
-        have = set(existing)
+        have = set(existing) | set(add)
         add += [k for k in keys if k not in have]
         rewritten = entry.get("prev_plan") == plan_id
         new_files[name] = {
