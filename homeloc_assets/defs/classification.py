@@ -22,7 +22,7 @@ from homeloc_assets.inference import (
     CLASS_UNDETERMINED,
     classify_homes,
 )
-from homeloc_assets.tables import PartitionedTables
+from homeloc_assets.tables import PARQUET_COMPRESSION, PartitionedTables
 
 
 class RejectShareError(Exception):
@@ -85,7 +85,7 @@ def user_classification(
         for _, t in homes.iter_tables():
             c = classify_homes(t, code, homeloc.min_userdays)
             if writer is None:
-                writer = pq.ParquetWriter(str(staged), c.schema, compression="zstd")
+                writer = pq.ParquetWriter(str(staged), c.schema, compression=PARQUET_COMPRESSION)
             writer.write_table(c)
             for item in pc.value_counts(c.column("classification")).to_pylist():
                 counts[item["values"]] += int(item["counts"])
