@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from homeloc_assets.atomic import atomic_path
 from homeloc_assets.inference import CLASS_UNDETERMINED
-from homeloc_assets.tables import CSV_OPTIONS, PartitionedTables, read_table
+from homeloc_assets.tables import PartitionedTables, csv_writer, read_table
 
 EXPORT_FILES = (
     "user_home_locations.csv",
@@ -97,7 +96,8 @@ def write_exports(
         )
         cls = read_table(classification_path, ["user_guid", "classification"])
         cls = cls.filter(pc.not_equal(cls.column("classification"), CLASS_UNDETERMINED))
-        pacsv.write_csv(cls, w.path("user_classification.csv"), CSV_OPTIONS)
+        with csv_writer(w.path("user_classification.csv"), cls.schema) as cw:
+            cw.write_table(cls)
         _stream_parquet(
             w.path("user_country_userdays.parquet"),
             (t for _, t in country_userdays.iter_tables(
@@ -127,7 +127,7 @@ def _global_rejects(rejects: PartitionedTables, offsets: dict[str, int]) -> Iter
 
 
 def _stream_csv(path: Path, tables: Iterable[pa.Table], schema: pa.Schema) -> None:
-    with pacsv.CSVWriter(str(path), schema, write_options=CSV_OPTIONS) as writer:
+    with csv_writer(path, schema) as writer:
         for t in tables:
             if t.num_rows:
                 writer.write_table(t.select(schema.names).cast(schema))

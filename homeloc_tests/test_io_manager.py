@@ -1,0 +1,73 @@
+"""The table IO manager: Parquet and CSV, partitions, atomic writes, lazy multi-partition loads."""
+
+import os
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from homeloc_assets.atomic import atomic_path
+from homeloc_assets.defs.io_managers import HomelocIOManager
+from homeloc_assets.tables import PartitionedTables
+
+parts = dg.StaticPartitionsDefinition(["a", "b", "c"])
+
+
+@dg.asset(partitions_def=parts)
+def numbers(context: dg.AssetExecutionContext) -> pa.Table:
+    k = context.partition_key
+    return pa.table({"k": [k] * 3, "v": [1, 2, 3]})
+
+
+@dg.asset(metadata={"format": "csv"})
+def total(numbers: PartitionedTables) -> pd.DataFrame:
+    assert isinstance(numbers, PartitionedTables) and numbers.keys() == ["a", "b", "c"]
+    t = numbers.read_all()
+    return pd.DataFrame({"n": [t.num_rows], "sum": [sum(t.column("v").to_pylist())]})
+
+
+@dg.asset(partitions_def=parts)
+def doubled(numbers: pa.Table) -> pa.Table:
+    return pa.table({"v": [2 * x for x in numbers.column("v").to_pylist()]})
+
+
+def test_partitions_parquet_and_csv(tmp_path):
+    io = HomelocIOManager(base_dir=str(tmp_path))
+    inst = dg.DagsterInstance.ephemeral()
+    for k in ["a", "b", "c"]:
+        assert dg.materialize([numbers, doubled], partition_key=k, resources={"io_manager": io},
+                              instance=inst).success
+    assert sorted(p.name for p in (tmp_path / "numbers").iterdir()) == [
+        "a.parquet", "b.parquet", "c.parquet"]
+    res = dg.materialize([numbers, total], selection=["total"], resources={"io_manager": io},
+                         instance=inst)
+    assert res.success
+    csv = (tmp_path / "total.csv").read_text().splitlines()
+    assert csv == ["n,sum", "9,18"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temp files left
+
+
+def test_missing_partition_is_a_clear_error(tmp_path):
+    io = HomelocIOManager(base_dir=str(tmp_path))
+    inst = dg.DagsterInstance.ephemeral()
+    dg.materialize([numbers], partition_key="a", resources={"io_manager": io}, instance=inst)
+    res = dg.materialize([numbers, total], selection=["total"], resources={"io_manager": io},
+                         instance=inst, raise_on_error=False)
+    assert not res.success
+    err = res.get_step_failure_events()[0].step_failure_data.error
+    text = err.message + "".join(c.message for c in [err.cause] if c)
+    assert "not materialized" in text
+
+
+def test_atomic_path_leaves_target_untouched_on_error(tmp_path):
+    target = tmp_path / "x.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["x.csv"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and os.listdir(tmp_path) == ["x.csv"]
