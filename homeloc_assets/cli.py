@@ -212,6 +212,15 @@ def cmd_run(args) -> int:
         marker.write_text(source)
 
     from homeloc_assets.batch_runner import is_finished
+    from homeloc_assets.geo import CountryError, resolve_country
+
+    try:  # a wrong study country should stop the run before hours of batches
+        import geopandas as gpd
+
+        resolve_country(gpd.read_parquet(settings.storage_path / "assets" / "countries.parquet"),
+                        settings.study_country)
+    except CountryError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
 
     cfg = settings
     tdir = cfg.storage_path / "assets"
