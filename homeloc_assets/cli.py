@@ -46,6 +46,8 @@ def _add_run(sub) -> None:
                    help="Dagster instance folder, to see the runs in the UI "
                         "(default: DAGSTER_HOME, else a temporary instance)")
     p.add_argument("--fresh", action="store_true", help="recompute finished batches too")
+    p.add_argument("--no-figures", action="store_true",
+                   help="skip the report figures (<out>/figures, a few seconds)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -126,13 +128,14 @@ class _Progress:
         else:
             last = -1
             while True:
+                stopping = self._stop.wait(2.0)
                 n, users = self._done()
                 if n != last:
                     rate = users / max(time.monotonic() - start, 1e-9)
-                    print(f"homeloc: batches {n}/{total}, {users} users, {rate:,.0f} users/s",
+                    print(f"homeloc: batches {n}/{total}, {users:,} users, {rate:,.0f} users/s",
                           file=sys.stderr, flush=True)
                     last = n
-                if self._stop.wait(2.0):
+                if stopping:
                     return
 
     def __enter__(self):
@@ -244,7 +247,12 @@ def cmd_run(args) -> int:
             )
         if not res.success:
             raise CliError(f"batches: {_failure_reason(res)}")
-    res = dg.materialize(assets, selection=["user_classification", "homeloc_exports"],
+    from homeloc_assets.defs.reports import REPORT_ASSETS
+
+    final = ["user_classification", "homeloc_exports"]
+    if not args.no_figures:
+        final += [k.to_user_string() for a in REPORT_ASSETS for k in a.keys]
+    res = dg.materialize(assets, selection=final,
                          instance=instance, resources=resources, run_config=log_cfg,
                          raise_on_error=False)
     if not res.success:

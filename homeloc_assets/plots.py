@@ -77,8 +77,23 @@ def classification_bar(
 
 
 # --------------------------------------------------------------------- maps
+_OUTLINES_CACHE: dict = {}
+
+
 def world_outlines(countries: gpd.GeoDataFrame, tolerance: float = WORLD_SIMPLIFY_DEG) -> gpd.GeoDataFrame:
-    """``countries`` simplified (for drawing) and projected to Mollweide."""
+    """``countries`` simplified (for drawing) and projected to Mollweide.
+
+    Cached per process for the same countries and tolerance (about 2 s each time
+    for Natural Earth 1:10m otherwise).
+    """
+    key = (tolerance, tuple(countries["country_code"]), tuple(countries.total_bounds))
+    if key not in _OUTLINES_CACHE:
+        _OUTLINES_CACHE.clear()
+        _OUTLINES_CACHE[key] = _world_outlines(countries, tolerance)
+    return _OUTLINES_CACHE[key].copy()
+
+
+def _world_outlines(countries: gpd.GeoDataFrame, tolerance: float) -> gpd.GeoDataFrame:
     out = countries[["country", "country_code", "geometry"]].copy()
     if tolerance > 0:
         out["geometry"] = out.geometry.simplify(tolerance, preserve_topology=True)
