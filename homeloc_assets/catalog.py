@@ -31,9 +31,14 @@ class BatchRef:
 
 
 def plan_id_for(plan: BatchPlan, batch_users: int) -> str:
-    """``<stem>-<8 hex>`` from the file name, its fingerprint and the batch size."""
+    """``<stem>-<8 hex>`` from the file name, its fingerprint, mtime and the batch size.
+
+    The fingerprint reads only the file's ends; the modification time makes a
+    rewrite in the middle give new keys too.
+    """
     stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(plan.path).stem)[:40] or "input"
-    digest = hashlib.sha1(f"{plan.fingerprint}:{batch_users}".encode()).hexdigest()[:8]
+    ident = f"{plan.fingerprint}:{plan.size}:{plan.mtime_ns}:{batch_users}"
+    digest = hashlib.sha1(ident.encode()).hexdigest()[:8]
     return f"{stem}-{digest}"
 
 
@@ -77,6 +82,10 @@ class Catalog:
             raise KeyError(f"batch {key!r}: plan {plan_id!r} has {len(plan.batches)} batches")
         b = plan.batches[index]
         return BatchRef(key, plan_id, index, str(plan.path), b.start, b.end)
+
+    def keys(self, plan_id: str) -> list[str]:
+        """The partition keys of stored plan ``plan_id``, in file order."""
+        return [f"{plan_id}-{b.index:05d}" for b in self.load_plan(plan_id).batches]
 
     def plan_ids(self) -> list[str]:
         """All stored plan ids."""
