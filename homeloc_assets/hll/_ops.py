@@ -8,6 +8,7 @@ This module owns the set algebra of hll.c (``multiset_union``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -68,10 +69,30 @@ def estimate_from_sums(p: Params, sums: np.ndarray, zero_counts: np.ndarray) -> 
     zc = np.asarray(zero_counts, dtype=np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         est = g / sums
-        linear = float(nregs) * np.log(float(nregs) / np.where(zc > 0, zc, 1).astype(np.float64))
-        large = neg_two_to_l * np.log(1.0 - est / two_to_l)
-    use_linear = (zc != 0) & (est < (5.0 * nregs / 2.0))
-    return np.where(use_linear, linear, np.where(est <= cutoff, est, large))
+        use_linear = (zc != 0) & (est < (5.0 * nregs / 2.0))
+        out = est.copy()
+        large = ~use_linear & ~(est <= cutoff)
+        if large.any():
+            out[large] = neg_two_to_l * libm_log(1.0 - est[large] / two_to_l)
+        if use_linear.any():
+            out[use_linear] = float(nregs) * libm_log(float(nregs) / zc[use_linear].astype(np.float64))
+    return out
+
+
+def libm_log(x: np.ndarray) -> np.ndarray:
+    """C ``log`` of the platform libm element-wise, as PostgreSQL computes it.
+
+    numpy's vectorised log can differ from libm's by one ulp (e.g. for
+    log(2048 / 1339)), which would change hll_cardinality's last bit.  The
+    arguments here take few distinct values (one per zero-register count), so
+    we evaluate ``math.log`` once per distinct value.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    uniq, inv = np.unique(x, return_inverse=True)
+    vals = np.array(
+        [math.log(v) if v > 0 else (-math.inf if v == 0 else math.nan) for v in uniq.tolist()], dtype=np.float64
+    )
+    return vals[inv].reshape(x.shape)
 
 
 def registers_estimate(p: Params, regs: np.ndarray) -> float:

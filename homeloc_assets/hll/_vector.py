@@ -572,6 +572,8 @@ def _explicit_bytes(p, gx, out, single, multi_res, ug, uv, gcode, hdr) -> None:
         return
     m = multi_res[ug]
     ugm = ug[m]
+    if not len(ugm):  # every multi-row group went past the threshold
+        return
     vals = uv[m].astype(">i8").tobytes()
     bounds = np.flatnonzero(np.diff(ugm)) + 1
     starts = np.concatenate([[0], bounds]).tolist()
