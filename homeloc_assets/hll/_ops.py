@@ -132,10 +132,9 @@ def rho_and_index(hashes: np.ndarray, log2m: int, regwidth: int) -> tuple[np.nda
     u = np.asarray(hashes).view(np.uint64) if np.asarray(hashes).dtype == np.int64 else np.asarray(hashes, dtype=np.uint64)
     idx = (u & np.uint64((1 << log2m) - 1)).astype(np.int64)
     rest = u >> np.uint64(log2m)
-    low = rest & (~rest + np.uint64(1))  # lowest set bit (0 if rest == 0)
-    # position of the single set bit: exact via frexp on a power of two.
-    _, e = np.frexp(low.astype(np.float64))  # low = 2**(e-1); float64 exact for powers of 2
-    rho = np.where(rest == 0, 0, e).astype(np.int64)
+    # 1 + trailing zeros = popcount(rest ^ (rest - 1)); rest == 0 gives 64 -> 0
+    rho = np.bitwise_count(rest ^ (rest - np.uint64(1)))
+    rho[rest == 0] = 0
     cap = (1 << regwidth) - 1
     return idx, np.minimum(rho, cap).astype(np.uint8)
 
