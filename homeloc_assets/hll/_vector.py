@@ -229,8 +229,10 @@ def _decode_sparse(arr, rows, dpad: np.ndarray, pstart: np.ndarray, k: np.ndarra
     """(register index int32, value uint8) of all entries of SPARSE payloads at ``pstart``."""
     chunk = log2m + w
     if chunk <= 16 and chunk % 8 == 0:  # e.g. the default 11/5: entries are big-endian uint16
-        fld = np.frombuffer(_payloads(arr, rows), ">u2" if chunk == 16 else np.uint8)
-        return (fld >> w).astype(np.uint16), (fld & ((1 << w) - 1)).astype(np.uint8)
+        fld = np.frombuffer(_payloads(arr, rows), ">u2" if chunk == 16 else np.uint8).astype(np.uint16)
+        val = (fld & np.uint16((1 << w) - 1)).astype(np.uint8)
+        fld >>= np.uint16(w)
+        return fld, val
     else:
         bitpos = _ranges(pstart * 8, k, chunk)
         view4 = np.ndarray(shape=(len(dpad) - 3,), dtype=">u4", buffer=dpad, strides=(1,))
@@ -362,9 +364,12 @@ def _parse(blobs: object) -> _Parsed:
         sidx = np.zeros(0, np.int32)
         sval = np.zeros(0, np.uint8)
     # padding of sparse rows
-    padbits = payload * 8 - nfilled * chunk
-    lastb = dpad[np.maximum(start + length - 1, 0)].astype(np.int64)
-    _fail(ok, reason, iss & (nfilled >= 0) & ((lastb & ((1 << np.clip(padbits, 0, 7)) - 1)) != 0) & (payload > 0), "nonzero padding bits in SPARSE hll")
+    sp = np.flatnonzero(ok & iss & (payload > 0))
+    padbits = payload[sp] * 8 - nfilled[sp] * chunk[sp]
+    lastb = dpad[start[sp] + length[sp] - 1].astype(np.int64)
+    badrows = np.zeros(n, bool)
+    badrows[sp[(lastb & ((1 << np.clip(padbits, 0, 7)) - 1)) != 0]] = True
+    _fail(ok, reason, badrows, "nonzero padding bits in SPARSE hll")
 
     # ---- full rows, per params code
     full = {}
