@@ -657,8 +657,9 @@ def _estimate_exact(p: _Parsed, g, gsel, pr: Params, card, out) -> None:
     FULL row if any, else a SPARSE row; its sum read straight from its bytes),
     plus the changes made by all other contributions (explicit hashes, other
     SPARSE entries, other FULL registers): per touched (group, register) the
-    maximum and its old base value, found with one ``maximum.at`` into a
-    reusable scratch of (value << 26 | contribution number), chunk by chunk.
+    maximum (one ``maximum.at`` into a reusable scratch of value << 26 |
+    contribution number, so each touched register has one winner) and its old
+    base value (base SPARSE entries read the scratch), chunk by chunk.
     No groups x registers matrix is built (only when union bytes are wanted).
     """
     m, log2m, w, mr = pr.nregs, pr.log2m, pr.regwidth, pr.max_register
@@ -768,13 +769,15 @@ def _estimate_exact(p: _Parsed, g, gsel, pr: Params, card, out) -> None:
                     wide = np.zeros(len(scr), np.uint64)
                 sc, vsh = wide, 40
             dt = sc.dtype.type
-            # base SPARSE registers, numbered with a sentinel that wins ties
-            sc[bflat] = (bval.astype(sc.dtype) << dt(vsh)) | dt((1 << vsh) - 1)
-            old = (sc[flat] >> dt(vsh)).astype(np.uint8)
             key = (val.astype(sc.dtype) << dt(vsh)) | np.arange(nt, dtype=sc.dtype)
             np.maximum.at(sc, flat, key)
-            rep = sc[flat] == key  # one winner per register a contribution raises above the base
-            sc[bflat] = 0
+            rep = sc[flat] == key  # exactly one winner per touched register
+            # old (base) values: base SPARSE entries at touched registers tell their winner
+            old = np.zeros(nt, np.uint8)
+            if len(bflat):
+                hit = sc[bflat]
+                tb = np.flatnonzero(hit)
+                old[(hit[tb] & dt((1 << vsh) - 1)).astype(np.int64)] = bval[tb]
             sc[flat] = 0
             fl, new, old = flat[rep], val[rep], old[rep]
             gl = fl >> log2m
@@ -782,7 +785,7 @@ def _estimate_exact(p: _Parsed, g, gsel, pr: Params, card, out) -> None:
             hasf = np.flatnonzero(fb >= 0)
             if len(hasf):
                 old[hasf] = _packed_regs(p.dpad, fstart[fb[hasf]], fl[hasf] & (m - 1), w)
-                new = np.maximum(new, old)
+            new = np.maximum(new, old)
             s_tot[c0:c1] -= np.bincount(gl, weights=ti[old] - ti[new], minlength=c1 - c0)
             z_tot[c0:c1] -= np.bincount(gl[(old == 0) & (new > 0)], minlength=c1 - c0)
         if out is not None:
