@@ -372,6 +372,28 @@ def test_grouped_many_groups_equals_scalar(data):
             assert _close(card[g], c) and _close(card2[g], c)
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_grouped_small_chunks_and_wide_scratch_equal_scalar(monkeypatch, data):
+    """The chunked estimator with one group per chunk and the uint64 scratch give the same results."""
+    from homeloc_assets.hll import _vector
+
+    params = data.draw(st.sampled_from([(11, 5, -1, 1), (6, 4, 8, 1), (8, 5, -1, 0)]))
+    pool = [data.draw(_hll_st(params)) for _ in range(4)] + [data.draw(_explicit_st(params)) for _ in range(3)]
+    blobs = [pool[data.draw(st.integers(0, len(pool) - 1))] for _ in range(data.draw(st.integers(1, 25)))]
+    groups = [data.draw(st.integers(0, 4)) for _ in blobs]
+    ref_card, ref_outs = hll.grouped_union(blobs, groups, 5)
+    with monkeypatch.context() as mp:
+        mp.setattr(_vector, "_SCRATCH_REGS", 1)
+        mp.setattr(_vector, "_NARROW_MAX", 0)
+        card, outs = hll.grouped_union(blobs, groups, 5)
+    assert outs == ref_outs
+    assert all(_close(a, b) for a, b in zip(card.tolist(), ref_card.tolist(), strict=True))
+    for g in range(5):
+        u = hll.union([b for b, gg in zip(blobs, groups, strict=True) if gg == g])
+        assert outs[g] == u
+
+
 def test_grouped_explicit_values_equal_in_their_high_bits():
     """Values that differ only in their low bits, in unsorted row order: the exact fallback."""
     n_groups = 1 << 20

@@ -421,6 +421,8 @@ def inspect_many(blobs: object) -> InspectResult:
 # ---------------------------------------------------------------- grouped union
 
 _SIGN = np.uint64(1 << 63)
+_SCRATCH_REGS = 1 << 22  # registers per chunk of estimator groups (a 16 MiB uint32 scratch)
+_NARROW_MAX = 1 << 26  # contributions per chunk numbered in a uint32 scratch; more use uint64
 
 
 def _group_order(gv: np.ndarray, n_ids: int) -> np.ndarray:
@@ -712,7 +714,7 @@ def _estimate_exact(p: _Parsed, g, gsel, pr: Params, card, out) -> None:
         s_tot[lf[fbase]] = fs
         z_tot[lf[fbase]] = fz
 
-    cgroups = max(1, (1 << 22) >> log2m)
+    cgroups = max(1, _SCRATCH_REGS >> log2m)
     nchunks = -(-ne // cgroups)
     xi = _sorted_by(lx, xi, ne, nchunks)
     sextra = _sorted_by(ls, sextra, ne, nchunks)
@@ -762,7 +764,7 @@ def _estimate_exact(p: _Parsed, g, gsel, pr: Params, card, out) -> None:
         bflat = np.repeat((ls[rb] - c0) << log2m, kb) + p.sidx[bent]
         bval = p.sval[bent]
         if nt:
-            if nt < (1 << 26) - 1:
+            if nt < _NARROW_MAX:
                 sc, vsh = scr, 26
             else:
                 if wide is None:
