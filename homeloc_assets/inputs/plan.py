@@ -150,6 +150,42 @@ def _first_field(line: bytes) -> bytes:
     return (line if c < 0 else line[:c]).rstrip(b"\r")
 
 
+def _sort_key(line: bytes) -> bytes | None:
+    """The user_guid the reader checks the order of, or None for a line it rejects or skips.
+
+    Issue 5 (robustness) fix, minimal: a damaged line at a planned boundary (a
+    repeated header, an empty user_guid, a wrong field count, a stray CR, bad
+    UTF-8) used to be taken for a user and fail the whole file as "not sorted",
+    although the reader only rejects that line. Such lines are now transparent
+    to boundary search, exactly like the reader's sort check ignores them.
+    """
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if line.count(b",") != 3 or b"\r" in line:
+        return None
+    guid, lat = line.split(b",", 2)[:2]
+    if not guid or (guid == COLUMNS[0].encode() and lat == COLUMNS[1].encode()):
+        return None
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return guid
+
+
+def _lines_before(fh, end: int) -> int:
+    """Number of \\n in bytes ``[0, end)`` of ``fh`` (for error messages only)."""
+    fh.seek(0)
+    n, left = 0, end
+    while left > 0:
+        chunk = fh.read(min(left, 16 << 20))
+        if not chunk:
+            break
+        n += chunk.count(b"\n")
+        left -= len(chunk)
+    return n
+
+
 class _Scanner:
     """Forward line reader from a byte offset with a counter of bytes read."""
 
@@ -204,8 +240,8 @@ class _Scanner:
             else:
                 line = buf[rel:nl]
                 nxt = buf_at + nl + 1
-            if line.strip(b"\r \t"):
-                g = _first_field(line)
+            g = _sort_key(line) if line.strip(b"\r \t") else None
+            if g is not None:
                 if guid is None:
                     guid = g
                 elif g != guid:
@@ -259,10 +295,13 @@ def plan_batches(path: str | Path, batch_users: int = 50_000) -> BatchPlan:
             if b >= size:
                 break
             if after < before:
+                # Issue 5 fix, minimal: name the physical line too (a scan, on this error path only)
+                line = _lines_before(fh, b) + 1
                 raise InputError(
-                    f"{path}: not sorted by user_guid: user {after[:80]!r} at byte {b} comes after "
-                    f"{before[:80]!r}. Sort it keeping the header, e.g. "
+                    f"{path}: not sorted by user_guid: line {line} (byte {b}) has user "
+                    f"{after[:80]!r} after {before[:80]!r}. Sort it keeping the header, e.g. "
                     f"(head -n1 in.csv; tail -n+2 in.csv | LC_ALL=C sort -t, -k1,1 -s) > sorted.csv",
+                    line=line,
                     offset=b,
                 )
             if b > bounds[-1]:
