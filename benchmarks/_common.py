@@ -57,9 +57,13 @@ def ensure_bench_db(dbname: str = BENCH_DB) -> str:
     return dsn(dbname)
 
 
-def data_file(n_users: int, seed: int) -> Path:
-    """The synthetic input for ``n_users`` users and ``seed`` (generated once, then reused)."""
-    return DATA_DIR / f"synth_{n_users}_seed{seed}.csv"
+def data_file(n_users: int, seed: int, explicit_max: int | None = None) -> Path:
+    """The synthetic input for ``n_users`` users and ``seed`` (generated once, then reused).
+
+    ``explicit_max`` other than the default (None) names a variant file.
+    """
+    tail = "" if explicit_max is None else f"_xmax{explicit_max}"
+    return DATA_DIR / f"synth_{n_users}_seed{seed}{tail}.csv"
 
 
 def _tree_rss_kb(root: int) -> int:

@@ -81,11 +81,14 @@ def _mismatch_text(cmp: dict | None) -> str:
     )
 
 
-def ensure_data(n_users: int, seed: int, regenerate: bool) -> tuple[Path, dict]:
+def ensure_data(
+    n_users: int, seed: int, regenerate: bool, explicit_max: int | None = None
+) -> tuple[Path, dict]:
     """The synthetic file for ``n_users`` (generated now unless it exists)."""
     from homeloc_assets import synth
 
-    path = data_file(n_users, seed)
+    path = data_file(n_users, seed, explicit_max)
+    extra = {} if explicit_max is None else {"explicit_max": explicit_max}
     if path.exists() and synth.truth_path_for(path).exists() and not regenerate:
         log(f"reusing {path}")
         return path, {"generated": False, "bytes": path.stat().st_size}
@@ -94,7 +97,7 @@ def ensure_data(n_users: int, seed: int, regenerate: bool) -> tuple[Path, dict]:
     def progress(done: int, total: int, rows: int) -> None:
         log(f"synth {done:,}/{total:,} users, {rows:,} rows")
 
-    s = synth.generate(n_users, path, seed=seed, progress=progress)
+    s = synth.generate(n_users, path, seed=seed, progress=progress, **extra)
     log(s.describe())
     return path, {
         "generated": True,
@@ -158,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="pass --workers to homeloc")
     p.add_argument("--regenerate", action="store_true", help="regenerate the synthetic files")
     p.add_argument(
+        "--explicit-max",
+        type=int,
+        default=None,
+        help="synth explicit_max (0: every HLL SPARSE/FULL, like the seed's \\x138b7f values)",
+    )
+    p.add_argument(
         "--out", type=Path, default=None, help="markdown file (default results/<date>.md)"
     )
     args = p.parse_args(argv)
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     for si, n in enumerate(sizes):
-        path, gen = ensure_data(n, args.seed, args.regenerate)
+        path, gen = ensure_data(n, args.seed, args.regenerate, args.explicit_max)
         raw.append({"users": n, "data": str(path), "generate": gen})
         if gen.get("generated"):
             rows.append(
