@@ -5,10 +5,18 @@ worker writes each of the batch's tables atomically where the IO manager keeps
 that asset's partition, then its counts file last: a batch is finished exactly
 when that file exists, so a killed run resumes without redoing finished
 batches. No Dagster here.
+
+A worker holds an exclusive ``flock`` on ``<stats>/.locks/<key>.lock`` while it
+works on a batch: two runs of the same batch at once take turns (the second
+one reuses what the first one just finished instead of writing it again), and
+the holder first removes temporary files of that batch that a killed worker
+(``kill -9``) left behind, as no live process can still be writing them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pickle
@@ -57,8 +65,50 @@ def _init_worker(setup: WorkerSetup) -> None:
     _STATE["backend"] = make_backend(setup.backend, setup.pg)
 
 
+@contextlib.contextmanager
+def batch_lock(stats_dir: str | os.PathLike[str], key: str) -> Iterator[bool]:
+    """Hold the exclusive lock of batch ``key``; yields True when another process held it first."""
+    lock_dir = Path(stats_dir) / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            waited = True
+        yield waited
+    finally:
+        os.close(fd)  # releases the lock (also when the process is killed)
+
+
+def remove_stale_temporaries(tables_dir: str | os.PathLike[str],
+                             stats_dir: str | os.PathLike[str], key: str) -> list[Path]:
+    """Delete temporary files of batch ``key`` left by a killed writer (hold its lock)."""
+    pats = [(Path(tables_dir) / a, f".{key}.parquet.*.tmp") for a in BATCH_TABLES]
+    pats.append((Path(stats_dir), f".{key}.json.*.tmp"))
+    gone = []
+    for folder, pat in pats:
+        for p in folder.glob(pat):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                gone.append(p)
+    return gone
+
+
 def _run_one(ref: BatchRef) -> dict:
     setup: WorkerSetup = _STATE["setup"]
+    with batch_lock(setup.stats_dir, ref.key) as waited:
+        remove_stale_temporaries(setup.tables_dir, setup.stats_dir, ref.key)
+        if waited and is_finished(setup.tables_dir, setup.stats_dir, ref.key):
+            # another run computed this batch while we waited: same input, same result
+            files = {a: str(Path(setup.tables_dir) / a / f"{ref.key}.parquet") for a in BATCH_TABLES}
+            return {"key": ref.key, "files": files, "stats": read_stats(setup.stats_dir, ref.key)}
+        return _compute(ref, setup)
+
+
+def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
     result = process_batch(
         ref.path,
         ref.start,

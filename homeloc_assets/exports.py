@@ -5,12 +5,19 @@
 ``user_home_locations.parquet``, ``rejected_rows.csv`` (global input line) and
 ``summary.json``. All are written to temporary files first and renamed into
 place only when every one of them is complete.
+
+Writers of one folder take turns (an exclusive ``flock`` on the folder itself,
+so no lock file shows up in it), and the one holding the lock first removes
+temporary files that a killed writer (``kill -9``) left behind: no process
+that could still be writing them is alive then.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -76,6 +83,28 @@ class _Writers(contextlib.ExitStack):
         return self.paths[name]
 
 
+@contextlib.contextmanager
+def exports_lock(out_dir: Path) -> Iterator[None]:
+    """Exclusive lock on ``out_dir`` for writing its exports (released when the process dies)."""
+    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete ``.<export>.*.tmp`` files of killed writers; call only while holding the lock."""
+    gone = []
+    for name in EXPORT_FILES:
+        for p in out_dir.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                gone.append(p)
+    return gone
+
+
 def write_exports(
     out_dir: str | Path,
     homes: PartitionedTables,
@@ -88,7 +117,8 @@ def write_exports(
     """Write all export files into ``out_dir``; returns name -> path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _Writers(out_dir) as w:
+    with exports_lock(out_dir), _Writers(out_dir) as w:
+        remove_stale_temporaries(out_dir)
         _stream_csv(
             w.path("user_home_locations.csv"),
             (t for _, t in homes.iter_tables(["user_guid", "country"])),

@@ -1,0 +1,159 @@
+"""Issue 5, robustness: kill -9 and resume; two runs of the same batches at once.
+
+``homeloc run`` is killed (SIGKILL to its whole process group, workers
+included) early, in the middle of the batches and while the exports are being
+written, each time resumed by the same command. Finished batches are kept (the
+rerun says so and their stats files keep their mtime), the final exports equal
+an uninterrupted run byte for byte and no partial or temporary file is left in
+``--out``. Two runs on the same input and ``--out`` at once end with the same
+exports too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from homeloc_tests.test_robustness import (
+    HOMELOC,
+    base_rows,
+    env_for,
+    export_files,
+    homeloc,
+    replicate,
+    run_args,
+    stray_files,
+    write_lines,
+)
+
+BATCH_USERS = "100"
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """2400 users in 24 batches, and the exports of one uninterrupted run."""
+    tmp = tmp_path_factory.mktemp("resume")
+    _, lines = base_rows(300, 41, tmp)
+    src = write_lines(tmp / "users.csv", replicate(lines, 8))
+    ref = tmp / "ref"
+    homeloc(*run_args(src, ref, "--batch-users", BATCH_USERS, "--workers", "2"))
+    return src, export_files(ref)
+
+
+def _stats(out: Path) -> dict[str, int]:
+    d = out / ".homeloc" / "batch_stats"
+    return {p.name: p.stat().st_mtime_ns for p in d.glob("*.json")} if d.exists() else {}
+
+
+def _loud(src: Path, out: Path, workers: str) -> list[str]:
+    """The run command without --quiet (the resume message is progress output)."""
+    return ["run", "--input", str(src), "--out", str(out), "--batch-users", BATCH_USERS,
+            "--workers", workers]
+
+
+def _start(src: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*HOMELOC, *run_args(src, out, "--batch-users", BATCH_USERS, "--workers", "2")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_for(), start_new_session=True,
+    )
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> tuple[bool, str]:
+    """SIGKILL the whole process group as soon as ``ready()``; (killed, stderr)."""
+    deadline = time.monotonic() + timeout
+    killed = False
+    try:
+        while time.monotonic() < deadline:
+            if ready():
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.005)
+        else:
+            raise AssertionError("condition not reached in time")
+    finally:
+        if proc.poll() is None and not killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        for _ in range(200):  # the workers die with the group; wait until they are gone
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+    return killed, err.decode()
+
+
+def _check_kept(before: dict[str, int], out: Path, stderr: str) -> None:
+    """Finished batches were not redone: same stats mtimes, and the run said it kept them."""
+    after = _stats(out)
+    assert {k: after.get(k) for k in before} == before
+    if before and "resuming" in stderr:
+        assert f"resuming: {len(before)} finished batch(es) kept" in stderr, stderr
+
+
+def test_kill_9_at_several_moments_then_resume(case, tmp_path):
+    src, ref = case
+    out = tmp_path / "out"
+    n_batches = 24
+    moments = [
+        ("early", lambda: len(_stats(out)) >= 1),
+        ("mid-batches", lambda: len(_stats(out)) >= n_batches // 2),
+        ("exports", lambda: any(p.name.endswith(".tmp") for p in out.glob(".*"))
+         or (out / "user_home_locations.csv").exists()),
+    ]
+    killed = []
+    for name, ready in moments:
+        before = _stats(out)
+        ok, err = _kill_when(_start(src, out), ready)
+        if ok:
+            killed.append(name)
+        _check_kept(before, out, err)
+    assert "mid-batches" in killed, killed
+    before = _stats(out)
+    res = homeloc(*_loud(src, out, "2"))
+    assert f"resuming: {len(before)} finished batch(es) kept" in res.stderr, res.stderr
+    _check_kept(before, out, res.stderr)
+    assert len(_stats(out)) == n_batches
+    got = export_files(out)
+    assert sorted(got) == sorted(ref)
+    for name in ref:
+        assert got[name] == ref[name], name
+    assert not stray_files(out), stray_files(out)
+
+
+def test_kill_9_right_after_the_first_batches(case, tmp_path):
+    """Killed while workers are writing: the next command keeps what finished, redoes the rest."""
+    src, ref = case
+    out = tmp_path / "out"
+    ok, _ = _kill_when(_start(src, out), lambda: len(_stats(out)) >= 3)
+    assert ok
+    before = _stats(out)
+    res = homeloc(*_loud(src, out, "1"))
+    assert f"resuming: {len(before)} finished batch(es) kept" in res.stderr, res.stderr
+    _check_kept(before, out, res.stderr)
+    assert export_files(out) == ref
+    assert not stray_files(out), stray_files(out)
+
+
+def test_two_runs_at_once_on_the_same_batches(case, tmp_path):
+    src, ref = case
+    out = tmp_path / "out"
+    procs = [_start(src, out) for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    codes = [p.returncode for p in procs]
+    errs = [e.decode() for _, e in results]
+    assert codes == [0, 0], errs
+    assert export_files(out) == ref
+    assert not stray_files(out), stray_files(out)
+    # and a third run afterwards only keeps what is there
+    res = homeloc(*run_args(src, out, "--batch-users", BATCH_USERS))
+    assert "finished batch(es) kept" in res.stderr or res.returncode == 0
+    assert export_files(out) == ref
