@@ -91,6 +91,11 @@ def redact(text: str) -> str:
     return text
 
 
+def _one_line(text: str) -> str:
+    """A server message (ERROR + DETAIL/HINT lines) on one line."""
+    return " ".join(text.split()) or "no reason given"
+
+
 class PostgresBackend:
     """Grouped unions in PostgreSQL's hll extension, one COPY and one query per call."""
 
@@ -116,7 +121,7 @@ class PostgresBackend:
                     conn.close()
                     raise BackendError(
                         f"the hll extension is not available in {self.settings.describe()}: "
-                        f"{INSTALL_HINT} ({redact(str(exc).strip())})"
+                        f"{INSTALL_HINT} ({_one_line(redact(str(exc)))})"
                     ) from None
             cur.execute(
                 "CREATE TEMPORARY TABLE IF NOT EXISTS homeloc_batch (g bigint NOT NULL, h hll NOT NULL)"
