@@ -618,7 +618,7 @@ def _guids(rng: np.random.Generator, n: int) -> np.ndarray:
     return HEXTAB[raw].reshape(n, 32)
 
 
-_WORLD_CACHE: dict[tuple, _World] = {}
+_WORLD_CACHE: dict[tuple, tuple[object, _World]] = {}
 
 
 def generate(
@@ -665,25 +665,29 @@ def generate(
         raise ValueError(f"n_days must be in 1..{1 << _NDAY_BITS}")
     out_path = Path(out_path)
     truth_path = truth_path_for(out_path)
-    if countries is None:
-        from homeloc_assets.geo.countries import dissolve_countries, load_world_countries
-
-        cache_key: tuple | None = (
-            study_country,
-            seed,
-            grid_step,
-            decimals,
-            pool_size,
-            study_pool_size,
-        )
-        world = _WORLD_CACHE.get(cache_key)
-        if world is None:
-            countries = dissolve_countries(load_world_countries())
+    # The world (pools, weights) depends on the countries and these parameters
+    # only; it is cached per process (a given countries object is kept alive in
+    # the cache, so its id cannot be reused by another object).
+    cache_key = (
+        None if countries is None else id(countries),
+        study_country,
+        seed,
+        grid_step,
+        decimals,
+        pool_size,
+        study_pool_size,
+    )
+    cached = _WORLD_CACHE.get(cache_key)
+    if cached is not None and cached[0] is countries:
+        world = cached[1]
     else:
-        cache_key, world = None, None
-    if world is None:
+        source = countries
+        if source is None:
+            from homeloc_assets.geo.countries import dissolve_countries, load_world_countries
+
+            source = dissolve_countries(load_world_countries())
         world = _build_world(
-            countries,
+            source,
             study_country,
             np.random.default_rng([seed, 2]),
             grid_step,
@@ -691,8 +695,9 @@ def generate(
             pool_size,
             study_pool_size,
         )
-        if cache_key is not None:
-            _WORLD_CACHE[cache_key] = world
+        if len(_WORLD_CACHE) >= 8:
+            _WORLD_CACHE.clear()
+        _WORLD_CACHE[cache_key] = (countries, world)
     prm = _Params(
         local_share=local_share,
         rows_mu=rows_mu,
