@@ -56,3 +56,15 @@ def small_input(tmp_path_factory):
     path = d / "userdays.csv"
     generate(3000, path, seed=11)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _reset_dagster_defs_state_storage():
+    """Dagster 1.13 leaves a disposed instance's defs-state storage in a context
+    variable after ``with instance:`` blocks (its ``__exit__`` never closes the
+    stack that set it), so later ``materialize`` calls fail with "Attempted to
+    resolve undefined DagsterInstance weakref". Reset it after every test."""
+    yield
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
