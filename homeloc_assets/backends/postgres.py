@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -29,9 +29,33 @@ INSTALL_HINT = (
 )
 
 
+def split_password(dsn: str) -> tuple[str, str | None]:
+    """``(dsn without its password, the password or None)`` of a libpq DSN or URL.
+
+    A password written into ``HOMELOC_PG_DSN`` must not end up in settings,
+    resource config (shown in the UI) or messages: it is taken out here and
+    handed to libpq only at connect time.
+    """
+    from psycopg2 import ProgrammingError
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    try:
+        params = parse_dsn(dsn)
+    except ProgrammingError:  # not a DSN libpq understands: connecting will say so
+        return redact(dsn), None
+    password = params.pop("password", None)
+    if password is None:
+        return dsn, None
+    return make_dsn(**params), password
+
+
 @dataclass(frozen=True)
 class PostgresSettings:
-    """Where the hll-enabled PostgreSQL is. The password is read from the environment."""
+    """Where the hll-enabled PostgreSQL is. The password is read from the environment.
+
+    A password inside ``dsn`` is moved out of it (into a field that is not
+    shown) so that ``dsn`` can be displayed and stored.
+    """
 
     dsn: str | None = None
     host: str = "127.0.0.1"
@@ -42,6 +66,14 @@ class PostgresSettings:
     retries: int = 5
     backoff_seconds: float = 0.5
     connect_timeout: int = 10
+    _dsn_password: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.dsn:
+            dsn, password = split_password(self.dsn)
+            if password is not None:
+                object.__setattr__(self, "dsn", dsn)
+                object.__setattr__(self, "_dsn_password", password)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> PostgresSettings:
@@ -63,10 +95,20 @@ class PostgresSettings:
             kw["dsn"] = self.dsn
         else:
             kw.update(host=self.host, port=self.port, dbname=self.dbname, user=self.user)
-        password = os.environ.get(self.password_env)
+        password = (
+            os.environ.get(self.password_env) or self._dsn_password or self._password_of_env_dsn()
+        )
         if password:
             kw["password"] = password
         return kw
+
+    def _password_of_env_dsn(self) -> str | None:
+        """The password of ``HOMELOC_PG_DSN`` when this is that DSN with its password taken out."""
+        env_dsn = os.environ.get("HOMELOC_PG_DSN")
+        if not env_dsn or not self.dsn:
+            return None
+        dsn, password = split_password(env_dsn)
+        return password if dsn == self.dsn else None
 
     def describe(self) -> str:
         """Where we connect, with any password removed."""
