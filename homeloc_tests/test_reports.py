@@ -110,3 +110,20 @@ def test_classification_bar_draws_all_classes():
     texts = [t.get_text() for t in ax.texts]
     assert texts == ["3 (75.0%)", "1 (25.0%)", "0 (0.0%)"]
     assert plots.figure_markdown(fig).startswith("![figure](data:image/png;base64,")
+
+
+def test_homeloc_run_draws_the_figures(small_input, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    r = subprocess.run([sys.executable, "-m", "homeloc_assets.cli", "run", "--input",
+                        str(small_input), "--out", str(out), "--quiet"], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert names == sorted(f"{n}.{ext}" for n in ("classification_report", "tourist_origins_map",
+                                                  "study_country_share_map")
+                           for ext in ("png", "svg"))
