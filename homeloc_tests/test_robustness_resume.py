@@ -157,3 +157,55 @@ def test_two_runs_at_once_on_the_same_batches(case, tmp_path):
     res = homeloc(*run_args(src, out, "--batch-users", BATCH_USERS))
     assert "finished batch(es) kept" in res.stderr or res.returncode == 0
     assert export_files(out) == ref
+
+
+def _holder(stats_dir: Path, key: str, seconds: float) -> subprocess.Popen:
+    code = ("import sys, time\n"
+            "from homeloc_assets.batch_runner import batch_lock\n"
+            f"with batch_lock({str(stats_dir)!r}, {key!r}):\n"
+            "    print('held', flush=True)\n"
+            f"    time.sleep({seconds})\n")
+    p = subprocess.Popen([HOMELOC[0], "-c", code], stdout=subprocess.PIPE, env=env_for())
+    assert p.stdout.readline().strip() == b"held"
+    return p
+
+
+def test_batch_lock_is_taken_in_turn_and_freed_by_kill_9(tmp_path):
+    from homeloc_assets.batch_runner import batch_lock
+
+    stats = tmp_path / "batch_stats"
+    p = _holder(stats, "k-00001", 1.0)
+    with batch_lock(stats, "k-00001") as waited:
+        assert waited  # the other process had it: we waited for our turn
+    p.wait(timeout=60)
+    with batch_lock(stats, "k-00002") as waited:
+        assert not waited  # other keys are independent
+    p = _holder(stats, "k-00001", 600)
+    p.kill()  # SIGKILL while holding it
+    p.wait(timeout=60)
+    with batch_lock(stats, "k-00001") as waited:
+        assert not waited
+
+
+def test_stale_temporaries_of_killed_writers_are_removed(tmp_path):
+    from homeloc_assets.batch_runner import BATCH_TABLES
+    from homeloc_assets.batch_runner import remove_stale_temporaries as batch_clean
+    from homeloc_assets.exports import EXPORT_FILES
+    from homeloc_assets.exports import remove_stale_temporaries as export_clean
+
+    tables, stats = tmp_path / "assets", tmp_path / "batch_stats"
+    stale, kept = [], []
+    for a in BATCH_TABLES:
+        stale.append(tables / a / ".k-00001.parquet.ab12cd.tmp")
+        kept.append(tables / a / ".k-00002.parquet.ab12cd.tmp")  # another batch's
+        kept.append(tables / a / "k-00001.parquet")
+    stale.append(stats / ".k-00001.json.xyz.tmp")
+    kept.append(stats / "k-00001.json")
+    out = tmp_path / "out"
+    stale += [out / f".{n}.q1w2e3.tmp" for n in EXPORT_FILES]
+    kept += [out / n for n in EXPORT_FILES] + [out / ".other.tmp", out / "notes.txt"]
+    for p in stale + kept:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    assert sorted(batch_clean(tables, stats, "k-00001") + export_clean(out)) == sorted(stale)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
