@@ -27,7 +27,7 @@ from homeloc_tests.test_robustness import (
     run_args,
     write_lines,
 )
-from homeloc_tests.test_robustness_resume import _kill_when, _start, _stats  # noqa: F401
+from homeloc_tests.test_robustness_resume import _stats
 
 pytestmark = pytest.mark.postgres
 
