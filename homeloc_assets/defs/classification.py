@@ -79,6 +79,10 @@ def user_classification(
     counts = {CLASS_LOCAL: 0, CLASS_TOURIST: 0, CLASS_UNDETERMINED: 0}
     n_users = 0
     target.parent.mkdir(parents=True, exist_ok=True)
+    for old in target.parent.glob(".user_classification.*.staged"):
+        # left by a killed run; a live run's staged file is younger than an hour
+        if time.time() - old.stat().st_mtime > 3600:
+            old.unlink(missing_ok=True)
     staged = target.parent / f".user_classification.{time.time_ns()}.staged"
     writer = None
     try:
