@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from homeloc_assets.atomic import atomic_path
 from homeloc_assets.inference import CLASS_UNDETERMINED
-from homeloc_assets.tables import PartitionedTables, csv_writer, read_table
+from homeloc_assets.tables import PartitionedTables, csv_writer
 
 EXPORT_FILES = (
     "user_home_locations.csv",
@@ -124,10 +124,15 @@ def write_exports(
             (t for _, t in homes.iter_tables(["user_guid", "country"])),
             pa.schema([("user_guid", pa.string()), ("country", pa.string())]),
         )
-        cls = read_table(classification_path, ["user_guid", "classification"])
-        cls = cls.filter(pc.not_equal(cls.column("classification"), CLASS_UNDETERMINED))
-        with csv_writer(w.path("user_classification.csv"), cls.schema) as cw:
-            cw.write_table(cls)
+        cls_file = pq.ParquetFile(classification_path)
+        schema = pa.schema([("user_guid", pa.string()), ("classification", pa.string())])
+        with csv_writer(w.path("user_classification.csv"), schema) as cw:
+            # streamed: the table of all users is never held whole
+            for rb in cls_file.iter_batches(batch_size=500_000,
+                                            columns=["user_guid", "classification"]):
+                t = pa.Table.from_batches([rb])
+                cw.write_table(t.filter(pc.not_equal(t.column("classification"),
+                                                     CLASS_UNDETERMINED)))
         _stream_parquet(
             w.path("user_country_userdays.parquet"),
             (t for _, t in country_userdays.iter_tables(

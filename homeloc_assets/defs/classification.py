@@ -192,7 +192,8 @@ def homeloc_exports(
             header_lines[plan_id] = fh.read(plan.header_end).count(b"\n")
     offsets = global_line_offsets(keys, stats, header_lines)
     cls_path = Path(homeloc.storage_dir) / "assets" / "user_classification.parquet"
-    cls = pq.read_table(cls_path, columns=["classification"]).column("classification")
+    cls = pq.read_table(cls_path, columns=["classification"],
+                        read_dictionary=["classification"]).column("classification")
     counts = {item["values"]: int(item["counts"]) for item in pc.value_counts(cls).to_pylist()}
     summary = {
         "inputs": sorted({catalog.load_plan(p).path for p in header_lines}),
