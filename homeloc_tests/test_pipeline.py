@@ -1,5 +1,6 @@
 """The platform end to end: a batch with no Dagster, Dagster materialisation, `homeloc run`."""
 
+import json
 import os
 import subprocess
 import sys
@@ -98,6 +99,10 @@ def test_homeloc_run_end_to_end(small_input, tmp_path):
     cls = pd.read_csv(out / "user_classification.csv")
     assert list(cls.columns) == ["user_guid", "classification"]
     assert set(cls.classification) == {"Local", "Tourist"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["locals"] == (cls.classification == "Local").sum()
+    assert summary["tourists"] == (cls.classification == "Tourist").sum()
+    assert summary["users"] == len(t) and summary["rejected_rows"] == 0
     assert (t.merge(cls, on="user_guid", suffixes=("_t", "")).eval(
         "classification_t == classification")).all()
     cu = pd.read_parquet(out / "user_country_userdays.parquet")
