@@ -227,3 +227,37 @@ def test_userdays_equal_postgresql_hll_union_agg(pg_conn, small_input, tmp_path)
     homes = pd.read_csv(out / "user_home_locations.csv")
     m2 = best.merge(homes, on="user_guid", suffixes=("_pg", ""))
     assert (m2.country_pg == m2.country).all()
+
+
+def test_a_user_in_two_input_files_fails_the_no_user_twice_check(tmp_path):
+    from homeloc_assets import hll
+
+    def days(*ds):
+        h = hll.empty()
+        for d in ds:
+            h = hll.add(h, hll.hash_bigint(d))
+        return hll.to_hex(h)
+
+    header = "user_guid,latitude,longitude,userday_hll\n"
+    a = tmp_path / "a.csv"
+    a.write_text(header + f"u1,52.52,13.40,{days(1, 2)}\nu2,48.85,2.35,{days(3)}\n")
+    b = tmp_path / "b.csv"
+    b.write_text(header + f"u2,52.52,13.40,{days(4)}\nu3,41.90,12.50,{days(5)}\n")
+    settings = Settings(output_dir=str(tmp_path / "out"), workers=1)
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    catalog = Catalog(settings.storage_path)
+    keys = catalog.register(a, 10)[1] + catalog.register(b, 10)[1]
+    instance.add_dynamic_partitions("user_batches", keys)
+    assets, resources = defs.assets, defs.resources
+    assert dg.materialize(assets, selection=["world_countries", "countries"], instance=instance,
+                          resources=resources).success
+    for k in keys:
+        assert dg.materialize(assets, selection=["user_locations", "user_country_userdays",
+                                                 "user_home_locations", "rejected_rows"],
+                              partition_key=k, instance=instance, resources=resources).success
+    res = dg.materialize(assets, selection=["user_classification"], instance=instance,
+                         resources=resources)
+    checks = {e.check_name: e.passed for e in res.get_asset_check_evaluations()}
+    assert checks["no_user_twice"] is False
+    assert checks["reject_share_below_limit"] is True
