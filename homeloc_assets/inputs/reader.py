@@ -376,6 +376,18 @@ def _prescan(data: bytes, buf: np.ndarray, skip_header: bool):
     return starts, ends, raw_end, skip, reasons
 
 
+def _unquote(col: pa.Array) -> pa.Array:
+    """Values written as CSV quoted fields (``"abc"``) without their quotes.
+
+    None of the four fields can hold a comma, quote or line break, so a quoted
+    field is just its text between the quotes; checked first so that unquoted
+    files pay one ``starts_with``.
+    """
+    if len(col) == 0 or not pc.any(pc.starts_with(col, '"')).as_py():
+        return col
+    return pc.replace_substring_regex(col, r'^"(.*)"$', r"\1")
+
+
 def parse_bytes(
     data: bytes,
     *,
@@ -396,10 +408,10 @@ def parse_bytes(
     table = _read_good_lines(data, buf, starts, raw_end, gidx, skip, ends, pre_rej, use_threads)
 
     m = table.num_rows
-    guid = table.column("user_guid").combine_chunks()
-    lat_s = table.column("latitude").combine_chunks()
-    lon_s = table.column("longitude").combine_chunks()
-    hll_s = table.column("hll").combine_chunks()
+    guid = _unquote(table.column("user_guid").combine_chunks())
+    lat_s = _unquote(table.column("latitude").combine_chunks())
+    lon_s = _unquote(table.column("longitude").combine_chunks())
+    hll_s = _unquote(table.column("hll").combine_chunks())
     rr = _Reasons(m)
 
     is_header = _bool(pc.equal(guid, "user_guid"))
