@@ -92,3 +92,38 @@ def test_unknown_study_country_names_close_matches(small_input, tmp_path):
     assert r.returncode != 0
     assert "Germany" in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "o" / "user_classification.csv").exists()
+
+
+@pytest.mark.slow
+def test_homeloc_ui_serves_the_project(tmp_path):
+    """`homeloc ui` starts dagster dev on the workspace; /server_info answers."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env.update(DAGSTER_HOME=str(tmp_path), HOMELOC_OUTPUT_DIR=str(tmp_path / "out"))
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    proc = subprocess.Popen([*HOMELOC, "ui", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        body = None
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as r:
+                    body = r.read().decode()
+            except OSError:
+                time.sleep(1)
+        assert body and "dagster_webserver_version" in body
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
