@@ -696,6 +696,28 @@ def _estimate_exact(p: _Parsed, g, gsel, pr: Params, card, out) -> None:
     isbs[sbase] = True
     sextra = si[~isbs[si]]
 
+    # renumber the groups: first those with a base SPARSE row (in the order of
+    # that row; those with contributions first), so that the base rows of a
+    # chunk of groups are one span of the stored SPARSE entries
+    contrib = np.zeros(ne, bool)
+    contrib[lx[xi]] = True
+    contrib[ls[sextra]] = True
+    contrib[lf[fextra]] = True
+    if out is None:  # only the base rows of groups with contributions are read
+        sbc = contrib[ls[sbase]]
+        sbase = np.concatenate([sbase[sbc], sbase[~sbc]])
+        nsb = int(np.count_nonzero(sbc))
+    else:  # all are (for the union bytes)
+        nsb = len(sbase)
+    rest = np.ones(ne, bool)
+    rest[ls[sbase]] = False
+    order = np.concatenate([ls[sbase], np.flatnonzero(rest)])
+    newid = np.empty(ne + 1, np.int64)
+    newid[order] = np.arange(ne)
+    newid[ne] = -1
+    lx, ls, lf = newid[lx], newid[ls], newid[lf]
+    gsel, bf, contrib = gsel[order], bf[order], contrib[order]
+
     s_tot = np.full(ne, float(m * unit))
     z_tot = np.full(ne, m, np.int64)
     if len(sbase):
@@ -719,19 +741,19 @@ def _estimate_exact(p: _Parsed, g, gsel, pr: Params, card, out) -> None:
     xi = _sorted_by(lx, xi, ne, nchunks)
     sextra = _sorted_by(ls, sextra, ne, nchunks)
     fextra = _sorted_by(lf, fextra, ne, nchunks)
-    contrib = np.zeros(ne, bool)
-    contrib[lx[xi]] = True
-    contrib[ls[sextra]] = True
-    contrib[lf[fextra]] = True
-    # base SPARSE rows whose registers are needed: those of groups with contributions
-    sbo = _sorted_by(ls, sbase if out is not None else sbase[contrib[ls[sbase]]], ne, nchunks)
     fbo = _sorted_by(lf, fbase, ne, nchunks) if out is not None else fbase[:0]
     bounds = np.arange(0, ne + cgroups, cgroups)
     cut = {
         name: np.searchsorted(lo[ids], bounds) if nchunks > 1 else np.array([0, len(ids)])
-        for name, ids, lo in (("x", xi, lx), ("s", sextra, ls), ("f", fextra, lf), ("sb", sbo, ls), ("fb", fbo, lf))
+        for name, ids, lo in (("x", xi, lx), ("s", sextra, ls), ("f", fextra, lf), ("fb", fbo, lf))
     }
-    scr = np.zeros(min(ne, cgroups) * m, np.uint32)
+    # base SPARSE rows read (local ids 0..nsb-1, ascending rows): per chunk one
+    # span of entries; rows in between that are not read point to a dummy
+    # block of m registers past the chunk (never touched, so always 0)
+    dummy = min(ne, cgroups) * m
+    isread = np.zeros(b - a, bool)
+    isread[sbase[:nsb]] = True
+    scr = np.zeros(dummy + m, np.uint32)
     wide = None
     for ci, c0 in enumerate(range(0, ne, cgroups)):
         c1 = min(ne, c0 + cgroups)
@@ -758,11 +780,14 @@ def _estimate_exact(p: _Parsed, g, gsel, pr: Params, card, out) -> None:
         flat = np.concatenate(flats) if len(flats) > 1 else (flats[0] if flats else np.zeros(0, np.int64))
         val = np.concatenate(vals) if len(vals) > 1 else (vals[0] if vals else np.zeros(0, np.uint8))
         nt = len(flat)
-        rb = sbo[cut["sb"][ci] : cut["sb"][ci + 1]]
-        kb = ks[rb]
-        bent = _ranges(p.soff[a + rb], kb)
-        bflat = np.repeat((ls[rb] - c0) << log2m, kb) + p.sidx[bent]
-        bval = p.sval[bent]
+        if c0 < nsb:
+            r0, r1 = int(sbase[c0]), int(sbase[min(c1, nsb) - 1]) + 1
+            ro = np.where(isread[r0:r1], (ls[r0:r1] - c0) << log2m, dummy)
+            e0, e1 = int(p.soff[a + r0]), int(p.soff[a + r1])
+            bflat = np.repeat(ro, ks[r0:r1]) + p.sidx[e0:e1]
+            bval = p.sval[e0:e1]
+        else:
+            bflat, bval = np.zeros(0, np.int64), np.zeros(0, np.uint8)
         if nt:
             if nt < _NARROW_MAX:
                 sc, vsh = scr, 26
@@ -791,8 +816,9 @@ def _estimate_exact(p: _Parsed, g, gsel, pr: Params, card, out) -> None:
             s_tot[c0:c1] -= np.bincount(gl, weights=ti[old] - ti[new], minlength=c1 - c0)
             z_tot[c0:c1] -= np.bincount(gl[(old == 0) & (new > 0)], minlength=c1 - c0)
         if out is not None:
-            dense = np.zeros((c1 - c0) * m, np.uint8)
+            dense = np.zeros(dummy + m, np.uint8)
             dense[bflat] = bval
+            dense = dense[: (c1 - c0) * m]
             rfb = fbo[cut["fb"][ci] : cut["fb"][ci + 1]]
             if len(rfb):
                 d2 = dense.reshape(c1 - c0, m)
