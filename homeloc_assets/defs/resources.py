@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import dagster as dg
 from pydantic import Field
 
@@ -27,37 +29,16 @@ class HomelocConfig(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, s: Settings) -> HomelocConfig:
-        """The resource for ``s``."""
-        return cls(
-            input_dir=s.input_dir,
-            output_dir=s.output_dir,
-            storage_dir=str(s.storage_path),
-            study_country=s.study_country,
-            min_userdays=s.min_userdays,
-            batch_users=s.batch_users,
-            workers=s.workers,
-            max_reject_share=s.max_reject_share,
-            countries_path=s.countries_path,
-            countries_name_column=s.countries_name_column,
-            countries_code_column=s.countries_code_column,
-        )
+        """The resource for ``s`` (storage resolved to its default if unset)."""
+        values = {f.name: getattr(s, f.name) for f in fields(Settings) if f.name in cls.model_fields}
+        values["storage_dir"] = str(s.storage_path)
+        return cls(**values)
 
     @property
     def settings(self) -> Settings:
         """As a plain ``Settings``."""
-        return Settings(
-            input_dir=self.input_dir,
-            output_dir=self.output_dir,
-            storage_dir=self.storage_dir,
-            study_country=self.study_country,
-            min_userdays=self.min_userdays,
-            batch_users=self.batch_users,
-            workers=self.workers,
-            max_reject_share=self.max_reject_share,
-            countries_path=self.countries_path,
-            countries_name_column=self.countries_name_column,
-            countries_code_column=self.countries_code_column,
-        )
+        return Settings(**{f.name: getattr(self, f.name) for f in fields(Settings)
+                           if f.name in type(self).model_fields})
 
     @property
     def catalog(self) -> Catalog:

@@ -35,7 +35,14 @@ import pyarrow.csv as pacsv
 
 from homeloc_assets import hll
 from homeloc_assets.inputs.errors import InputError
-from homeloc_assets.inputs.plan import BOM, COLUMNS, _first_field, file_fingerprint, read_header
+from homeloc_assets.inputs.plan import (
+    BOM,
+    COLUMNS,
+    _first_field,
+    _lines_before,
+    file_fingerprint,
+    read_header,
+)
 
 __all__ = [
     "REJECTS_SCHEMA",
@@ -273,16 +280,8 @@ class _Unsorted(Exception):
 
 def _count_newlines(path: str | Path, end: int) -> int:
     """Number of \n in ``[0, end)`` (a sequential scan; used only for error messages)."""
-    n = 0
     with open(path, "rb") as fh:
-        left = end
-        while left > 0:
-            chunk = fh.read(min(left, 16 << 20))
-            if not chunk:
-                break
-            n += chunk.count(b"\n")
-            left -= len(chunk)
-    return n
+        return _lines_before(fh, end)
 
 
 def _unsorted_error(path: str | Path, start: int, exc: _Unsorted) -> InputError:
