@@ -542,20 +542,33 @@ def _explicit_union(p: _Parsed, gx, kx, sel, n_groups, distinct, want_bytes):
     rows = sel[_group_order(gx[sel], n_groups)]
     kk = kx[rows]
     sv = p.ev[_ranges(p.xoff[rows], kk)].view(np.uint64) ^ _SIGN
-    sg = np.repeat(gx[rows], kk)
     gb = max(1, int(n_groups - 1).bit_length())
     sgs = sk = None
     if gb <= 48:
         shift = np.uint64(64 - gb)
-        key = (sg.astype(np.uint64) << shift) | (sv >> np.uint64(gb))
+        key = np.repeat(gx[rows].astype(np.uint64) << shift, kk)
+        key |= sv >> np.uint64(gb)
         o = np.argsort(key, kind="stable")
-        sk, ss = key[o], sv[o]
-        eqk = sk[1:] == sk[:-1]
-        if (eqk & (ss[1:] < ss[:-1])).any():
-            sk = None
+        sk = key[o]
+        if not want_bytes:
+            # only the (few) pairs of equal keys need their full values
+            eq = np.flatnonzero(sk[1:] == sk[:-1])
+            v0, v1 = sv[o[eq]], sv[o[eq + 1]]
+            if (v1 < v0).any():
+                sk = None
+            else:
+                dg = (sk[1:][eq[v1 == v0]] >> shift).astype(np.int64)
+                distinct -= np.bincount(dg, minlength=n_groups)
+                return np.zeros(0, np.int64), np.zeros(0, np.int64)
         else:
-            dup = eqk & (ss[1:] == ss[:-1])
+            ss = sv[o]
+            eqk = sk[1:] == sk[:-1]
+            if (eqk & (ss[1:] < ss[:-1])).any():
+                sk = None
+            else:
+                dup = eqk & (ss[1:] == ss[:-1])
     if sk is None:
+        sg = np.repeat(gx[rows], kk)
         o = np.lexsort((sv, sg))
         ss, sgs = sv[o], sg[o]
         dup = (sgs[1:] == sgs[:-1]) & (ss[1:] == ss[:-1])
