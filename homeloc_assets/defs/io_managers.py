@@ -44,6 +44,7 @@ class HomelocIOManager(dg.ConfigurableIOManager):
         return Path(self.base_dir) / asset / f"{partition_key}.{fmt}"
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
+        """Store ``obj`` for the output's asset (and partitions), atomically."""
         asset = _asset_name(context)
         fmt = self._fmt(context)
         if isinstance(obj, StagedPartitions):
@@ -74,6 +75,7 @@ class HomelocIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"path": dg.MetadataValue.path(str(target))})
 
     def load_input(self, context: dg.InputContext):
+        """One partition as a table, many as a lazy ``PartitionedTables``, else the file."""
         asset = _asset_name(context)
         fmt = self._fmt(context.upstream_output) if context.upstream_output else "parquet"
         if context.has_asset_partitions:

@@ -23,7 +23,9 @@ class GroupedCardinality(Protocol):
 
     def grouped_cardinality(
         self, blobs: pa.Array, groups: np.ndarray, n_groups: int
-    ) -> np.ndarray: ...
+    ) -> np.ndarray:
+        """Cardinality of the union of ``blobs`` per group ``0..n_groups-1``."""
+        ...
 
 
 def user_codes(user_guid: pa.Array | pa.ChunkedArray) -> np.ndarray:
