@@ -320,3 +320,24 @@ def test_quoted_fields_read_like_plain_ones(tmp_path):
         assert r.rejects.num_rows == 0
         got.append(r.rows.drop_columns(["line"]))
     assert got[0].equals(got[1])
+
+
+def test_find_user_is_not_misled_by_damaged_lines(tmp_path):
+    """Repeated headers and broken lines between users do not hide anyone."""
+    from homeloc_assets.inputs import find_user
+
+    h = "\\x128b7f" + "00" * 7 + "01"
+    lines = ["user_guid,latitude,longitude,userday_hll"]
+    users = [f"{i:04x}" + "a" * 28 for i in range(0, 4000, 7)]
+    for i, g in enumerate(users):
+        lines += [f"{g},52.5,13.4,{h}", f"{g},48.8,2.3,{h}"]
+        if i % 50 == 10:
+            lines.append("user_guid,latitude,longitude,userday_hll")
+        if i % 50 == 30:
+            lines.append("zzzz,broken")
+    path = tmp_path / "damaged.csv"
+    path.write_text("\n".join(lines) + "\n")
+    for g in users[::9] + [users[-1]]:
+        r = find_user(path, g)
+        assert r.rows.num_rows == 2 and set(r.rows.column("user_guid").to_pylist()) == {g}
+    assert find_user(path, "ffff" + "a" * 28).rows.num_rows == 0

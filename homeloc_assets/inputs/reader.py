@@ -38,7 +38,6 @@ from homeloc_assets.inputs.errors import InputError
 from homeloc_assets.inputs.plan import (
     BOM,
     COLUMNS,
-    _first_field,
     _lines_before,
     file_fingerprint,
     read_header,
@@ -620,7 +619,7 @@ def _user_range(fh, size: int, header_end: int, guid: bytes) -> tuple[int, int]:
     Returns ``(start, end)``; an empty range (start == end) when the user is absent.
     Reads O(log(size)) small chunks plus the user's own lines.
     """
-    from homeloc_assets.inputs.plan import _Scanner
+    from homeloc_assets.inputs.plan import _Scanner, _sort_key
 
     sc = _Scanner(fh, size)
 
@@ -635,8 +634,11 @@ def _user_range(fh, size: int, header_end: int, guid: bytes) -> tuple[int, int]:
                 continue
             stop = at + len(buf) if nl < 0 else at + nl
             line = buf[p - at : stop - at]
-            if line.strip(b"\r \t"):
-                yield p, _first_field(line)
+            # damaged lines (repeated header, wrong field count, ...) are
+            # transparent to the search, as to the planner and the reader
+            key = _sort_key(line) if line.strip(b"\r \t") else None
+            if key is not None:
+                yield p, key.strip(b'"')
             p = stop + 1
 
     def lower_bound(strict: bool) -> int:
