@@ -23,6 +23,7 @@ import geopandas as gpd  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
+from matplotlib import ticker as mticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from homeloc_assets.atomic import atomic_path  # noqa: E402
@@ -145,7 +146,11 @@ def choropleth(
             ax=ax, column="value", cmap=cmap, norm=norm, edgecolor=EDGE_COLOR, linewidth=0.2
         )
         sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
-        fig.colorbar(sm, ax=ax, orientation="horizontal", shrink=0.5, pad=0.02, label=label)
+        cbar = fig.colorbar(sm, ax=ax, orientation="horizontal", shrink=0.5, pad=0.02, label=label)
+        if log:  # 1, 2, 5, 10, 20, 50 ... written out, not only the powers of ten
+            cbar.ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            cbar.ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:,.4g}"))
+            cbar.ax.xaxis.set_minor_formatter(mticker.NullFormatter())
     if highlight is not None:
         hl = world[world["country_code"] == highlight]
         if len(hl):
