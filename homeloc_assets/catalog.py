@@ -42,6 +42,11 @@ def plan_id_for(plan: BatchPlan, batch_users: int) -> str:
     return f"{stem}-{digest}"
 
 
+def batch_key(plan_id: str, index: int) -> str:
+    """The partition key of batch ``index`` of plan ``plan_id`` (keys sort in file order)."""
+    return f"{plan_id}-{index:05d}"
+
+
 def split_key(key: str) -> tuple[str, int]:
     """``(plan_id, index)`` of a partition key."""
     plan_id, _, index = key.rpartition("-")
@@ -65,7 +70,7 @@ class Catalog:
         target = self.plans_dir / f"{plan_id}.json"
         if not target.exists() or json.loads(target.read_text()) != doc:
             write_text_atomic(target, json.dumps(doc, indent=1, sort_keys=True))
-        return plan_id, [f"{plan_id}-{b.index:05d}" for b in plan.batches]
+        return plan_id, [batch_key(plan_id, b.index) for b in plan.batches]
 
     def load_plan(self, plan_id: str) -> BatchPlan:
         """The stored plan ``plan_id``."""
@@ -85,7 +90,7 @@ class Catalog:
 
     def keys(self, plan_id: str) -> list[str]:
         """The partition keys of stored plan ``plan_id``, in file order."""
-        return [f"{plan_id}-{b.index:05d}" for b in self.load_plan(plan_id).batches]
+        return [batch_key(plan_id, b.index) for b in self.load_plan(plan_id).batches]
 
     def plan_ids(self) -> list[str]:
         """All stored plan ids."""

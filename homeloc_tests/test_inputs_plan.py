@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from homeloc_assets.inputs import BatchPlan, InputError, partition_key, plan_batches
+from homeloc_assets.catalog import Catalog
+from homeloc_assets.inputs import BatchPlan, InputError, plan_batches
 
 HEADER = "user_guid,latitude,longitude,userday_hll"
 HX = "\\x128b7f0000000000000001"
@@ -103,9 +105,11 @@ def test_json_roundtrip_and_keys(tmp_path):
     again = BatchPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan
     assert len(plan.fingerprint) == 12
-    keys = [partition_key(plan, b) for b in plan.batches]
+    plan_id, keys = Catalog(tmp_path / "storage").register(path, 5)
+    assert len(keys) == len(plan.batches)
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
-    assert keys[0] == f"my_input_file_v2-{plan.fingerprint[:8]}-00000"
+    assert keys[0] == f"{plan_id}-00000" and plan_id.startswith("my_input_file_v2-")
+    assert re.fullmatch(r"my_input_file_v2-[0-9a-f]{8}", plan_id)
 
 
 def test_empty_and_header_only(tmp_path):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from homeloc_assets.catalog import Catalog, split_key
+from homeloc_assets.catalog import Catalog, batch_key, split_key
 from homeloc_assets.defs.batches import BACKFILL_BATCHES_PER_RUN, user_batches
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inputs import InputError
@@ -418,7 +418,7 @@ def evaluate_input_folder(
 
 def _plan_keys(entry: dict) -> list[str]:
     """The keys of a registered cursor entry (``<plan_id>-<index:05d>``, as the catalog makes them)."""
-    keys = [f"{entry['plan_id']}-{i:05d}" for i in range(int(entry["n"]))]
+    keys = [batch_key(entry["plan_id"], i) for i in range(int(entry["n"]))]
     if keys and (keys[0] != entry["first"] or keys[-1] != entry["last"]):
         raise ValueError(f"plan {entry['plan_id']}: key format differs from the catalog's")
     return keys

@@ -11,7 +11,6 @@ from homeloc_assets.inputs.plan import (
     Batch,
     BatchPlan,
     file_fingerprint,
-    partition_key,
     plan_batches,
     read_header,
 )
@@ -37,7 +36,6 @@ __all__ = [
     "find_user",
     "iter_user_rows",
     "parse_bytes",
-    "partition_key",
     "plan_batches",
     "read_batch",
     "read_header",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,6 @@ __all__ = [
     "Batch",
     "BatchPlan",
     "file_fingerprint",
-    "partition_key",
     "plan_batches",
     "read_header",
 ]
@@ -319,15 +317,3 @@ def plan_batches(path: str | Path, batch_users: int = 50_000) -> BatchPlan:
     )
     plan_batches.last_bytes_read = bytes_read  # type: ignore[attr-defined]  # for tests
     return plan
-
-
-def partition_key(plan: BatchPlan, batch: Batch | int) -> str:
-    """Stable dynamic-partition key ``<stem>-<fingerprint[:8]>-<index>``; keys sort in file order.
-
-    The stem is sanitised to ``[A-Za-z0-9_]``; the index is zero-padded to at
-    least 5 digits (more when the plan has more batches) so keys sort in order.
-    """
-    index = batch if isinstance(batch, int) else batch.index
-    stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(plan.path).stem) or "input"
-    width = max(5, len(str(max(len(plan.batches) - 1, 0))))
-    return f"{stem}-{plan.fingerprint[:8]}-{index:0{width}d}"
