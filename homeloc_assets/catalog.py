@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,43 @@ class Catalog:
     def keys(self, plan_id: str) -> list[str]:
         """The partition keys of stored plan ``plan_id``, in file order."""
         return [batch_key(plan_id, b.index) for b in self.load_plan(plan_id).batches]
+
+    def keys_to_retire(
+        self,
+        existing: Sequence[str],
+        *,
+        plan_ids: Iterable[str] = (),
+        paths: Iterable[str | Path] = (),
+        keep_plan: str | None = None,
+    ) -> list[str]:
+        """Existing partition keys of the plans ``plan_ids`` or of plans of the files ``paths``.
+
+        Keys of ``keep_plan`` are never retired. Plans are read from the catalog
+        (small JSON files), not the inputs.
+        """
+        plan_ids = set(plan_ids)
+        paths = {str(Path(p).resolve()) for p in paths}
+        cache: dict[str, str | None] = {}
+        out = []
+        for key in existing:
+            try:
+                plan_id, _ = split_key(key)
+            except ValueError:
+                continue
+            if plan_id == keep_plan:
+                continue
+            if plan_id in plan_ids or (paths and self._plan_path(plan_id, cache) in paths):
+                out.append(key)
+        return out
+
+    def _plan_path(self, plan_id: str, cache: dict[str, str | None]) -> str | None:
+        """The resolved input path of ``plan_id`` (None: no such plan), memoised in ``cache``."""
+        if plan_id not in cache:
+            try:
+                cache[plan_id] = str(Path(self.load_plan(plan_id).path).resolve())
+            except (KeyError, OSError, ValueError):
+                cache[plan_id] = None
+        return cache[plan_id]
 
     def plan_ids(self) -> list[str]:
         """All stored plan ids."""

@@ -269,19 +269,15 @@ def stats_dir_for(settings) -> Path:
 
 
 def _sync_partitions(instance, catalog, name: str, path: Path, plan_id: str, keys: list[str]) -> None:
-    """Add this plan's batches; retire batches of older versions of the same file."""
+    """Add this plan's batches; retire batches of older versions of the same file
+    and batches whose plan is no longer in the catalog."""
     existing = instance.get_dynamic_partitions(name)
-    resolved = str(path.resolve())
-    for key in existing:
-        if key in keys:
-            continue
-        other_plan = key.rpartition("-")[0]
-        try:
-            other_path = str(Path(catalog.load_plan(other_plan).path).resolve())
-        except KeyError:
-            other_path = None
-        if other_path == resolved or other_path is None:
-            instance.delete_dynamic_partition(name, key)
+    known = set(catalog.plan_ids())
+    retire = catalog.keys_to_retire(existing, paths=[path], keep_plan=plan_id)
+    retire += [k for k in existing if k not in keys and k not in retire
+               and k.rpartition("-")[0] not in known]
+    for key in retire:
+        instance.delete_dynamic_partition(name, key)
     have = set(instance.get_dynamic_partitions(name))
     new = [k for k in keys if k not in have]
     if new:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from homeloc_assets.catalog import Catalog, batch_key, split_key
+from homeloc_assets.catalog import batch_key, split_key
 from homeloc_assets.defs.batches import BACKFILL_BATCHES_PER_RUN, user_batches
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inputs import InputError
@@ -243,44 +243,6 @@ class _Cursor:
         )
 
 
-def _plan_path(catalog: Catalog, plan_id: str, cache: dict[str, str | None]) -> str | None:
-    if plan_id not in cache:
-        try:
-            cache[plan_id] = str(Path(catalog.load_plan(plan_id).path).resolve())
-        except (KeyError, OSError, ValueError):
-            cache[plan_id] = None
-    return cache[plan_id]
-
-
-def keys_to_retire(
-    existing: Sequence[str],
-    catalog: Catalog,
-    *,
-    plan_ids: Iterable[str] = (),
-    paths: Iterable[str | Path] = (),
-    keep_plan: str | None = None,
-) -> list[str]:
-    """Existing partition keys of the plans ``plan_ids`` or of plans of the files ``paths``.
-
-    Keys of ``keep_plan`` are never retired. Plans are read from the catalog
-    (small JSON files), not the inputs.
-    """
-    plan_ids = set(plan_ids)
-    paths = {str(Path(p).resolve()) for p in paths}
-    cache: dict[str, str | None] = {}
-    out = []
-    for key in existing:
-        try:
-            plan_id, _ = split_key(key)
-        except ValueError:
-            continue
-        if plan_id == keep_plan:
-            continue
-        if plan_id in plan_ids or (paths and _plan_path(catalog, plan_id, cache) in paths):
-            out.append(key)
-    return out
-
-
 def _countries_state(instance: dg.DagsterInstance) -> str:
     """``ready`` (materialized), ``running`` (a run in flight) or ``missing``."""
     if instance.get_latest_materialization_event(COUNTRIES_KEY) is not None:
@@ -317,7 +279,7 @@ def evaluate_input_folder(
     for name, entry in cursor.files.items():
         if name in found or entry.get("state") != "registered":
             continue
-        keys = keys_to_retire(existing, catalog, plan_ids=[entry["plan_id"]])
+        keys = catalog.keys_to_retire(existing, plan_ids=[entry["plan_id"]])
         if keys:
             context.log.info(f"{name}: removed; retiring {len(keys)} batch(es) of {entry['plan_id']}")
             retire += keys
@@ -334,7 +296,7 @@ def evaluate_input_folder(
         if not same:
             # new or changed: the old plan's batches are no longer true
             if entry.get("state") == "registered":
-                keys = keys_to_retire(existing, catalog, plan_ids=[entry["plan_id"]])
+                keys = catalog.keys_to_retire(existing, plan_ids=[entry["plan_id"]])
                 if keys:
                     context.log.info(
                         f"{name}: changed; retiring {len(keys)} batch(es) of {entry['plan_id']}"
@@ -363,7 +325,7 @@ def evaluate_input_folder(
             new_files[name] = {"state": "seen", "size": after.st_size,
                                "mtime_ns": after.st_mtime_ns, "prev_plan": entry.get("prev_plan")}
             continue
-        old = keys_to_retire(existing, catalog, paths=[cand.path], keep_plan=plan_id)
+        old = catalog.keys_to_retire(existing, paths=[cand.path], keep_plan=plan_id)
         if old:
             context.log.info(f"{name}: retiring {len(old)} batch(es) of older versions")
             retire += old
