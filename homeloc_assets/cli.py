@@ -88,18 +88,20 @@ class _Progress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.tty = sys.stderr.isatty()
+        self._users: dict[str, int] = {}  # finished batch -> users (a finished batch stays so)
 
     def _done(self) -> tuple[int, int]:
-        n = users = 0
+        from homeloc_assets.batch_runner import read_stats
+
         for k in self.keys:
-            p = self.stats_dir / f"{k}.json"
-            if p.exists():
+            if k not in self._users:
                 try:
-                    users += json.loads(p.read_text())["users"]
-                    n += 1
-                except (ValueError, KeyError, OSError):
-                    pass
-        return n, users
+                    stats = read_stats(self.stats_dir, k)
+                except (ValueError, OSError):  # being replaced right now: next tick
+                    continue
+                if stats is not None:
+                    self._users[k] = int(stats["users"])
+        return len(self._users), sum(self._users.values())
 
     def _loop(self) -> None:
         start = time.monotonic()
@@ -203,8 +205,9 @@ def cmd_run(args) -> int:
         f"backend {settings.backend}; {settings.n_workers} worker(s)")
     source = json.dumps([settings.countries_path, settings.countries_name_column,
                          settings.countries_code_column])
-    marker = settings.storage_path / "assets" / "countries.source.json"
-    have_countries = (settings.storage_path / "assets" / "countries.parquet").exists() and (
+    countries_file = settings.tables_path / "countries.parquet"
+    marker = settings.tables_path / "countries.source.json"
+    have_countries = countries_file.exists() and (
         marker.exists() and marker.read_text() == source)
     if not have_countries or home:
         res = dg.materialize(assets, selection=["world_countries", "countries"],
@@ -220,14 +223,12 @@ def cmd_run(args) -> int:
     try:  # a wrong study country should stop the run before hours of batches
         import geopandas as gpd
 
-        resolve_country(gpd.read_parquet(settings.storage_path / "assets" / "countries.parquet"),
-                        settings.study_country)
+        resolve_country(gpd.read_parquet(countries_file), settings.study_country)
     except CountryError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 
-    cfg = settings
-    tdir = cfg.storage_path / "assets"
-    todo = [k for k in keys if args.fresh or not is_finished(tdir, stats_dir_for(cfg), k)]
+    todo = [k for k in keys
+            if args.fresh or not is_finished(settings.tables_path, settings.stats_path, k)]
     if len(todo) < len(keys):
         say(f"resuming: {len(keys) - len(todo)} finished batch(es) kept")
     if todo:
@@ -237,7 +238,7 @@ def cmd_run(args) -> int:
         }
         run_config = dict(log_cfg)
         run_config["ops"] = {"user_batch_assets": {"config": {"reuse_finished": not args.fresh}}}
-        with _Progress(stats_dir_for(cfg), keys, args.quiet):
+        with _Progress(settings.stats_path, keys, args.quiet):
             res = dg.materialize(
                 assets,
                 selection=["user_locations", "user_country_userdays", "user_home_locations",
@@ -261,11 +262,6 @@ def cmd_run(args) -> int:
     elapsed = time.monotonic() - t0
     _print_summary(summary, out, elapsed)
     return EXIT_OK
-
-
-def stats_dir_for(settings) -> Path:
-    """Where finished batches record their counts."""
-    return settings.storage_path / "batch_stats"
 
 
 def _sync_partitions(instance, catalog, name: str, path: Path, plan_id: str, keys: list[str]) -> None:

@@ -6,8 +6,6 @@ with ``build_definitions`` (its flags become ``Settings``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 
 from homeloc_assets.defs.batches import user_batch_assets, user_batches
@@ -32,7 +30,6 @@ ASSETS = [
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     """Definitions for ``settings`` (default: from the ``HOMELOC_*`` environment)."""
     settings = settings or Settings.from_env()
-    storage = settings.storage_path
     return dg.Definitions(
         assets=ASSETS,
         sensors=SENSORS,
@@ -41,7 +38,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         resources={
             "homeloc": HomelocConfig.from_settings(settings),
             "hll_backend": HllBackendResource.from_env(settings.backend),
-            "io_manager": HomelocIOManager(base_dir=str(Path(storage) / "assets")),
+            "io_manager": HomelocIOManager(base_dir=str(settings.tables_path)),
         },
     )
 

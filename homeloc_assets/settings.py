@@ -94,6 +94,16 @@ class Settings:
         return Path(self.storage_dir) if self.storage_dir else Path(self.output_dir) / ".homeloc"
 
     @property
+    def tables_path(self) -> Path:
+        """Where the IO manager keeps the asset files (``<storage>/assets``)."""
+        return self.storage_path / "assets"
+
+    @property
+    def stats_path(self) -> Path:
+        """Where each finished batch records its counts (``<storage>/batch_stats``)."""
+        return self.storage_path / "batch_stats"
+
+    @property
     def n_workers(self) -> int:
         """Worker processes for batches (0 = one per core)."""
         return self.workers if self.workers > 0 else _cpu_workers()

@@ -43,12 +43,12 @@ class BatchRunConfig(dg.Config):
 
 def tables_dir(config: HomelocConfig) -> Path:
     """Where the IO manager keeps asset files."""
-    return Path(config.storage_dir) / "assets"
+    return config.settings.tables_path
 
 
 def stats_dir(config: HomelocConfig) -> Path:
     """Where each finished batch records its counts."""
-    return Path(config.storage_dir) / "batch_stats"
+    return config.settings.stats_path
 
 
 def country_lookup(countries: gpd.GeoDataFrame, storage_dir: str | Path) -> CountryLookup:

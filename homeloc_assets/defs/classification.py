@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from homeloc_assets.batch_runner import read_stats
 from homeloc_assets.catalog import Catalog
-from homeloc_assets.defs.batches import stats_dir
+from homeloc_assets.defs.batches import stats_dir, tables_dir
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.exports import global_line_offsets, write_exports
 from homeloc_assets.geo import resolve_country
@@ -27,6 +27,11 @@ from homeloc_assets.tables import PARQUET_COMPRESSION, PartitionedTables
 
 class RejectShareError(Exception):
     """Too many rows were rejected to trust the result."""
+
+
+def classification_path(config: HomelocConfig) -> Path:
+    """Where ``user_classification`` keeps its table (the IO manager's file)."""
+    return tables_dir(config) / "user_classification.parquet"
 
 
 def batch_stats(config: HomelocConfig, keys: list[str]) -> dict[str, dict]:
@@ -75,7 +80,7 @@ def user_classification(
             "(raise --max-reject-share to accept)"
         )
     name, code = resolve_country(countries, homeloc.study_country)
-    target = Path(homeloc.storage_dir) / "assets" / "user_classification.parquet"
+    target = classification_path(homeloc)
     counts = {CLASS_LOCAL: 0, CLASS_TOURIST: 0, CLASS_UNDETERMINED: 0}
     n_users = 0
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +196,7 @@ def homeloc_exports(
         with open(plan.path, "rb") as fh:
             header_lines[plan_id] = fh.read(plan.header_end).count(b"\n")
     offsets = global_line_offsets(keys, stats, header_lines)
-    cls_path = Path(homeloc.storage_dir) / "assets" / "user_classification.parquet"
+    cls_path = classification_path(homeloc)
     cls = pq.read_table(cls_path, columns=["classification"],
                         read_dictionary=["classification"]).column("classification")
     counts = {item["values"]: int(item["counts"]) for item in pc.value_counts(cls).to_pylist()}

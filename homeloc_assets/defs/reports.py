@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from homeloc_assets import plots
+from homeloc_assets.defs.classification import classification_path
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.geo import resolve_country
 from homeloc_assets.inference import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
@@ -29,11 +30,6 @@ _COMMON = {
     "ins": {"countries": dg.AssetIn("countries")},
     "automation_condition": dg.AutomationCondition.eager(),
 }
-
-
-def classification_path(config: HomelocConfig) -> Path:
-    """Where ``user_classification`` keeps its table (the IO manager's file)."""
-    return Path(config.storage_dir) / "assets" / "user_classification.parquet"
 
 
 def figures_dir(config: HomelocConfig) -> Path:

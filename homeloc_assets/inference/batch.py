@@ -56,31 +56,23 @@ def process_batch(
     lat = rows.column("latitude").to_numpy()
     cidx = np.asarray(lookup.lookup(lon, lat), dtype=np.int64)
     inside = cidx >= 0
+    names = np.asarray(country_names, dtype=object)
+    codes = np.asarray(country_codes, dtype=object)
     safe = np.where(inside, cidx, 0)
-    none_mask = pa.array(~inside)
-    names = pa.array(np.asarray(country_names, dtype=object)[safe], pa.string())
-    codes = pa.array(np.asarray(country_codes, dtype=object)[safe], pa.string())
     locations = pa.table(
         {
             "user_guid": rows.column("user_guid"),
             "latitude": rows.column("latitude"),
             "longitude": rows.column("longitude"),
-            "country": pc.if_else(none_mask, pa.scalar(None, pa.string()), names),
-            "country_code": pc.if_else(none_mask, pa.scalar(None, pa.string()), codes),
+            "country": pa.array(names[safe], pa.string(), mask=~inside),
+            "country_code": pa.array(codes[safe], pa.string(), mask=~inside),
             "userday_hll": rows.column("hll"),
             "line": rows.column("line"),
         }
     )
     guid = rows.column("user_guid").combine_chunks()
     hlls = rows.column("hll").combine_chunks()
-    per_country, per_user = country_userdays(
-        guid,
-        cidx,
-        hlls,
-        np.asarray(country_names, dtype=object),
-        np.asarray(country_codes, dtype=object),
-        backend,
-    )
+    per_country, per_user = country_userdays(guid, cidx, hlls, names, codes, backend)
     homes = pick_homes(per_country, per_user)
     cu = per_country.drop_columns(["user_index", "country_index"])
     stats = {
