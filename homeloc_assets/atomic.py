@@ -36,6 +36,20 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def remove_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files that ``atomic_path(target)`` left behind in a killed process.
+
+    Call only while no live writer of ``target`` can exist (e.g. under its lock).
+    """
+    target = Path(target)
+    gone = []
+    for p in target.parent.glob(f".{target.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            gone.append(p)
+    return gone
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

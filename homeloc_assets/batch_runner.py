@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from homeloc_assets.atomic import write_text_atomic
+from homeloc_assets.atomic import remove_temporaries, write_text_atomic
 from homeloc_assets.backends import PostgresSettings, make_backend
 from homeloc_assets.catalog import BatchRef
 from homeloc_assets.inference import process_batch
@@ -86,15 +86,9 @@ def batch_lock(stats_dir: str | os.PathLike[str], key: str) -> Iterator[bool]:
 def remove_stale_temporaries(tables_dir: str | os.PathLike[str],
                              stats_dir: str | os.PathLike[str], key: str) -> list[Path]:
     """Delete temporary files of batch ``key`` left by a killed writer (hold its lock)."""
-    pats = [(Path(tables_dir) / a, f".{key}.parquet.*.tmp") for a in BATCH_TABLES]
-    pats.append((Path(stats_dir), f".{key}.json.*.tmp"))
-    gone = []
-    for folder, pat in pats:
-        for p in folder.glob(pat):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                gone.append(p)
-    return gone
+    targets = [Path(tables_dir) / a / f"{key}.parquet" for a in BATCH_TABLES]
+    targets.append(Path(stats_dir) / f"{key}.json")
+    return [p for t in targets for p in remove_temporaries(t)]
 
 
 def _run_one(ref: BatchRef) -> dict:

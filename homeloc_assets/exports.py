@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from homeloc_assets.atomic import atomic_path
+from homeloc_assets.atomic import atomic_path, remove_temporaries
 from homeloc_assets.inference import CLASS_UNDETERMINED
 from homeloc_assets.tables import PartitionedTables, csv_writer
 
@@ -96,13 +96,7 @@ def exports_lock(out_dir: Path) -> Iterator[None]:
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     """Delete ``.<export>.*.tmp`` files of killed writers; call only while holding the lock."""
-    gone = []
-    for name in EXPORT_FILES:
-        for p in out_dir.glob(f".{name}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                gone.append(p)
-    return gone
+    return [p for name in EXPORT_FILES for p in remove_temporaries(out_dir / name)]
 
 
 def write_exports(
