@@ -62,6 +62,7 @@ class Catalog:
     def __init__(self, storage_dir: str | Path) -> None:
         self.root = Path(storage_dir)
         self.plans_dir = self.root / "plans"
+        self._plans: dict[str, BatchPlan] = {}  # read once per Catalog: batch() is per key
 
     def register(self, path: str | Path, batch_users: int) -> tuple[str, list[str]]:
         """Plan ``path`` (seeks only), store the plan, return ``(plan_id, keys)``."""
@@ -71,14 +72,17 @@ class Catalog:
         target = self.plans_dir / f"{plan_id}.json"
         if not target.exists() or json.loads(target.read_text()) != doc:
             write_text_atomic(target, json.dumps(doc, indent=1, sort_keys=True))
+        self._plans[plan_id] = plan
         return plan_id, [batch_key(plan_id, b.index) for b in plan.batches]
 
     def load_plan(self, plan_id: str) -> BatchPlan:
         """The stored plan ``plan_id``."""
-        target = self.plans_dir / f"{plan_id}.json"
-        if not target.exists():
-            raise KeyError(f"no batch plan {plan_id!r} in {self.plans_dir}")
-        return BatchPlan.from_dict(json.loads(target.read_text())["plan"])
+        if plan_id not in self._plans:
+            target = self.plans_dir / f"{plan_id}.json"
+            if not target.exists():
+                raise KeyError(f"no batch plan {plan_id!r} in {self.plans_dir}")
+            self._plans[plan_id] = BatchPlan.from_dict(json.loads(target.read_text())["plan"])
+        return self._plans[plan_id]
 
     def batch(self, key: str) -> BatchRef:
         """The batch behind partition ``key``."""

@@ -68,7 +68,7 @@ def user_classification(
     countries: gpd.GeoDataFrame,
 ):
     """Classify each user's home against the study country, batch by batch."""
-    homes = _as_partitioned(context, user_home_locations)
+    homes = _as_partitioned(user_home_locations)
     stats = batch_stats(homeloc, homes.keys())
     rows = sum(s["rows"] for s in stats.values())
     rejected = sum(s["rejected"] for s in stats.values())
@@ -156,7 +156,7 @@ def users_seen_twice(homes: PartitionedTables, stats: dict[str, dict]) -> int:
     return dup
 
 
-def _as_partitioned(context, value) -> PartitionedTables:
+def _as_partitioned(value) -> PartitionedTables:
     if isinstance(value, PartitionedTables):
         return value
     raise dg.Failure("expected all user batches as input")
@@ -186,7 +186,7 @@ def homeloc_exports(
     rejected_rows: PartitionedTables,
 ) -> dg.MaterializeResult:
     """Stream every batch into the export files."""
-    homes = _as_partitioned(context, user_home_locations)
+    homes = _as_partitioned(user_home_locations)
     keys = homes.keys()
     stats = batch_stats(homeloc, keys)
     catalog = Catalog(homeloc.storage_dir)
@@ -218,9 +218,9 @@ def homeloc_exports(
     paths = write_exports(
         homeloc.output_dir,
         homes,
-        _as_partitioned(context, user_country_userdays),
+        _as_partitioned(user_country_userdays),
         cls_path,
-        _as_partitioned(context, rejected_rows),
+        _as_partitioned(rejected_rows),
         offsets,
         summary,
     )
