@@ -22,6 +22,7 @@ from homeloc_assets.inference import (
     CLASS_UNDETERMINED,
     classify_homes,
 )
+from homeloc_assets.provenance import InputInfo, RunInfo, read_run_info
 from homeloc_assets.tables import PARQUET_COMPRESSION, PartitionedTables
 
 
@@ -80,6 +81,7 @@ def user_classification(
             "(raise --max-reject-share to accept)"
         )
     name, code = resolve_country(countries, homeloc.study_country)
+    info = run_info(homeloc, name, code, stats)
     target = classification_path(homeloc)
     counts = {CLASS_LOCAL: 0, CLASS_TOURIST: 0, CLASS_UNDETERMINED: 0}
     n_users = 0
@@ -94,7 +96,8 @@ def user_classification(
         for _, t in homes.iter_tables():
             c = classify_homes(t, code, homeloc.min_userdays)
             if writer is None:
-                writer = pq.ParquetWriter(str(staged), c.schema, compression=PARQUET_COMPRESSION)
+                writer = pq.ParquetWriter(str(staged), info.attach(c.schema),
+                                          compression=PARQUET_COMPRESSION)
             writer.write_table(c)
             for item in pc.value_counts(c.column("classification")).to_pylist():
                 counts[item["values"]] += int(item["counts"])
@@ -112,7 +115,7 @@ def user_classification(
     yield dg.Output(
         staged,
         metadata={
-            "study_country": f"{name} ({code})",
+            "study_country": info.study_label,
             "users": users_total,
             "users_with_home": n_users,
             "locals": counts[CLASS_LOCAL],
@@ -130,6 +133,23 @@ def user_classification(
     yield dg.AssetCheckResult(
         check_name="reject_share_below_limit", passed=share <= homeloc.max_reject_share,
         metadata={"rejected": rejected, "share": round(share, 6)},
+    )
+
+
+def run_info(homeloc: HomelocConfig, name: str, code: str, stats: dict[str, dict]) -> RunInfo:
+    """The settings this classification is made with, as stored in its table."""
+    catalog = Catalog(homeloc.storage_dir)
+    inputs = []
+    for plan_id in sorted({s["plan_id"] for s in stats.values()}):
+        plan = catalog.load_plan(plan_id)
+        inputs.append(InputInfo(plan.path, plan_id, plan.fingerprint, plan.size))
+    return RunInfo(
+        study_country=name,
+        study_country_code=code,
+        min_userdays=float(homeloc.min_userdays),
+        max_reject_share=float(homeloc.max_reject_share),
+        batch_users=int(homeloc.batch_users),
+        inputs=tuple(inputs),
     )
 
 
@@ -197,11 +217,12 @@ def homeloc_exports(
             header_lines[plan_id] = fh.read(plan.header_end).count(b"\n")
     offsets = global_line_offsets(keys, stats, header_lines)
     cls_path = classification_path(homeloc)
+    info = read_run_info(cls_path)
     cls = pq.read_table(cls_path, columns=["classification"],
                         read_dictionary=["classification"]).column("classification")
     counts = {item["values"]: int(item["counts"]) for item in pc.value_counts(cls).to_pylist()}
     summary = {
-        "inputs": sorted({catalog.load_plan(p).path for p in header_lines}),
+        "inputs": [i.path for i in info.inputs],
         "batches": len(keys),
         "users": sum(s["users"] for s in stats.values()),
         "users_with_home": sum(s["users_with_home"] for s in stats.values()),
@@ -212,8 +233,9 @@ def homeloc_exports(
         "rejected_rows": sum(s["rejected"] for s in stats.values()),
         "points_in_no_country": sum(s["points_in_no_country"] for s in stats.values()),
         "ties": sum(s["ties"] for s in stats.values()),
-        "study_country": homeloc.study_country,
-        "min_userdays": homeloc.min_userdays,
+        "study_country": info.study_country,
+        "study_country_code": info.study_country_code,
+        "min_userdays": info.min_userdays,
     }
     paths = write_exports(
         homeloc.output_dir,
