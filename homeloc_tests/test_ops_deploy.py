@@ -53,15 +53,19 @@ def test_sqlite_instance_loads_with_the_limits(tmp_path):
         assert conc.pool_config.default_pool_limit == 1
         assert conc.pool_config.pool_granularity.value == "run"
         assert instance.event_log_storage.supports_global_concurrency_limits
-        # the homeloc_batches pool gets the default limit of one slot
-        assert instance.event_log_storage.get_pool_limits() == [] or all(
-            lim.limit == 1 for lim in instance.event_log_storage.get_pool_limits())
 
 
-def test_batch_assets_are_in_the_homeloc_batches_pool():
+def test_the_batch_pool_gets_one_slot_so_batch_steps_never_overlap(tmp_path):
+    """The pool the batch step claims is limited to one slot by dagster.yaml's default."""
     from homeloc_assets.defs.batches import user_batch_assets
 
-    assert {s.pool for s in [user_batch_assets.op]} == {"homeloc_batches"}
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    pool = user_batch_assets.op.pool
+    assert pool
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        storage = instance.event_log_storage
+        assert storage.initialize_concurrency_limit_to_default(pool)
+        assert storage.get_concurrency_info(pool).slot_count == 1
 
 
 @pytest.mark.parametrize("path", INSTANCE_FILES[1:], ids=lambda p: p.name)
