@@ -138,3 +138,72 @@ def test_rule_rejects_nonsense():
         HomeRule(min_share=1.5)
     with pytest.raises(ValueError, match="min_margin"):
         HomeRule(min_margin=-1)
+
+
+def _finished_run(tmp_path, homes: pa.Table):
+    import json
+
+    import pyarrow.parquet as pq
+
+    pq.write_table(homes, tmp_path / "user_home_locations.parquet")
+    pq.write_table(pa.table({"country": ["Germany", "France"], "country_code": ["DEU", "FRA"]}),
+                   tmp_path / "user_country_userdays.parquet")
+    (tmp_path / "summary.json").write_text(json.dumps({"study_country_code": "DEU"}))
+
+
+def _args(tmp_path, *extra):
+    import argparse
+
+    from homeloc_assets import sensitivity as sens
+
+    p = argparse.ArgumentParser()
+    sens.add_arguments(p)
+    p.add_argument("--truth")
+    return p.parse_args(["--out", str(tmp_path), *extra])
+
+
+def test_sensitivity_command_writes_the_table_and_figure(tmp_path, random_homes, capsys):
+    import pyarrow.csv as pacsv
+
+    from homeloc_assets import sensitivity as sens
+
+    _finished_run(tmp_path, random_homes)
+    args = _args(tmp_path, "--min-userdays", "3", "--grid-userdays", "0,3", "--grid-share", "0,0.5",
+                 "--grid-margin", "0")
+    assert sens.main(args) == 0
+    table = pacsv.read_csv(tmp_path / "sensitivity.csv").to_pylist()
+    assert len(table) == 4
+    chosen = next(r for r in table if r["min_userdays"] == 3 and r["min_share"] == 0)
+    assert chosen["changed_share"] == 0
+    cls = apply_rule(random_homes, HomeRule(min_userdays=3), "DEU").column("classification")
+    assert chosen["locals"] == cls.to_pylist().count("Local")
+    assert (tmp_path / "figures" / "sensitivity.png").stat().st_size > 0
+    assert "table:" in capsys.readouterr().out
+
+
+def test_validate_command_reads_a_synth_truth_file(tmp_path, random_homes, capsys):
+    import pyarrow.csv as pacsv
+
+    from homeloc_assets import sensitivity as sens
+
+    _finished_run(tmp_path, random_homes)
+    guids = random_homes.column("user_guid").to_pylist()
+    truth = pa.table({"user_guid": guids, "home_country": ["x"] * len(guids),
+                      "home_country_code": ["X"] * len(guids),
+                      "classification": ["Tourist"] * len(guids)})
+    pacsv.write_csv(truth, tmp_path / "t.csv")
+    args = _args(tmp_path, "--truth", str(tmp_path / "t.csv"), "--study-country", "germany",
+                 "--no-figures", "--grid-userdays", "0", "--grid-share", "0", "--grid-margin", "0")
+    assert sens.main(args, validate=True) == 0
+    row = pacsv.read_csv(tmp_path / "validation.csv").to_pylist()[0]
+    cls = apply_rule(random_homes, HomeRule(), "DEU").column("classification").to_pylist()
+    assert row["accuracy"] == pytest.approx(cls.count("Tourist") / len(cls))
+    assert row["truth_Tourist_as_Local"] == cls.count("Local")
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_sensitivity_without_a_run_says_what_to_do(tmp_path):
+    from homeloc_assets import sensitivity as sens
+
+    with pytest.raises(FileNotFoundError, match="homeloc run"):
+        sens.main(_args(tmp_path))
