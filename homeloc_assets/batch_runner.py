@@ -54,6 +54,20 @@ class WorkerSetup:
     pg: PostgresSettings | None
     tables_dir: str
     stats_dir: str
+    layers_pickle: bytes = b""  # pickled tuple of extra region layers (geo.layers)
+    layer_names: tuple[str, ...] = ()
+
+    @property
+    def assets(self) -> list[str]:
+        """Every per-batch asset this setup writes: the four tables, then two per layer."""
+        return batch_assets(self.layer_names)
+
+
+def batch_assets(layer_names: Sequence[str] = ()) -> list[str]:
+    """The per-batch assets for the given extra layers (the four tables first)."""
+    from homeloc_assets.geo.layers import layer_assets
+
+    return [*BATCH_TABLES, *(a for n in layer_names for a in layer_assets(n))]
 
 
 _STATE: dict = {}
@@ -62,6 +76,7 @@ _STATE: dict = {}
 def _init_worker(setup: WorkerSetup) -> None:
     _STATE["setup"] = setup
     _STATE["lookup"] = pickle.loads(setup.lookup_pickle)
+    _STATE["layers"] = pickle.loads(setup.layers_pickle) if setup.layers_pickle else ()
     _STATE["backend"] = make_backend(setup.backend, setup.pg)
 
 
@@ -84,9 +99,10 @@ def batch_lock(stats_dir: str | os.PathLike[str], key: str) -> Iterator[bool]:
 
 
 def remove_stale_temporaries(tables_dir: str | os.PathLike[str],
-                             stats_dir: str | os.PathLike[str], key: str) -> list[Path]:
+                             stats_dir: str | os.PathLike[str], key: str,
+                             assets: Sequence[str] = tuple(BATCH_TABLES)) -> list[Path]:
     """Delete temporary files of batch ``key`` left by a killed writer (hold its lock)."""
-    targets = [Path(tables_dir) / a / f"{key}.parquet" for a in BATCH_TABLES]
+    targets = [Path(tables_dir) / a / f"{key}.parquet" for a in assets]
     targets.append(Path(stats_dir) / f"{key}.json")
     return [p for t in targets for p in remove_temporaries(t)]
 
@@ -94,10 +110,10 @@ def remove_stale_temporaries(tables_dir: str | os.PathLike[str],
 def _run_one(ref: BatchRef) -> dict:
     setup: WorkerSetup = _STATE["setup"]
     with batch_lock(setup.stats_dir, ref.key) as waited:
-        remove_stale_temporaries(setup.tables_dir, setup.stats_dir, ref.key)
-        if waited and is_finished(setup.tables_dir, setup.stats_dir, ref.key):
+        remove_stale_temporaries(setup.tables_dir, setup.stats_dir, ref.key, setup.assets)
+        if waited and is_finished(setup.tables_dir, setup.stats_dir, ref.key, setup.assets):
             # another run computed this batch while we waited: same input, same result
-            files = {a: str(Path(setup.tables_dir) / a / f"{ref.key}.parquet") for a in BATCH_TABLES}
+            files = {a: str(Path(setup.tables_dir) / a / f"{ref.key}.parquet") for a in setup.assets}
             return {"key": ref.key, "files": files, "stats": read_stats(setup.stats_dir, ref.key)}
         return _compute(ref, setup)
 
@@ -111,11 +127,14 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
         setup.country_codes,
         _STATE["lookup"],
         _STATE["backend"],
+        _STATE["layers"],
     )
+    tables = {asset: getattr(result, attr) for asset, attr in BATCH_TABLES.items()}
+    tables.update(result.layer_tables)
     files = {}
-    for asset, attr in BATCH_TABLES.items():
+    for asset, table in tables.items():
         target = Path(setup.tables_dir) / asset / f"{ref.key}.parquet"
-        write_table(getattr(result, attr), target)
+        write_table(table, target)
         files[asset] = str(target)
     stats = dict(result.stats, key=ref.key, plan_id=ref.plan_id, index=ref.index)
     # written last: a batch is finished exactly when its stats file exists
@@ -166,8 +185,13 @@ def read_stats(stats_dir: str | os.PathLike[str], key: str) -> dict | None:
     return json.loads(path.read_text())
 
 
-def is_finished(tables_dir: str | os.PathLike[str], stats_dir: str | os.PathLike[str], key: str) -> bool:
-    """True when batch ``key`` has its counts file and all its tables."""
+def is_finished(tables_dir: str | os.PathLike[str], stats_dir: str | os.PathLike[str], key: str,
+                assets: Sequence[str] = tuple(BATCH_TABLES)) -> bool:
+    """True when batch ``key`` has its counts file and all its tables (of ``assets``).
+
+    A batch finished before a region layer was added lacks that layer's
+    tables, so it is not finished for a run with that layer.
+    """
     if not (Path(stats_dir) / f"{key}.json").exists():
         return False
-    return all((Path(tables_dir) / a / f"{key}.parquet").exists() for a in BATCH_TABLES)
+    return all((Path(tables_dir) / a / f"{key}.parquet").exists() for a in assets)
