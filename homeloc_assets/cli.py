@@ -38,6 +38,16 @@ def _add_run(sub) -> None:
     p.add_argument("--study-country", default=None, help="name or ISO alpha-3 code (default Germany)")
     p.add_argument("--min-userdays", type=float, default=None,
                    help="users with fewer distinct userdays are undetermined (default 0)")
+    p.add_argument("--min-share", type=float, default=None,
+                   help="users whose home has a smaller share of their userdays are undetermined (default 0)")
+    p.add_argument("--min-margin", type=float, default=None,
+                   help="users whose home leads the runner-up by fewer userdays are undetermined (default 0)")
+    p.add_argument("--layer", action="append", default=None, metavar="NAME=SPEC",
+                   help="extra region layer, repeatable: NAME=h3:RES or NAME=PATH[#NAME_COLUMN,CODE_COLUMN] "
+                        "(default: HOMELOC_LAYERS)")
+    p.add_argument("--study-region", default=None, metavar="LAYER=CODE",
+                   help="a region of a layer inside the study country: classes Local, Domestic tourist, "
+                        "International tourist")
     p.add_argument("--batch-users", type=int, default=None, help="users per batch (default 50000)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     p.add_argument("--max-reject-share", type=float, default=None,
@@ -170,6 +180,10 @@ def cmd_run(args) -> int:
             backend=args.backend,
             study_country=args.study_country,
             min_userdays=args.min_userdays,
+            min_share=args.min_share,
+            min_margin=args.min_margin,
+            layers=";".join(args.layer) if args.layer else None,
+            study_region=args.study_region,
             batch_users=args.batch_users,
             workers=args.workers,
             max_reject_share=args.max_reject_share,
@@ -217,18 +231,21 @@ def cmd_run(args) -> int:
             raise CliError(f"countries: {_failure_reason(res)}")
         marker.write_text(source)
 
-    from homeloc_assets.batch_runner import is_finished
+    from homeloc_assets.batch_runner import batch_assets, is_finished
     from homeloc_assets.geo import CountryError, resolve_country
+    from homeloc_assets.geo.layers import LayerError
 
     try:  # a wrong study country should stop the run before hours of batches
         import geopandas as gpd
 
         resolve_country(gpd.read_parquet(countries_file), settings.study_country)
-    except CountryError as exc:
+        _check_layers(settings)
+    except (CountryError, LayerError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 
-    todo = [k for k in keys
-            if args.fresh or not is_finished(settings.tables_path, settings.stats_path, k)]
+    step_assets = batch_assets([spec.name for spec in settings.layer_specs])
+    todo = [k for k in keys if args.fresh
+            or not is_finished(settings.tables_path, settings.stats_path, k, step_assets)]
     if len(todo) < len(keys):
         say(f"resuming: {len(keys) - len(todo)} finished batch(es) kept")
     if todo:
@@ -241,8 +258,7 @@ def cmd_run(args) -> int:
         with _Progress(settings.stats_path, keys, args.quiet):
             res = dg.materialize(
                 assets,
-                selection=["user_locations", "user_country_userdays", "user_home_locations",
-                           "rejected_rows"],
+                selection=step_assets,
                 instance=instance, resources=resources, run_config=run_config,
                 tags=tags, raise_on_error=False,
             )
@@ -262,6 +278,21 @@ def cmd_run(args) -> int:
     elapsed = time.monotonic() - t0
     _print_summary(summary, out, elapsed)
     return EXIT_OK
+
+
+def _check_layers(settings) -> None:
+    """Load every region layer now (cached for the batches) and check the study region's code."""
+    import geopandas as gpd
+
+    from homeloc_assets.geo import resolve_country
+    from homeloc_assets.geo.layers import check_region_code, load_layer
+
+    layers = {s.name: load_layer(s, settings.storage_path / "lookup") for s in settings.layer_specs}
+    region = settings.study_region_spec
+    if region and region[0] == "country":
+        resolve_country(gpd.read_parquet(settings.tables_path / "countries.parquet"), region[1])
+    elif region:
+        check_region_code(layers[region[0]], region[1])
 
 
 def _sync_partitions(instance, catalog, name: str, path: Path, plan_id: str, keys: list[str]) -> None:

@@ -155,3 +155,108 @@ def test_layer_cache_is_reused_and_rebuilt_when_damaged(regions_file, tmp_path):
     lon, lat = np.array([13.4, 2.35, 0.0]), np.array([52.5, 48.85, 0.0])
     got = third.locate(lon, lat)
     assert list(got.codes[got.index[:2]]) == ["rDEU", "rFRA"] and got.index[2] == -1
+
+
+@pytest.fixture(scope="module")
+def halves_file(world, tmp_path_factory):
+    """Germany split at 10.505 degrees east (off the 0.01 grid of the points) into DE-W and DE-E, plus France: a nested layer."""
+    import shapely
+
+    countries, _ = world
+    de = countries[countries.country == "Germany"].geometry.iloc[0]
+    fr = countries[countries.country == "France"].geometry.iloc[0]
+    west = shapely.intersection(de, shapely.box(-180, -90, 10.505, 90))
+    east = shapely.difference(de, west)
+    gdf = gpd.GeoDataFrame({"name": ["Germany west", "Germany east", "France"],
+                            "code": ["DE-W", "DE-E", "FR"]},
+                           geometry=[west, east, fr], crs="EPSG:4326")
+    path = tmp_path_factory.mktemp("halves") / "halves.gpkg"
+    gdf.to_file(path, driver="GPKG")
+    return path
+
+
+def _homeloc(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("DAGSTER_HOME", None)
+    res = subprocess.run([sys.executable, "-m", "homeloc_assets.cli", *args], capture_output=True,
+                         text=True, env=env, timeout=600)
+    return res
+
+
+def _argmax(pg: pd.DataFrame, key: str) -> pd.DataFrame:
+    return (pg.sort_values(["user_guid", "pg", key], ascending=[True, False, True])
+            .drop_duplicates("user_guid").set_index("user_guid"))
+
+
+def test_nested_study_region_classes_and_thresholds_equal_an_oracle(
+        pg_conn, small_input, world, halves_file, tmp_path):
+    out = tmp_path / "out"
+    res = _homeloc("run", "--input", str(small_input), "--out", str(out), "--no-figures", "--quiet",
+                   "--layer", f"halves={halves_file}", "--study-region", "halves=DE-E",
+                   "--min-userdays", "3", "--min-share", "0.6", "--batch-users", "800")
+    assert res.returncode == 0, res.stderr
+    countries, lookup = world
+    rows = pd.read_csv(small_input)
+    cidx = lookup.lookup(rows.longitude.to_numpy(), rows.latitude.to_numpy())
+    codes = countries["country_code"].to_numpy()
+    rows["country"] = np.where(cidx >= 0, codes[np.maximum(cidx, 0)], None)
+    names = dict(zip(countries.country_code, countries.country, strict=True))
+    rows["region"] = rows.country
+    country_pg = _pg_unions(pg_conn, rows[rows.country.notna()])
+    country_pg["name"] = country_pg.region_code.map(names)
+    home_country = _argmax(country_pg, "name")
+    totals = _pg_total(pg_conn, rows[rows.country.notna()])
+    de = rows.country == "DEU"
+    half = rows[de].assign(region=np.where(rows.longitude[de] < 10.505, "DE-W", "DE-E"))
+    half_pg = _pg_unions(pg_conn, half)
+    home_half = _argmax(half_pg, "region_code")
+
+    oracle = home_country[["region_code", "pg"]].rename(columns={"region_code": "cc", "pg": "days"})
+    oracle = oracle.join(totals).join(home_half[["region_code"]].rename(columns={"region_code": "half"}))
+    oracle["share"] = oracle.days / oracle.total
+    undetermined = (oracle.total < 3) | (oracle.share < 0.6)
+    expected = np.where(oracle.cc != "DEU", "International tourist",
+                        np.where(oracle.half == "DE-E", "Local", "Domestic tourist"))
+    oracle["cls"] = np.where(undetermined, "undetermined", expected)
+
+    got = pd.read_parquet(out / "user_home_locations.parquet").set_index("user_guid")
+    assert set(got.index) == set(oracle.index)
+    assert (got.status.loc[oracle.index].eq("undetermined") == undetermined).all()
+    cls = pd.read_csv(out / "user_classification.csv").set_index("user_guid").classification
+    determined = oracle[oracle.cls != "undetermined"]
+    assert set(cls.index) == set(determined.index)
+    bad = determined[cls.loc[determined.index] != determined.cls]
+    assert bad.empty, bad.join(cls).head()
+    assert {"Local", "Domestic tourist", "International tourist"} <= set(cls)
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["study_region"] == "halves=DE-E"
+    assert summary["locals"] == (determined.cls == "Local").sum()
+    assert summary["domestic_tourists"] == (determined.cls == "Domestic tourist").sum()
+    hh = pd.read_parquet(out / "user_home_halves.parquet")
+    assert list(hh.columns) == ["user_guid", "region", "region_code", "userdays", "total_userdays",
+                                "home_share", "runner_up_code", "margin", "tie", "status", "reason"]
+
+
+def _pg_total(pg_conn, frame: pd.DataFrame) -> pd.DataFrame:
+    t = _pg_unions(pg_conn, frame.assign(region="all"))
+    return t.set_index("user_guid")[["pg"]].rename(columns={"pg": "total"})
+
+
+def test_a_wrong_study_region_or_layer_stops_before_the_batches(small_input, halves_file, tmp_path):
+    res = _homeloc("run", "--input", str(small_input), "--out", str(tmp_path / "o"), "--quiet",
+                   "--layer", f"halves={halves_file}", "--study-region", "halves=DE-X")
+    assert res.returncode == 2 and "DE-X" in res.stderr and "DE-W" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = _homeloc("run", "--input", str(small_input), "--out", str(tmp_path / "o"), "--quiet",
+                   "--study-region", "states=DE-SN")
+    assert res.returncode == 2 and "no layer 'states'" in res.stderr
+    res = _homeloc("run", "--input", str(small_input), "--out", str(tmp_path / "o"), "--quiet",
+                   "--layer", f"bad={halves_file}#GEN,AGS")
+    assert res.returncode == 2 and "GEN" in res.stderr
+    assert not (tmp_path / "o" / "user_classification.csv").exists()

@@ -157,6 +157,26 @@ class PolygonLayer:
         return Located(idx, self.names, self.codes)
 
 
+def check_region_code(layer, code: str) -> None:
+    """Raise :class:`LayerError` unless ``code`` names a region of ``layer``."""
+    if isinstance(layer, H3Layer):
+        import h3
+
+        if not h3.is_valid_cell(code) or h3.get_resolution(code) != layer.resolution:
+            raise LayerError(f"study region {code!r} is not an H3 cell of resolution "
+                             f"{layer.resolution} (layer {layer.name})")
+        return
+    codes = [str(c) for c in layer.codes]
+    if code not in codes:
+        import difflib
+
+        close = difflib.get_close_matches(code, codes, n=5, cutoff=0.5)
+        names = [str(layer.names[codes.index(c)]) for c in close]
+        hint = f" Close: {', '.join(f'{c} ({n})' for c, n in zip(close, names, strict=True))}." if close else ""
+        raise LayerError(f"study region {code!r} is no region code of layer {layer.name} "
+                         f"({len(codes)} regions).{hint}")
+
+
 def load_regions(spec: LayerSpec):
     """The dissolved polygons of a polygon layer: ``GeoDataFrame[country, country_code, geometry]``.
 
