@@ -32,6 +32,7 @@ from homeloc_assets.atomic import remove_temporaries, write_text_atomic
 from homeloc_assets.backends import PostgresSettings, make_backend
 from homeloc_assets.catalog import BatchRef
 from homeloc_assets.inference import process_batch
+from homeloc_assets.inputs.reader import USERS_SCHEMA
 from homeloc_assets.tables import write_table
 
 #: asset name -> attribute of BatchResult
@@ -104,6 +105,7 @@ def remove_stale_temporaries(tables_dir: str | os.PathLike[str],
     """Delete temporary files of batch ``key`` left by a killed writer (hold its lock)."""
     targets = [Path(tables_dir) / a / f"{key}.parquet" for a in assets]
     targets.append(Path(stats_dir) / f"{key}.json")
+    targets.append(users_path(stats_dir, key))
     return [p for t in targets for p in remove_temporaries(t)]
 
 
@@ -136,6 +138,8 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
         target = Path(setup.tables_dir) / asset / f"{ref.key}.parquet"
         write_table(table, target)
         files[asset] = str(target)
+    write_table(result.users if result.users is not None else USERS_SCHEMA.empty_table(),
+                users_path(setup.stats_dir, ref.key))
     stats = dict(result.stats, key=ref.key, plan_id=ref.plan_id, index=ref.index)
     # written last: a batch is finished exactly when its stats file exists
     write_text_atomic(Path(setup.stats_dir) / f"{ref.key}.json", json.dumps(stats, sort_keys=True))
@@ -177,6 +181,11 @@ def _iter_results(refs: Sequence[BatchRef], setup: WorkerSetup, workers: int) ->
         yield from pool.map(_run_one, refs, chunksize=1)
 
 
+def users_path(stats_dir: str | os.PathLike[str], key: str) -> Path:
+    """Where batch ``key`` records its users (hashes and first offsets) for the grouping check."""
+    return Path(stats_dir) / f"{key}.users.parquet"
+
+
 def read_stats(stats_dir: str | os.PathLike[str], key: str) -> dict | None:
     """The counts a worker recorded for batch ``key`` (None: not finished)."""
     path = Path(stats_dir) / f"{key}.json"
@@ -192,6 +201,6 @@ def is_finished(tables_dir: str | os.PathLike[str], stats_dir: str | os.PathLike
     A batch finished before a region layer was added lacks that layer's
     tables, so it is not finished for a run with that layer.
     """
-    if not (Path(stats_dir) / f"{key}.json").exists():
+    if not (Path(stats_dir) / f"{key}.json").exists() or not users_path(stats_dir, key).exists():
         return False
     return all((Path(tables_dir) / a / f"{key}.parquet").exists() for a in assets)

@@ -72,18 +72,39 @@ def _instance(home: Path):
     return dg.DagsterInstance.get()
 
 
-def _failure_reason(result) -> str:
-    """The innermost error message of a failed in-process run, on one line."""
+#: errors that mean "the input (or a choice of the user) is wrong": exit 2
+_USAGE_ERRORS = {"InputError", "RejectShareError", "CountryError", "LayerError"}
+
+
+def _failure(result) -> tuple[str, int]:
+    """The innermost real error of a failed in-process run on one line, and its exit code.
+
+    An error raised in a worker process arrives wrapped (the pool's
+    ``_RemoteTraceback`` is its cause): the reason is the exception itself,
+    not the traceback text.
+    """
     for event in result.all_events:
         if event.is_step_failure:
             err = event.step_failure_data.error
-            while err is not None and err.cause is not None:
+            chain = []
+            while err is not None:
+                chain.append(err)
                 err = err.cause
-            if err is not None:
-                msg = err.message.strip().splitlines()
-                text = msg[0] if msg else (err.cls_name or "error")
-                return re.sub(r"^[\w.]+: ", "", text)
-    return "run failed"
+            real = [e for e in chain if e.cls_name not in ("_RemoteTraceback", "RemoteTraceback")]
+            for e in reversed(real or chain):
+                text = (e.message or "").strip()
+                lines = [ln for ln in text.splitlines() if ln.strip()]
+                if lines:
+                    msg = re.sub(r"^[\w.]+: ", "", lines[0].strip())
+                    code = EXIT_USAGE if any(e2.cls_name in _USAGE_ERRORS for e2 in chain) else EXIT_FAILED
+                    return msg, code
+            return (real or chain)[0].cls_name or "error", EXIT_FAILED
+    return "run failed", EXIT_FAILED
+
+
+def _failure_reason(result) -> str:
+    """The innermost error message of a failed in-process run, on one line."""
+    return _failure(result)[0]
 
 
 def _quiet_logs() -> dict:
@@ -263,7 +284,8 @@ def cmd_run(args) -> int:
                 tags=tags, raise_on_error=False,
             )
         if not res.success:
-            raise CliError(f"batches: {_failure_reason(res)}")
+            msg, code = _failure(res)
+            raise CliError(f"batches: {msg}", code)
     from homeloc_assets.defs.reports import REPORT_ASSETS
 
     final = ["user_classification", "homeloc_exports"]
@@ -273,7 +295,7 @@ def cmd_run(args) -> int:
                          instance=instance, resources=resources, run_config=log_cfg,
                          raise_on_error=False)
     if not res.success:
-        raise CliError(_failure_reason(res))
+        raise CliError(*_failure(res))
     summary = json.loads((out / "summary.json").read_text())
     elapsed = time.monotonic() - t0
     _print_summary(summary, out, elapsed)

@@ -82,6 +82,7 @@ def user_classification(
             f"{homeloc.max_reject_share:.2%}; see rejected_rows for the reasons "
             "(raise --max-reject-share to accept)"
         )
+    check_input_grouping(homeloc, stats)
     settings = homeloc.settings
     region = settings.study_region_spec
     study = region[1] if region and region[0] == "country" else homeloc.study_country
@@ -191,10 +192,9 @@ def hll_params_of(locations_dir: Path, keys: list[str]) -> tuple[int, int]:
 def users_seen_twice(homes: PartitionedTables, stats: dict[str, dict]) -> int:
     """How many user rows repeat a user of another row, over all batches.
 
-    Cheap when one file is sorted: unique within each batch (the batch's own
-    count) and strictly increasing from one batch to the next. Only with
-    several input files (whose users may overlap) are all ids hashed, one
-    column at a time.
+    Within one input file this cannot happen any more once
+    :func:`check_input_grouping` passed; only with several input files (whose
+    users may overlap) are all ids hashed, one column at a time.
     """
     dup = sum(int(s.get("duplicate_users", 0)) for s in stats.values())
     plans = {s["plan_id"] for s in stats.values()}
@@ -204,11 +204,23 @@ def users_seen_twice(homes: PartitionedTables, stats: dict[str, dict]) -> int:
             pa.string(),
         )
         return len(seen) - pc.count_distinct(seen).as_py()
-    ordered = sorted(stats.values(), key=lambda s: int(s["index"]))
-    for a, b in zip(ordered, ordered[1:], strict=False):
-        if a.get("last_user") and b.get("first_user") and not a["last_user"] < b["first_user"]:
-            dup += 1
     return dup
+
+
+def check_input_grouping(homeloc: HomelocConfig, stats: dict[str, dict]) -> None:
+    """Each input's users must have their rows together over all its batches (InputError)."""
+    from homeloc_assets.batch_runner import users_path
+    from homeloc_assets.inputs.grouping import check_grouped
+
+    catalog = Catalog(homeloc.storage_dir)
+    by_plan: dict[str, list[dict]] = {}
+    for s in stats.values():
+        by_plan.setdefault(s["plan_id"], []).append(s)
+    for plan_id, items in by_plan.items():
+        items.sort(key=lambda s: int(s["index"]))
+        plan = catalog.load_plan(plan_id)
+        check_grouped(plan.path, (pq.read_table(users_path(stats_dir(homeloc), s["key"]))
+                                  for s in items))
 
 
 def _as_partitioned(value) -> PartitionedTables:

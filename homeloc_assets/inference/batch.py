@@ -40,6 +40,7 @@ class BatchResult:
     rejects: pa.Table
     stats: dict[str, Any] = field(default_factory=dict)
     layer_tables: dict[str, pa.Table] = field(default_factory=dict)
+    users: pa.Table | None = None  # inputs.reader.USERS_SCHEMA: the batch's users, hashed
 
 
 def process_batch(
@@ -52,7 +53,7 @@ def process_batch(
     backend: GroupedCardinality,
     layers: Sequence[Any] = (),
 ) -> BatchResult:
-    """Process the byte range ``[start, end)`` of a sorted userdays CSV.
+    """Process the byte range ``[start, end)`` of a userdays CSV grouped by user.
 
     ``lookup.lookup(lon, lat)`` gives the index into ``country_names`` /
     ``country_codes`` of each point (-1: in no country); ``backend`` unions HLLs;
@@ -107,4 +108,4 @@ def process_batch(
         ud_name, home_name = layer_assets(layer.name)
         layer_tables[ud_name], layer_tables[home_name] = per_region, region_homes
         stats[f"users_with_home_{layer.name}"] = int(region_homes.num_rows)
-    return BatchResult(locations, cu, homes, batch.rejects, stats, layer_tables)
+    return BatchResult(locations, cu, homes, batch.rejects, stats, layer_tables, batch.users)
