@@ -156,7 +156,11 @@ def user_batch_assets(
             f"{s['rows']} rows, {s['rejected']} rejected"
         )
 
-    run_batches(todo, setup, homeloc.settings.n_workers, on_done=progress)
+    settings = homeloc.settings
+    if settings.dask_scheduler:
+        context.log.info(f"batches on the Dask cluster {settings.dask_scheduler}")
+    run_batches(todo, setup, settings.n_workers, on_done=progress,
+                dask_scheduler=settings.dask_scheduler or None)
 
     stats = [read_stats(sdir, r.key) for r in refs]
     total = {
