@@ -6,17 +6,19 @@ that asset's partition, then its counts file last: a batch is finished exactly
 when that file exists, so a killed run resumes without redoing finished
 batches. No Dagster here.
 
-A worker holds an exclusive ``flock`` on ``<stats>/.locks/<key>.lock`` while it
+A worker holds the lease ``<stats>/.locks/<key>.lease`` (``homeloc_assets.lease``:
+exclusive create plus heartbeat, safe on NFS where ``flock`` is not) while it
 works on a batch: two runs of the same batch at once take turns (the second
 one reuses what the first one just finished instead of writing it again), and
 the holder first removes temporary files of that batch that a killed worker
-(``kill -9``) left behind, as no live process can still be writing them.
+(``kill -9``, or a Dask worker lost with its machine) left behind, as no live
+process can still be writing them. Batches run in a local process pool, or on
+a Dask cluster when a scheduler address is given (``homeloc_assets.executors``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import pickle
@@ -33,6 +35,7 @@ from homeloc_assets.backends import PostgresSettings, make_backend
 from homeloc_assets.catalog import BatchRef
 from homeloc_assets.inference import process_batch
 from homeloc_assets.inputs.reader import USERS_SCHEMA
+from homeloc_assets.lease import lease
 from homeloc_assets.tables import write_table
 
 #: asset name -> attribute of BatchResult
@@ -83,20 +86,14 @@ def _init_worker(setup: WorkerSetup) -> None:
 
 @contextlib.contextmanager
 def batch_lock(stats_dir: str | os.PathLike[str], key: str) -> Iterator[bool]:
-    """Hold the exclusive lock of batch ``key``; yields True when another process held it first."""
-    lock_dir = Path(stats_dir) / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            waited = False
-        except BlockingIOError:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            waited = True
-        yield waited
-    finally:
-        os.close(fd)  # releases the lock (also when the process is killed)
+    """Hold the lease of batch ``key``; yields True when another process held it first.
+
+    That process may have finished the batch before releasing it or dying. A
+    lease left by a killed holder is taken over: at once on the same machine,
+    after ``HOMELOC_LEASE_TIMEOUT`` seconds without heartbeat otherwise.
+    """
+    with lease(Path(stats_dir) / ".locks" / f"{key}.lease") as held:
+        yield held.waited or held.took_over is not None
 
 
 def remove_stale_temporaries(tables_dir: str | os.PathLike[str],
@@ -151,10 +148,12 @@ def run_batches(
     setup: WorkerSetup,
     workers: int,
     on_done: Callable[[dict], None] | None = None,
+    dask_scheduler: str | None = None,
 ) -> list[dict]:
-    """Process ``refs`` on ``workers`` processes (in this process when 1); results in input order."""
+    """Process ``refs`` on ``workers`` processes (in this process when 1), or on the Dask
+    cluster at ``dask_scheduler`` when given; results in input order."""
     results: list[dict] = []
-    for res in _iter_results(refs, setup, workers):
+    for res in _iter_results(refs, setup, workers, dask_scheduler):
         if on_done is not None:
             on_done(res)
         results.append(res)
@@ -163,7 +162,13 @@ def run_batches(
     return results
 
 
-def _iter_results(refs: Sequence[BatchRef], setup: WorkerSetup, workers: int) -> Iterator[dict]:
+def _iter_results(refs: Sequence[BatchRef], setup: WorkerSetup, workers: int,
+                  dask_scheduler: str | None = None) -> Iterator[dict]:
+    if dask_scheduler and refs:
+        from homeloc_assets.executors import iter_dask
+
+        yield from iter_dask(refs, setup, dask_scheduler)
+        return
     workers = max(1, min(workers, len(refs)))
     if workers == 1:
         _init_worker(setup)

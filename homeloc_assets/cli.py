@@ -52,6 +52,9 @@ def _add_run(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     p.add_argument("--max-reject-share", type=float, default=None,
                    help="fail when more than this share of rows is rejected (default 0.01)")
+    p.add_argument("--dask", default=None, metavar="SCHEDULER",
+                   help="run the batches on this Dask cluster, tcp://host:8786 or a scheduler "
+                        "file (default: HOMELOC_DASK_SCHEDULER, else a local process pool)")
     p.add_argument("--dagster-home", default=None,
                    help="Dagster instance folder, to see the runs in the UI "
                         "(default: DAGSTER_HOME, else a temporary instance)")
@@ -208,6 +211,7 @@ def cmd_run(args) -> int:
             batch_users=args.batch_users,
             workers=args.workers,
             max_reject_share=args.max_reject_share,
+            dask_scheduler=args.dask,
         )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -237,7 +241,9 @@ def cmd_run(args) -> int:
     say = (lambda *a: None) if args.quiet else (lambda m: print(f"homeloc: {m}", file=sys.stderr, flush=True))
 
     say(f"{input_path}: {len(keys)} batch(es) of about {settings.batch_users} users; "
-        f"backend {settings.backend}; {settings.n_workers} worker(s)")
+        f"backend {settings.backend}; "
+        + (f"Dask cluster {settings.dask_scheduler}" if settings.dask_scheduler
+           else f"{settings.n_workers} worker(s)"))
     source = json.dumps([settings.countries_path, settings.countries_name_column,
                          settings.countries_code_column])
     countries_file = settings.tables_path / "countries.parquet"

@@ -41,6 +41,8 @@ class Settings:
     countries_path: str = ""
     countries_name_column: str = "ADMIN"
     countries_code_column: str = "ISO_A3_EH"
+    #: Dask scheduler (tcp://host:8786 or a scheduler .json file); empty: local process pool
+    dask_scheduler: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -74,6 +76,7 @@ class Settings:
             countries_path=get("HOMELOC_COUNTRIES_PATH", d.countries_path),
             countries_name_column=get("HOMELOC_COUNTRIES_NAME_COLUMN", d.countries_name_column),
             countries_code_column=get("HOMELOC_COUNTRIES_CODE_COLUMN", d.countries_code_column),
+            dask_scheduler=get("HOMELOC_DASK_SCHEDULER", d.dask_scheduler),
         ).validated()
 
     def validated(self) -> Settings:
@@ -96,6 +99,10 @@ class Settings:
             raise ValueError(
                 f"max reject share {self.max_reject_share}: must be between 0 and 1"
             )
+        if self.dask_scheduler:
+            from homeloc_assets.executors import validate_address
+
+            validate_address(self.dask_scheduler)
         return self
 
     def with_(self, **changes) -> Settings:

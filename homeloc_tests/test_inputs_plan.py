@@ -150,7 +150,8 @@ def test_users_in_any_order_are_planned_at_user_changes(tmp_path):
         [(f"u{i:03d}", 2) for i in range(50)] + [("a", 3)] + [(f"V{i:03d}", 1) for i in range(50)]
     )
     path = make(tmp_path, users)
-    data = open(path, "rb").read()
+    with open(path, "rb") as fh:
+        data = fh.read()
     for bu in range(1, 10):
         plan = plan_batches(path, bu)
         for b in plan.batches[1:]:

@@ -193,7 +193,11 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
             f"{s['rows']} rows, {s['rejected']} rejected"
         )
 
-    run_batches(todo, setup, homeloc.settings.n_workers, on_done=progress)
+    settings = homeloc.settings
+    if settings.dask_scheduler:
+        context.log.info(f"batches on the Dask cluster {settings.dask_scheduler}")
+    run_batches(todo, setup, settings.n_workers, on_done=progress,
+                dask_scheduler=settings.dask_scheduler or None)
 
     stats = [read_stats(sdir, r.key) for r in refs]
     total = {

@@ -30,6 +30,11 @@ class HomelocConfig(dg.ConfigurableResource):
     countries_path: str = Field(default="", description="Own countries file (default: Natural Earth).")
     countries_name_column: str = "ADMIN"
     countries_code_column: str = "ISO_A3_EH"
+    dask_scheduler: str = Field(
+        default="",
+        description="Dask scheduler for the batches, tcp://host:8786 or a scheduler .json file "
+                    "(HOMELOC_DASK_SCHEDULER); empty: a local process pool.",
+    )
 
     @classmethod
     def from_settings(cls, s: Settings) -> HomelocConfig:
