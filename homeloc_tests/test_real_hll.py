@@ -70,6 +70,10 @@ def test_values_cover_the_real_shapes(values):
 
 
 def test_scalar_engine_accepts_what_postgresql_accepts_with_equal_cardinality(values, pg_answers):
+    """Every real and regression value; every 10th generated one (the vectorised test takes all)."""
+    pick = np.flatnonzero(~values.source.str.startswith("ak_").to_numpy()
+                          | (np.arange(len(values)) % 10 == 0))
+    values, pg_answers = values.iloc[pick].reset_index(drop=True), pg_answers[pick]
     ours = []
     for v in values.hll:
         try:
@@ -89,10 +93,19 @@ def test_scalar_engine_accepts_what_postgresql_accepts_with_equal_cardinality(va
     assert (~accepted).sum() > 0  # the malformed regression literals are rejected by both
 
 
+def _fromhex(text: str) -> bytes | None:
+    try:
+        return bytes.fromhex(text[2:]) if text[:2].lower() == "\\x" else None
+    except ValueError:
+        return None
+
+
 def test_vectorised_engine_accepts_the_same_and_counts_the_same(values, pg_answers):
-    blobs, hex_ok = hll.unhex_many(pa.array(values.hll.tolist()))
+    # 268 MB of hex text: decoded by Python's C fromhex here (the CSV reader's own
+    # vectorised decoder is tested on real exports elsewhere)
+    blobs = pa.array([_fromhex(v) for v in values.hll], pa.binary())
     insp = hll.inspect_many(blobs)
-    ok = np.asarray(insp.ok, dtype=bool) & np.asarray(hex_ok, dtype=bool)
+    ok = np.asarray(insp.ok, dtype=bool) & ~np.asarray(blobs.is_null(), dtype=bool)
     accepted = pg_answers != "ERROR"
     assert (ok == accepted).all(), values[ok != accepted][["source", "hll"]].head().to_string()
     idx = np.flatnonzero(ok & (pg_answers != "NULL"))
