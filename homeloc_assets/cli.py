@@ -297,6 +297,7 @@ def cmd_run(args) -> int:
     final = ["user_classification", "homeloc_exports"]
     if not args.no_figures:
         final += [k.to_user_string() for a in REPORT_ASSETS for k in a.keys]
+        final.append("home_rule_sensitivity")
     res = dg.materialize(assets, selection=final,
                          instance=instance, resources=resources, run_config=log_cfg,
                          raise_on_error=False)
@@ -426,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_hll(sub)
     _add_ui(sub)
     extra = _explain_parser(sub)
+    extra.update(_add_sensitivity(sub))
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["synth"]:  # the generator owns its flags
         from homeloc_assets.synth import synth_main
@@ -442,6 +444,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("homeloc: interrupted", file=sys.stderr)
         return 130
+
+
+def _add_sensitivity(sub) -> dict:
+    """``homeloc sensitivity`` and ``homeloc validate --truth FILE``."""
+    from homeloc_assets import sensitivity
+
+    p = sub.add_parser("sensitivity", help="sweep home-rule thresholds over a finished run's homes",
+                       description="Sweep min userdays / share / margin over the per-user homes of "
+                                   "a finished run (never the input again): table and figure.")
+    sensitivity.add_arguments(p)
+    v = sub.add_parser("validate", help="accuracy of the home rules against a truth file",
+                       description="Like sensitivity, with accuracy, confusion counts and the "
+                                   "undetermined share against a truth CSV (user_guid,classification).")
+    sensitivity.add_arguments(v)
+    v.add_argument("--truth", required=True, help="truth CSV, e.g. the .truth.csv of homeloc synth")
+
+    def run(validate: bool):
+        def handler(args) -> int:
+            try:
+                return sensitivity.main(args, validate=validate)
+            except (FileNotFoundError, ValueError, KeyError) as exc:
+                raise CliError(str(exc).strip("'\""), EXIT_USAGE) from None
+        return handler
+
+    return {"sensitivity": run(False), "validate": run(True)}
 
 
 def _explain_parser(sub) -> dict:

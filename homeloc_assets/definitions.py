@@ -15,6 +15,7 @@ from homeloc_assets.defs.io_managers import HomelocIOManager
 from homeloc_assets.defs.operations import JOBS, SCHEDULES, SENSORS
 from homeloc_assets.defs.reports import REPORT_ASSETS
 from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
+from homeloc_assets.defs.rules import home_rule_sensitivity
 from homeloc_assets.settings import Settings
 
 ASSETS = [
@@ -24,6 +25,7 @@ ASSETS = [
     user_classification,
     homeloc_exports,
     *REPORT_ASSETS,
+    home_rule_sensitivity,
 ]
 
 

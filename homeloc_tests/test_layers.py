@@ -260,3 +260,41 @@ def test_a_wrong_study_region_or_layer_stops_before_the_batches(small_input, hal
                    "--layer", f"bad={halves_file}#GEN,AGS")
     assert res.returncode == 2 and "GEN" in res.stderr
     assert not (tmp_path / "o" / "user_classification.csv").exists()
+
+
+def test_sensitivity_counts_equal_separate_runs_and_validate_reports_accuracy(small_input, tmp_path):
+    base, strict = tmp_path / "base", tmp_path / "strict"
+    for out, extra in ((base, []), (strict, ["--min-userdays", "3", "--min-share", "0.6",
+                                             "--min-margin", "1"])):
+        r = _homeloc("run", "--input", str(small_input), "--out", str(out), "--no-figures",
+                     "--quiet", *extra)
+        assert r.returncode == 0, r.stderr
+    r = _homeloc("sensitivity", "--out", str(base), "--grid-userdays", "0,3", "--grid-share",
+                 "0,0.6", "--grid-margin", "0,1", "--no-figures")
+    assert r.returncode == 0, r.stderr
+    table = pd.read_csv(base / "sensitivity.csv")
+    assert len(table) == 8
+    row = table[(table.min_userdays == 3) & (table.min_share == 0.6) & (table.min_margin == 1)].iloc[0]
+    cls = pd.read_csv(strict / "user_classification.csv").classification.value_counts()
+    import json
+
+    summary = json.loads((strict / "summary.json").read_text())
+    assert row.locals == cls.get("Local", 0) == summary["locals"]
+    assert row.tourists == cls.get("Tourist", 0) == summary["tourists"]
+    assert row.undetermined == summary["undetermined"] > 0
+    r = _homeloc("validate", "--out", str(base), "--truth", f"{small_input}.truth.csv",
+                 "--no-figures")
+    assert r.returncode == 0 and "accuracy" in r.stdout, r.stderr
+    v = pd.read_csv(base / "validation.csv")
+    chosen = v[(v.min_userdays == 0) & (v.min_share == 0) & (v.min_margin == 0)].iloc[0]
+    truth = pd.read_csv(f"{small_input}.truth.csv")
+    assert chosen.truth_Local_as_Local + chosen.truth_Local_as_Tourist + chosen.truth_Local_as_undetermined \
+        == (truth.classification == "Local").sum()
+    assert 0.9 < chosen.accuracy <= 1.0
+
+
+def test_a_point_on_a_shared_border_is_in_neither_region(halves_file, tmp_path):
+    layer = load_layer(parse_layer(f"halves={halves_file}"), tmp_path)
+    got = layer.locate(np.array([10.505, 10.4, 10.6]), np.array([51.0, 51.0, 51.0]))
+    assert got.index[0] == -1
+    assert list(got.codes[got.index[1:]]) == ["DE-W", "DE-E"]

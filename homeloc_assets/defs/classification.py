@@ -289,6 +289,8 @@ def homeloc_exports(
         "min_share": info.min_share,
         "min_margin": info.min_margin,
         "layers": list(info.layers),
+        "hll_log2m": info.hll_log2m,
+        "hll_explicit_max": info.hll_explicit_max,
     }
     layer_parts = {}
     for spec in info.layers:
