@@ -127,6 +127,7 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
         _STATE["lookup"],
         _STATE["backend"],
         _STATE["layers"],
+        expected=(ref.size, ref.mtime_ns, ref.fingerprint),
     )
     tables = {asset: getattr(result, attr) for asset, attr in BATCH_TABLES.items()}
     tables.update(result.layer_tables)

@@ -117,3 +117,40 @@ def test_a_user_whose_rows_are_apart_is_named_with_two_lines(exports, tmp_path, 
     expect = [i + 2 for i, ln in enumerate(body) if ln.startswith(guid + ",")]
     assert guid in msg and f"line {expect[0]} " in msg and f"line {expect[-1]} " in msg
     assert not (out / "user_classification.csv").exists()
+
+
+@pytest.mark.parametrize("change", ["append", "replace"])
+def test_a_file_changed_during_a_run_stops_its_batches(small_input, tmp_path, change):
+    """A batch reads only the file it was planned for: appended or replaced bytes stop it."""
+    import shutil
+
+    from homeloc_assets.backends import EmbeddedBackend
+    from homeloc_assets.catalog import Catalog
+    from homeloc_assets.geo import CountryLookup, dissolve_countries, load_world_countries
+    from homeloc_assets.inference import process_batch
+    from homeloc_assets.inputs import InputError
+
+    src = tmp_path / "in.csv"
+    shutil.copy(small_input, src)
+    catalog = Catalog(tmp_path / "storage")
+    _, keys = catalog.register(src, 1000)
+    refs = [catalog.batch(k) for k in keys]
+    countries = dissolve_countries(load_world_countries())
+    lookup = CountryLookup.from_countries(countries)
+    args = (countries["country"].to_numpy(), countries["country_code"].to_numpy(), lookup,
+            EmbeddedBackend())
+
+    def run(ref):
+        return process_batch(ref.path, ref.start, ref.end, *args,
+                             expected=(ref.size, ref.mtime_ns, ref.fingerprint))
+
+    assert run(refs[0]).homes.num_rows > 0
+    if change == "append":
+        with open(src, "a") as fh:
+            fh.write(pd.read_csv(small_input).tail(3).to_csv(header=False, index=False))
+    else:
+        lines = src.read_text().splitlines(keepends=True)
+        (tmp_path / "new.csv").write_text(lines[0] + "".join(reversed(lines[1:])))
+        os.replace(tmp_path / "new.csv", src)
+    with pytest.raises(InputError, match="changed during the run"):
+        run(refs[1])

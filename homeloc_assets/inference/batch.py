@@ -52,15 +52,23 @@ def process_batch(
     lookup: Any,
     backend: GroupedCardinality,
     layers: Sequence[Any] = (),
+    expected: tuple[int, int, str] | None = None,
 ) -> BatchResult:
     """Process the byte range ``[start, end)`` of a userdays CSV grouped by user.
 
     ``lookup.lookup(lon, lat)`` gives the index into ``country_names`` /
     ``country_codes`` of each point (-1: in no country); ``backend`` unions HLLs;
     each of ``layers`` (:mod:`homeloc_assets.geo.layers`) adds its per-region
-    userdays and homes from the same rows.
+    userdays and homes from the same rows. ``expected`` = (size, mtime_ns,
+    fingerprint) of the file as planned: a changed file raises InputError.
     """
-    batch = read_batch(path, start, end)
+    if expected is None:
+        batch = read_batch(path, start, end)
+    else:
+        size, mtime_ns, fingerprint = expected
+        batch = read_batch(path, start, end, fingerprint or None,
+                           expected_size=size if size >= 0 else None,
+                           expected_mtime_ns=mtime_ns if mtime_ns >= 0 else None)
     rows = batch.rows
     lon = rows.column("longitude").to_numpy()
     lat = rows.column("latitude").to_numpy()

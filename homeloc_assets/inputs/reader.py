@@ -629,6 +629,8 @@ def read_batch(
     end: int,
     expected_fingerprint: str | None = None,
     *,
+    expected_size: int | None = None,
+    expected_mtime_ns: int | None = None,
     use_threads: bool = True,
 ) -> BatchRows:
     """Read and validate the byte range ``[start, end)`` of a userdays CSV.
@@ -643,6 +645,17 @@ def read_batch(
     path = Path(path)
     if start < 0 or end < start:
         raise ValueError(f"bad byte range [{start}, {end})")
+    if expected_size is not None or expected_mtime_ns is not None:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise InputError(f"cannot read input file {path}: {exc}") from exc
+        if (expected_size is not None and st.st_size != expected_size) or (
+                expected_mtime_ns is not None and st.st_mtime_ns != expected_mtime_ns):
+            raise InputError(
+                f"{path} changed during the run (now {st.st_size:,} bytes, planned "
+                f"{expected_size:,}); nothing new is published — run the command again "
+                "to process the new version")
     if expected_fingerprint is not None:
         try:
             fp = file_fingerprint(path)
