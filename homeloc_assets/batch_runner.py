@@ -130,6 +130,8 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
         _STATE["lookup"],
         _STATE["backend"],
         _STATE["layers"],
+        expect=ref.expect,
+        hll_params=ref.hll_params,
     )
     tables = {asset: getattr(result, attr) for asset, attr in BATCH_TABLES.items()}
     tables.update(result.layer_tables)

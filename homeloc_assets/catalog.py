@@ -29,6 +29,10 @@ class BatchRef:
     path: str
     start: int
     end: int
+    #: the planned file's (size, mtime_ns, fingerprint): a batch read checks the file is still it
+    expect: tuple[int, int, str] | None = None
+    #: params code of the file's first valid hll (rows with other params are rejected)
+    hll_params: int | None = None
 
 
 def plan_id_for(plan: BatchPlan, batch_users: int) -> str:
@@ -91,7 +95,8 @@ class Catalog:
         if index >= len(plan.batches):
             raise KeyError(f"batch {key!r}: plan {plan_id!r} has {len(plan.batches)} batches")
         b = plan.batches[index]
-        return BatchRef(key, plan_id, index, str(plan.path), b.start, b.end)
+        return BatchRef(key, plan_id, index, str(plan.path), b.start, b.end,
+                        (plan.size, plan.mtime_ns, plan.fingerprint), plan.hll_params)
 
     def keys(self, plan_id: str) -> list[str]:
         """The partition keys of stored plan ``plan_id``, in file order."""

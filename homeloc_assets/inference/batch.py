@@ -52,15 +52,20 @@ def process_batch(
     lookup: Any,
     backend: GroupedCardinality,
     layers: Sequence[Any] = (),
+    *,
+    expect: tuple[int, int, str] | None = None,
+    hll_params: int | None = None,
 ) -> BatchResult:
     """Process the byte range ``[start, end)`` of a userdays CSV grouped by user.
 
     ``lookup.lookup(lon, lat)`` gives the index into ``country_names`` /
     ``country_codes`` of each point (-1: in no country); ``backend`` unions HLLs;
     each of ``layers`` (:mod:`homeloc_assets.geo.layers`) adds its per-region
-    userdays and homes from the same rows.
+    userdays and homes from the same rows. ``expect`` (the planned file's size,
+    mtime_ns, fingerprint) and ``hll_params`` (the file's params code) are
+    passed to :func:`~homeloc_assets.inputs.read_batch`.
     """
-    batch = read_batch(path, start, end)
+    batch = read_batch(path, start, end, expect=expect, hll_params=hll_params)
     rows = batch.rows
     lon = rows.column("longitude").to_numpy()
     lat = rows.column("latitude").to_numpy()

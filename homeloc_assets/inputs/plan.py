@@ -57,6 +57,9 @@ class BatchPlan:
     fingerprint: str
     header_end: int
     batches: list[Batch] = field(default_factory=list)
+    #: params code of the file's first valid hll (``hll.params_of_code``); rows with other
+    #: params are rejected, whatever the batch size; None: no valid hll found at planning
+    hll_params: int | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable dict (inverse of :meth:`from_dict`)."""
@@ -73,18 +76,23 @@ class BatchPlan:
             str(d["fingerprint"]),
             int(d["header_end"]),
             batches,
+            None if d.get("hll_params") is None else int(d["hll_params"]),
         )
 
 
 def file_fingerprint(path: str | Path, size: int | None = None) -> str:
     """sha1 of the size and the first and last 64 KiB, 12 hex chars: cheap change detection."""
     with open(path, "rb") as fh:
-        if size is None:
-            size = os.fstat(fh.fileno()).st_size
-        h = hashlib.sha1(str(size).encode())
-        h.update(fh.read(_FP_BYTES))
-        fh.seek(max(0, size - _FP_BYTES))
-        h.update(fh.read(_FP_BYTES))
+        return fingerprint_fd(fh.fileno(), size)
+
+
+def fingerprint_fd(fd: int, size: int | None = None) -> str:
+    """:func:`file_fingerprint` of an open file descriptor (the inode it has open, by ``pread``)."""
+    if size is None:
+        size = os.fstat(fd).st_size
+    h = hashlib.sha1(str(size).encode())
+    h.update(os.pread(fd, _FP_BYTES, 0))
+    h.update(os.pread(fd, _FP_BYTES, max(0, size - _FP_BYTES)))
     return h.hexdigest()[:12]
 
 
@@ -247,6 +255,21 @@ class _Scanner:
             p = nxt
 
 
+def _file_hll_params(sc: _Scanner, header_end: int, sample: bytes) -> int | None:
+    """Params code of the file's first valid hll: from the sample, else the next blocks (64 MB at most)."""
+    from homeloc_assets.inputs.reader import first_hll_params
+
+    pos, block = header_end, sample
+    while block:
+        cut = block.rfind(b"\n") + 1 if pos + len(block) < sc.size else len(block)
+        found = first_hll_params(block[:cut] if cut else block)
+        if found is not None or pos + len(block) >= sc.size or pos - header_end > (64 << 20):
+            return found
+        pos += cut or len(block)
+        block = sc.read(pos, SAMPLE_BYTES)
+    return None
+
+
 def plan_batches(path: str | Path, batch_users: int = 50_000) -> BatchPlan:
     """Cut ``path`` into batches of about ``batch_users`` users by seeking (well under 1 s).
 
@@ -296,6 +319,7 @@ def plan_batches(path: str | Path, batch_users: int = 50_000) -> BatchPlan:
             if b > bounds[-1]:
                 bounds.append(b)
         bounds.append(size)
+        hll_params = _file_hll_params(sc, header_end, sample)
         bytes_read = sc.bytes_read
     batches = [Batch(i, s, e) for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
     plan = BatchPlan(
@@ -305,6 +329,7 @@ def plan_batches(path: str | Path, batch_users: int = 50_000) -> BatchPlan:
         fingerprint=file_fingerprint(path, size),
         header_end=header_end,
         batches=batches,
+        hll_params=hll_params,
     )
     plan_batches.last_bytes_read = bytes_read  # type: ignore[attr-defined]  # for tests
     return plan

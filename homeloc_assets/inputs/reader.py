@@ -30,6 +30,7 @@ How a range is read:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from homeloc_assets.inputs.plan import (
     COLUMNS,
     _lines_before,
     file_fingerprint,
+    fingerprint_fd,
     read_header,
 )
 
@@ -149,37 +151,25 @@ def _parse_float(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return vals, ok_np
 
 
-def _params_minority(
-    group_starts: np.ndarray, n: int, params: np.ndarray, valid: np.ndarray
-) -> np.ndarray:
-    """Mask of valid rows whose params differ from their user's winning params.
+def params_text(code: int) -> str:
+    """``log2m=11 regwidth=5 expthresh=-1 sparseon=1`` of a params code (for reject reasons)."""
+    p = hll.params_of_code(int(code))
+    return f"log2m={p.log2m} regwidth={p.regwidth} expthresh={p.expthresh} sparseon={p.sparseon}"
 
-    Winner per user: the most frequent params among the user's valid rows;
-    on a tie, the params of the earliest of those rows (so the first row's
-    params win a tie they are part of).
+
+def _params_mismatch(params: np.ndarray, valid: np.ndarray, ref: int | None) -> tuple[np.ndarray, int | None]:
+    """(mask of valid rows whose params differ from ``ref``, the reference used).
+
+    ``ref`` is the file's params code (its first valid hll, found at planning),
+    so the verdict on a row never depends on the batch size or on the other
+    rows of its user; without it, the first valid row of ``params`` is used.
     """
-    out = np.zeros(n, dtype=bool)
     vidx = np.flatnonzero(valid)
-    if len(vidx) < 2:
-        return out
-    group = (np.searchsorted(group_starts, np.arange(n), side="right") - 1)[vidx]
-    p = params[vidx].astype(np.int64)
-    # quick exit: every user has a single params value
-    same_as_prev = (group[1:] != group[:-1]) | (p[1:] == p[:-1])
-    if same_as_prev.all():
-        return out
-    key = group * (1 << 32) + (p & 0xFFFFFFFF)
-    _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
-    rc = counts[inv]  # count of this row's (user, params)
-    gmax = np.zeros(group.max() + 1, dtype=np.int64)
-    np.maximum.at(gmax, group, rc)
-    cand = rc == gmax[group]
-    ci = np.flatnonzero(cand)
-    _, first = np.unique(group[ci], return_index=True)  # earliest candidate per user
-    win = np.full(gmax.shape, -1, dtype=np.int64)
-    win[group[ci[first]]] = p[ci[first]]
-    out[vidx[p != win[group]]] = True
-    return out
+    if not len(vidx):
+        return np.zeros(len(params), dtype=bool), ref
+    if ref is None:
+        ref = int(params[vidx[0]])
+    return valid & (params != ref), ref
 
 
 _HEX = np.full(256, 255, dtype=np.uint8)
@@ -427,8 +417,12 @@ def parse_bytes(
     offset: int = 0,
     skip_header: bool = False,
     use_threads: bool = True,
+    hll_params: int | None = None,
 ) -> BatchRows:
     """Validate CSV lines in ``data`` (no header unless ``skip_header``); see :func:`read_batch`.
+
+    ``hll_params``: the file's params code (rows with other params are
+    rejected); None: the params of the first valid row of ``data``.
 
     ``offset`` is the file offset of ``data[0]``. Raises ``_Split`` (internal)
     when a user's rows are not together; :func:`read_batch` turns it into InputError.
@@ -520,14 +514,19 @@ def parse_bytes(
     rr.mark(st == hll.EMPTY, "empty hll (no userdays)")
     rr.mark(st == hll.UNDEFINED, "undefined hll")
 
-    # ---- params consistency within each user (among otherwise valid rows)
+    # ---- params: every row must have the file's (the first valid hll's)
     if m:
-        valid = rr.code == 0
-        change = np.ones(m, dtype=bool)
-        if m > 1:
-            change[1:] = _bool(pc.not_equal(guid[1:], guid[:-1]))
-        minority = _params_minority(np.flatnonzero(change), m, np.asarray(insp.params), valid)
-        rr.mark(minority, "hll parameters differ from the other rows of this user")
+        params = np.asarray(insp.params)
+        other, ref = _params_mismatch(params, rr.code == 0, hll_params)
+        if other.any():
+            why = np.full(m, None, dtype=object)
+            want = params_text(ref)
+            for code in np.unique(params[other]).tolist():
+                why[other & (params == code)] = (
+                    f"hll parameters {params_text(code)} differ from the file's ({want}, "
+                    "those of its first valid hll)"
+                )
+            rr.mark(other, why)
 
     valid = rr.code == 0
     vidx = np.flatnonzero(valid)
@@ -623,6 +622,59 @@ def _read_good_lines(
 # ------------------------------------------------------------------- public
 
 
+def first_hll_params(lines: bytes) -> int | None:
+    """Params code of the first valid hll in CSV ``lines`` (no header), or None.
+
+    A Python loop that stops at the first valid value: on a real file that is
+    the first line. Used by planning to fix the file's params once.
+    """
+    for line in lines.split(b"\n"):
+        fields = line.rstrip(b"\r").split(b",")
+        if len(fields) != 4 or not fields[0] or fields[0] == b"user_guid":
+            continue
+        try:
+            text = fields[3].decode("ascii").strip().strip('"').strip()
+        except UnicodeDecodeError:
+            continue
+        text = text[1:] if text.startswith("\\\\") else text
+        text = text[2:] if text[:2] in ("\\x", "\\X") else text
+        if len(text) % 2 or text[:1].isspace():
+            continue
+        try:
+            blob = bytes.fromhex(text)
+        except ValueError:
+            continue
+        insp = hll.inspect_many(pa.array([blob], pa.binary()))
+        if bool(insp.ok[0]) and int(insp.storage_type[0]) not in (hll.EMPTY, hll.UNDEFINED):
+            return int(insp.params[0])
+    return None
+
+
+def check_unchanged(path: str | Path, expect: tuple[int, int, str], fh=None) -> None:
+    """Raise :class:`InputError` unless ``path`` still has the planned size, mtime and fingerprint.
+
+    ``expect`` = ``(size, mtime_ns, fingerprint)`` of the plan. A replaced or
+    rewritten file changes its mtime (or size, or ends), an appended one its
+    size: either way the run stops before a batch of the new version mixes
+    with batches of the planned one.
+    """
+    size, mtime_ns, fp = expect
+    try:
+        st = os.fstat(fh.fileno()) if fh is not None else os.stat(path)
+        now_fp = None
+        if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+            now_fp = (fingerprint_fd(fh.fileno(), st.st_size) if fh is not None
+                      else file_fingerprint(path, st.st_size))
+    except OSError as exc:
+        raise InputError(f"cannot read input file {path}: {exc}") from exc
+    if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) or now_fp != fp:
+        what = "grew" if st.st_size > size else ("shrank" if st.st_size < size else "was rewritten")
+        raise InputError(
+            f"{path} changed during the run ({what}: {st.st_size} bytes now, {size} when planned); "
+            "nothing was published — run the same command again once the file is complete"
+        )
+
+
 def read_batch(
     path: str | Path,
     start: int,
@@ -630,6 +682,8 @@ def read_batch(
     expected_fingerprint: str | None = None,
     *,
     use_threads: bool = True,
+    expect: tuple[int, int, str] | None = None,
+    hll_params: int | None = None,
 ) -> BatchRows:
     """Read and validate the byte range ``[start, end)`` of a userdays CSV.
 
@@ -637,8 +691,10 @@ def read_batch(
     skips the header line (BOM tolerated) but counts it as line 1. Row-level
     damage becomes a reject of that line; blank lines are skipped (counted in
     ``n_lines``). Raises :class:`InputError` when the file changed since
-    planning (``expected_fingerprint``) or user_guids are not non-decreasing
-    (the message names the global line number and the sort command).
+    planning (``expect`` = planned size, mtime_ns, fingerprint: checked on the
+    open file before and after the read; or ``expected_fingerprint`` alone) or
+    a user's rows are not together (naming two lines). ``hll_params``: the
+    file's params code (see :func:`parse_bytes`).
     """
     path = Path(path)
     if start < 0 or end < start:
@@ -654,12 +710,17 @@ def read_batch(
             )
     try:
         with open(path, "rb") as fh:
+            if expect is not None:
+                check_unchanged(path, expect, fh)
             fh.seek(start)
             data = fh.read(end - start)
+            if expect is not None:
+                check_unchanged(path, expect, fh)
     except OSError as exc:
         raise InputError(f"cannot read input file {path}: {exc}") from exc
     try:
-        return parse_bytes(data, offset=start, skip_header=start == 0, use_threads=use_threads)
+        return parse_bytes(data, offset=start, skip_header=start == 0, use_threads=use_threads,
+                           hll_params=hll_params)
     except _Split as exc:
         raise split_user_error(path, exc.guid, exc.offsets) from None
 
