@@ -45,10 +45,12 @@ from homeloc_assets.inputs.errors import InputError
 from homeloc_assets.inputs.plan import (
     BOM,
     COLUMNS,
+    STANDARD,
+    Layout,
     _lines_before,
     file_fingerprint,
     fingerprint_fd,
-    read_header,
+    read_layout,
 )
 
 __all__ = [
@@ -272,11 +274,12 @@ def _raw_text(data: bytes, starts: np.ndarray, ends: np.ndarray) -> list[str]:
     ]
 
 
-def _python_split(data: bytes, starts: np.ndarray, ends: np.ndarray) -> pa.Table:
+def _python_split(data: bytes, starts: np.ndarray, ends: np.ndarray, layout: Layout = STANDARD) -> pa.Table:
     """Slow but simple split of known-good lines (only used if Arrow disagrees on the row count)."""
     cols: list[list[str]] = [[], [], [], []]
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         parts = data[s:e].decode("utf-8").split(",")
+        parts = [parts[i] for i in layout.index]
         for c, v in zip(cols, parts, strict=True):
             c.append(v)
     return pa.table({n: pa.array(c, pa.string()) for n, c in zip(_NAMES, cols, strict=True)})
@@ -352,7 +355,7 @@ def _bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _prescan(data: bytes, buf: np.ndarray, skip_header: bool):
+def _prescan(data: bytes, buf: np.ndarray, skip_header: bool, layout: Layout = STANDARD):
     """Physical lines and the line-level verdicts, before any parsing.
 
     Returns (starts, ends, raw_end, skip, reasons) where ``skip`` marks blank
@@ -365,7 +368,9 @@ def _prescan(data: bytes, buf: np.ndarray, skip_header: bool):
         first = data[starts[0] : ends[0]]
         if first.startswith(BOM):
             first = first[len(BOM) :]
-        if first == ",".join(COLUMNS).encode():
+        if first.endswith(b"\r"):
+            first = first[:-1]
+        if first in (layout.header, ",".join(COLUMNS).encode()):
             skip[0] = True
     reasons = _Reasons(n_lines)
     if not n_lines:
@@ -374,12 +379,12 @@ def _prescan(data: bytes, buf: np.ndarray, skip_header: bool):
     cpos = np.flatnonzero(buf == 44)
     before = np.searchsorted(cpos, starts)
     commas = np.diff(np.append(before, len(cpos)))
-    wrong = ~skip & (commas != 3)
+    wrong = ~skip & (commas != layout.fields - 1)
     if wrong.any():
         idx = np.flatnonzero(wrong)
         texts = np.full(n_lines, None, dtype=object)
         texts[idx] = [
-            f"wrong field count: {c + 1} fields, expected 4" for c in commas[idx].tolist()
+            f"wrong field count: {c + 1} fields, expected {layout.fields}" for c in commas[idx].tolist()
         ]
         reasons.mark(wrong, texts)
     if np.count_nonzero(buf == 13):
@@ -418,8 +423,11 @@ def parse_bytes(
     skip_header: bool = False,
     use_threads: bool = True,
     hll_params: int | None = None,
+    layout: Layout = STANDARD,
 ) -> BatchRows:
     """Validate CSV lines in ``data`` (no header unless ``skip_header``); see :func:`read_batch`.
+
+    ``layout``: where the four columns are (:func:`~homeloc_assets.inputs.plan.read_layout`).
 
     ``hll_params``: the file's params code (rows with other params are
     rejected); None: the params of the first valid row of ``data``.
@@ -428,11 +436,12 @@ def parse_bytes(
     when a user's rows are not together; :func:`read_batch` turns it into InputError.
     """
     buf = np.frombuffer(data, dtype=np.uint8)
-    starts, ends, raw_end, skip, line_rej = _prescan(data, buf, skip_header)
+    starts, ends, raw_end, skip, line_rej = _prescan(data, buf, skip_header, layout)
     n_lines = len(starts)
     pre_rej = line_rej.code != 0
     gidx = np.flatnonzero(~skip & ~pre_rej)
-    table = _read_good_lines(data, buf, starts, raw_end, gidx, skip, ends, pre_rej, use_threads)
+    table = _read_good_lines(data, buf, starts, raw_end, gidx, skip, ends, pre_rej, use_threads,
+                             layout)
 
     m = table.num_rows
     guid = _unquote(table.column("user_guid").combine_chunks())
@@ -441,9 +450,9 @@ def parse_bytes(
     hll_s = _unquote(table.column("hll").combine_chunks())
     rr = _Reasons(m)
 
-    is_header = _bool(pc.equal(guid, "user_guid"))
+    is_header = _bool(pc.equal(pc.utf8_lower(guid), "user_guid"))
     if is_header.any():
-        is_header &= _bool(pc.equal(lat_s, "latitude"))
+        is_header &= _bool(pc.equal(pc.utf8_lower(lat_s), "latitude"))
         rr.mark(is_header, "repeated header line")
     empty_guid = _bool(pc.equal(pc.utf8_length(guid), 0))
     rr.mark(empty_guid, "empty user_guid")
@@ -573,7 +582,7 @@ def parse_bytes(
 
 
 def _read_good_lines(
-    data, buf, starts, raw_end, gidx, skip, ends, pre_rej, use_threads
+    data, buf, starts, raw_end, gidx, skip, ends, pre_rej, use_threads, layout: Layout = STANDARD
 ) -> pa.Table:
     """Arrow-parse exactly the good lines; row i of the result is line ``gidx[i]``."""
     n_good = len(gidx)
@@ -589,8 +598,10 @@ def _read_good_lines(
         src = buf[keep].tobytes()
     if not src.endswith(b"\n"):
         src += b"\n"
+    names = _NAMES if layout.index == STANDARD.index and layout.fields == 4 else [
+        f"f{i}" for i in range(layout.fields)]
     ropts = pacsv.ReadOptions(
-        column_names=_NAMES,
+        column_names=names,
         use_threads=use_threads,
         block_size=max(1 << 20, min(len(src) // 4 + 1, 16 << 20)),
     )
@@ -603,7 +614,8 @@ def _read_good_lines(
         ignore_empty_lines=True,
     )
     copts = pacsv.ConvertOptions(
-        column_types={n: pa.string() for n in _NAMES},
+        column_types={n: pa.string() for n in names},
+        include_columns=[names[i] for i in layout.index],
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
         check_utf8=False,
@@ -615,14 +627,14 @@ def _read_good_lines(
     except pa.ArrowInvalid:
         table = None
     if table is None or table.num_rows != n_good:
-        table = _python_split(data, starts[gidx], ends[gidx])
-    return table
+        return _python_split(data, starts[gidx], ends[gidx], layout)
+    return table.rename_columns(_NAMES)
 
 
 # ------------------------------------------------------------------- public
 
 
-def first_hll_params(lines: bytes) -> int | None:
+def first_hll_params(lines: bytes, layout: Layout = STANDARD) -> int | None:
     """Params code of the first valid hll in CSV ``lines`` (no header), or None.
 
     A Python loop that stops at the first valid value: on a real file that is
@@ -630,10 +642,10 @@ def first_hll_params(lines: bytes) -> int | None:
     """
     for line in lines.split(b"\n"):
         fields = line.rstrip(b"\r").split(b",")
-        if len(fields) != 4 or not fields[0] or fields[0] == b"user_guid":
+        if len(fields) != layout.fields or not fields[layout.guid]:
             continue
         try:
-            text = fields[3].decode("ascii").strip().strip('"').strip()
+            text = fields[layout.index[3]].decode("ascii").strip().strip('"').strip()
         except UnicodeDecodeError:
             continue
         text = text[1:] if text.startswith("\\\\") else text
@@ -708,6 +720,7 @@ def read_batch(
             raise InputError(
                 f"{path} changed since it was planned (fingerprint {fp}, planned {expected_fingerprint}); plan it again"
             )
+    layout = read_layout(path)[1]
     try:
         with open(path, "rb") as fh:
             if expect is not None:
@@ -720,12 +733,13 @@ def read_batch(
         raise InputError(f"cannot read input file {path}: {exc}") from exc
     try:
         return parse_bytes(data, offset=start, skip_header=start == 0, use_threads=use_threads,
-                           hll_params=hll_params)
+                           hll_params=hll_params, layout=layout)
     except _Split as exc:
         raise split_user_error(path, exc.guid, exc.offsets) from None
 
 
-def _user_range(fh, size: int, header_end: int, guid: bytes) -> tuple[int, int]:
+def _user_range(fh, size: int, header_end: int, guid: bytes,
+                layout: Layout = STANDARD) -> tuple[int, int]:
     """Byte range of ``guid``'s lines in a sorted file by binary search on offsets.
 
     Returns ``(start, end)``; an empty range (start == end) when the user is absent.
@@ -733,7 +747,7 @@ def _user_range(fh, size: int, header_end: int, guid: bytes) -> tuple[int, int]:
     """
     from homeloc_assets.inputs.plan import _Scanner, _sort_key
 
-    sc = _Scanner(fh, size)
+    sc = _Scanner(fh, size, layout)
 
     def lines_from(p: int) -> Iterator[tuple[int, bytes]]:
         """(line start, first field) of the non-blank lines from line start ``p`` on."""
@@ -748,7 +762,7 @@ def _user_range(fh, size: int, header_end: int, guid: bytes) -> tuple[int, int]:
             line = buf[p - at : stop - at]
             # damaged lines (repeated header, wrong field count, ...) are
             # transparent to the search, as to the planner and the reader
-            key = _sort_key(line) if line.strip(b"\r \t") else None
+            key = _sort_key(line, layout) if line.strip(b"\r \t") else None
             if key is not None:
                 yield p, key.strip(b'"')
             p = stop + 1
@@ -786,10 +800,10 @@ def find_user(path: str | Path, user_guid: str, *, global_lines: bool = False) -
     = line 1). An absent user gives empty tables.
     """
     path = Path(path)
-    header_end = read_header(path)
+    header_end, layout = read_layout(path)
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        start, end = _user_range(fh, size, header_end, str(user_guid).encode("utf-8"))
+        start, end = _user_range(fh, size, header_end, str(user_guid).encode("utf-8"), layout)
     if end <= start:
         return BatchRows(ROWS_SCHEMA.empty_table(), REJECTS_SCHEMA.empty_table(), 0, start, start)
     res = read_batch(path, start, end)
