@@ -127,7 +127,8 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
         _STATE["lookup"],
         _STATE["backend"],
         _STATE["layers"],
-        expected=(ref.size, ref.mtime_ns, ref.fingerprint),
+        expect=ref.expect,
+        hll_params=ref.hll_params,
     )
     tables = {asset: getattr(result, attr) for asset, attr in BATCH_TABLES.items()}
     tables.update(result.layer_tables)

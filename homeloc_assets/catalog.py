@@ -8,15 +8,19 @@ and old results can never mix with new ones.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import os
 import re
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from homeloc_assets.atomic import write_text_atomic
-from homeloc_assets.inputs import BatchPlan, plan_batches
+from homeloc_assets.inputs import BatchPlan, InputError, plan_batches
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,63 @@ class BatchRef:
     path: str
     start: int
     end: int
-    size: int = -1  # the file as planned: a batch refuses a file that changed since
-    mtime_ns: int = -1
-    fingerprint: str = ""
+    #: the planned file's (size, mtime_ns, fingerprint): a batch read checks the file is still it
+    expect: tuple[int, int, str] | None = None
+    #: params code of the file's first valid hll (rows with other params are rejected)
+    hll_params: int | None = None
+
+
+def is_gzip(path: str | Path) -> bool:
+    """True when ``path`` starts with the gzip magic bytes."""
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def decompressed(path: str | Path, into: str | Path) -> Path:
+    """``path`` itself, or for a gzip file its decompressed copy in ``into`` (made once, reused).
+
+    The copy's name carries a hash of the source's resolved path, size and
+    mtime, so a changed source gives a new copy (and new batch keys); it is
+    written to a temporary name and renamed, so a killed run leaves no half
+    copy. Progress goes to stderr for big files. A damaged gzip stream raises
+    :class:`InputError` with the command that decompresses it by hand.
+    """
+    path = Path(path)
+    try:
+        if not is_gzip(path):
+            return path
+        st = path.stat()
+    except OSError:
+        return path  # planning reports it
+    ident = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    stem = re.sub(r"[^A-Za-z0-9_.]", "_", Path(name).stem)[:40] or "input"
+    target = Path(into) / f"{stem}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}.csv"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    t0 = last = time.monotonic()
+    try:
+        with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(16 << 20):
+                dst.write(chunk)
+                now = time.monotonic()
+                if now - last >= 2.0:
+                    done = src.fileobj.tell() if src.fileobj is not None else 0  # type: ignore[attr-defined]
+                    print(f"homeloc: decompressing {path.name}: {done / max(st.st_size, 1):.0%} "
+                          f"({now - t0:.0f} s)", file=sys.stderr, flush=True)
+                    last = now
+        os.replace(tmp, target)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) and exc.errno:
+            raise  # the machine (disk full, permissions), not the input
+        raise InputError(
+            f"{path}: not a complete gzip file ({exc}); check it with `gzip -t {path}` or "
+            f"decompress it by hand: gunzip -k {path}"
+        ) from None
+    return target
 
 
 def plan_id_for(plan: BatchPlan, batch_users: int) -> str:
@@ -68,7 +126,13 @@ class Catalog:
         self._plans: dict[str, BatchPlan] = {}  # read once per Catalog: batch() is per key
 
     def register(self, path: str | Path, batch_users: int) -> tuple[str, list[str]]:
-        """Plan ``path`` (seeks only), store the plan, return ``(plan_id, keys)``."""
+        """Plan ``path`` (seeks only), store the plan, return ``(plan_id, keys)``.
+
+        A gzip-compressed input (``.gz`` or gzip magic bytes) is first
+        decompressed once into ``<storage>/inputs/`` (:func:`decompressed`) and
+        that copy is planned and read.
+        """
+        path = decompressed(path, self.root / "inputs")
         plan = plan_batches(path, batch_users)
         plan_id = plan_id_for(plan, batch_users)
         doc = {"plan_id": plan_id, "batch_users": batch_users, "plan": plan.to_dict()}
@@ -95,7 +159,7 @@ class Catalog:
             raise KeyError(f"batch {key!r}: plan {plan_id!r} has {len(plan.batches)} batches")
         b = plan.batches[index]
         return BatchRef(key, plan_id, index, str(plan.path), b.start, b.end,
-                        plan.size, plan.mtime_ns, plan.fingerprint)
+                        (plan.size, plan.mtime_ns, plan.fingerprint), plan.hll_params)
 
     def keys(self, plan_id: str) -> list[str]:
         """The partition keys of stored plan ``plan_id``, in file order."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,8 +151,7 @@ def test_users_in_any_order_are_planned_at_user_changes(tmp_path):
         [(f"u{i:03d}", 2) for i in range(50)] + [("a", 3)] + [(f"V{i:03d}", 1) for i in range(50)]
     )
     path = make(tmp_path, users)
-    with open(path, "rb") as fh:
-        data = fh.read()
+    data = Path(path).read_bytes()
     for bu in range(1, 10):
         plan = plan_batches(path, bu)
         for b in plan.batches[1:]:

@@ -40,7 +40,8 @@ def read_all(path):
     plan = plan_batches(path, 10**9)
     assert len(plan.batches) == 1
     b = plan.batches[0]
-    return read_batch(path, b.start, b.end, plan.fingerprint)
+    return read_batch(path, b.start, b.end, plan.fingerprint,
+                      expect=(plan.size, plan.mtime_ns, plan.fingerprint), hll_params=plan.hll_params)
 
 
 def test_clean_rows(tmp_path):
@@ -108,20 +109,22 @@ def test_raw_is_cut_to_200_chars(tmp_path):
     assert len(res.rejects.column("raw")[0].as_py()) == 200
 
 
-def test_params_minority_rejected_tie_keeps_first(tmp_path):
+def test_params_other_than_the_files_rejected(tmp_path):
+    """The file's params are its first valid hll's; any row with others is rejected
+    (not a per-user majority: a user's home must not depend on a tie-break)."""
     lines = [
-        f"a,1,1,{H1}",  # 1 majority params
-        f"a,1,1,{H_OTHER_PARAMS}",  # 2 minority -> reject
-        f"a,1,1,{H2}",  # 3
-        f"b,1,1,{H_OTHER_PARAMS}",  # 4 tie: first row's params win
-        f"b,1,1,{H1}",  # 5 -> reject
-        f"c,1,1,{H1}",  # 6 tie, first wins
-        f"c,1,1,{H_OTHER_PARAMS}",  # 7 -> reject
+        "a,1,1,\\xzz",  # 1 invalid: does not fix the params
+        f"a,1,1,{H1}",  # 2 the first valid hll: the file's params
+        f"a,1,1,{H_OTHER_PARAMS}",  # 3 -> reject
+        f"b,1,1,{H_OTHER_PARAMS}",  # 4 -> reject (even as the user's first row)
+        f"b,1,1,{H1}",  # 5
+        f"c,1,1,{H_OTHER_PARAMS}",  # 6 -> reject
     ]
     res = read_all(write(tmp_path, lines))
-    assert res.rejects.column("line").to_pylist() == [2, 5, 7]
-    assert all("parameters" in r for r in res.rejects.column("reason").to_pylist())
-    assert res.rows.column("line").to_pylist() == [1, 3, 4, 6]
+    assert res.rejects.column("line").to_pylist() == [1, 3, 4, 6]
+    why = res.rejects.column("reason").to_pylist()[1:]
+    assert all("differ from the file's (log2m=11 regwidth=5" in r for r in why), why
+    assert res.rows.column("line").to_pylist() == [2, 5]
 
 
 def test_crlf_and_bom(tmp_path):

@@ -141,8 +141,7 @@ def test_a_file_changed_during_a_run_stops_its_batches(small_input, tmp_path, ch
             EmbeddedBackend())
 
     def run(ref):
-        return process_batch(ref.path, ref.start, ref.end, *args,
-                             expected=(ref.size, ref.mtime_ns, ref.fingerprint))
+        return process_batch(ref.path, ref.start, ref.end, *args, expect=ref.expect)
 
     assert run(refs[0]).homes.num_rows > 0
     if change == "append":
@@ -154,3 +153,13 @@ def test_a_file_changed_during_a_run_stops_its_batches(small_input, tmp_path, ch
         os.replace(tmp_path / "new.csv", src)
     with pytest.raises(InputError, match="changed during the run"):
         run(refs[1])
+
+
+def test_one_user_is_found_in_a_file_in_collation_order(exports):
+    from homeloc_assets.inputs import find_user
+
+    df = pd.read_csv(exports["collation_csv"])
+    for guid in (df.user_guid.iloc[0], df.user_guid.iloc[len(df) // 2], df.user_guid.iloc[-1]):
+        got = find_user(exports["collation_csv"], guid, global_lines=True)
+        want = [i + 2 for i in df.index[df.user_guid == guid]]
+        assert got.rows.column("line").to_pylist() == want

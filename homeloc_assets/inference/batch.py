@@ -52,23 +52,20 @@ def process_batch(
     lookup: Any,
     backend: GroupedCardinality,
     layers: Sequence[Any] = (),
-    expected: tuple[int, int, str] | None = None,
+    *,
+    expect: tuple[int, int, str] | None = None,
+    hll_params: int | None = None,
 ) -> BatchResult:
     """Process the byte range ``[start, end)`` of a userdays CSV grouped by user.
 
     ``lookup.lookup(lon, lat)`` gives the index into ``country_names`` /
     ``country_codes`` of each point (-1: in no country); ``backend`` unions HLLs;
     each of ``layers`` (:mod:`homeloc_assets.geo.layers`) adds its per-region
-    userdays and homes from the same rows. ``expected`` = (size, mtime_ns,
-    fingerprint) of the file as planned: a changed file raises InputError.
+    userdays and homes from the same rows. ``expect`` (the planned file's size,
+    mtime_ns, fingerprint) and ``hll_params`` (the file's params code) are
+    passed to :func:`~homeloc_assets.inputs.read_batch`.
     """
-    if expected is None:
-        batch = read_batch(path, start, end)
-    else:
-        size, mtime_ns, fingerprint = expected
-        batch = read_batch(path, start, end, fingerprint or None,
-                           expected_size=size if size >= 0 else None,
-                           expected_mtime_ns=mtime_ns if mtime_ns >= 0 else None)
+    batch = read_batch(path, start, end, expect=expect, hll_params=hll_params)
     rows = batch.rows
     lon = rows.column("longitude").to_numpy()
     lat = rows.column("latitude").to_numpy()

@@ -21,7 +21,11 @@ import pyarrow as pa
 __all__ = ["find_split_user", "check_grouped"]
 
 
-def _guid_at(path: str | Path, offset: int, guid_column: int = 0) -> str:
+def _guid_at(path: str | Path, offset: int, guid_column: int | None = None) -> str:
+    if guid_column is None:  # found by name in the header, like the reader does
+        from homeloc_assets.inputs.plan import read_layout
+
+        guid_column = read_layout(path)[1].guid
     with open(path, "rb") as fh:
         fh.seek(offset)
         line = fh.readline(1 << 20).rstrip(b"\r\n")
@@ -29,7 +33,7 @@ def _guid_at(path: str | Path, offset: int, guid_column: int = 0) -> str:
 
 
 def find_split_user(path: str | Path, users: Iterable[pa.Table],
-                    guid_column: int = 0) -> tuple[str, int, int] | None:
+                    guid_column: int | None = None) -> tuple[str, int, int] | None:
     """``(user_guid, offset_a, offset_b)`` of a user found in two batches of ``path``, or None.
 
     ``users``: each batch's users table in file order. Offsets are of the
@@ -51,7 +55,8 @@ def find_split_user(path: str | Path, users: Iterable[pa.Table],
     return None
 
 
-def check_grouped(path: str | Path, users: Iterable[pa.Table], guid_column: int = 0) -> None:
+def check_grouped(path: str | Path, users: Iterable[pa.Table],
+                  guid_column: int | None = None) -> None:
     """Raise :class:`InputError` naming two lines when a user's rows are not together."""
     hit = find_split_user(path, users, guid_column)
     if hit is not None:

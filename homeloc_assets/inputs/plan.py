@@ -23,9 +23,11 @@ __all__ = [
     "COLUMNS",
     "Batch",
     "BatchPlan",
+    "Layout",
     "file_fingerprint",
     "plan_batches",
     "read_header",
+    "read_layout",
 ]
 
 #: Required input columns, in this order.
@@ -36,6 +38,28 @@ SAMPLE_BYTES = 4 << 20
 _FP_BYTES = 64 << 10
 _HEADER_MAX = 64 << 10
 _STEP = 8 << 10
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the four columns are in a file's lines: found by name in its header.
+
+    ``fields``: number of fields per line; ``index``: the field of
+    ``user_guid``, ``latitude``, ``longitude``, ``userday_hll`` (in
+    :data:`COLUMNS` order); ``header``: the header line's bytes (no BOM, no
+    line end), so a repeated header is recognised.
+    """
+
+    fields: int = 4
+    index: tuple[int, int, int, int] = (0, 1, 2, 3)
+    header: bytes = HEADER_LINE
+
+    @property
+    def guid(self) -> int:
+        return self.index[0]
+
+
+STANDARD = Layout()
 
 
 @dataclass(frozen=True)
@@ -57,6 +81,9 @@ class BatchPlan:
     fingerprint: str
     header_end: int
     batches: list[Batch] = field(default_factory=list)
+    #: params code of the file's first valid hll (``hll.params_of_code``); rows with other
+    #: params are rejected, whatever the batch size; None: no valid hll found at planning
+    hll_params: int | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable dict (inverse of :meth:`from_dict`)."""
@@ -73,18 +100,23 @@ class BatchPlan:
             str(d["fingerprint"]),
             int(d["header_end"]),
             batches,
+            None if d.get("hll_params") is None else int(d["hll_params"]),
         )
 
 
 def file_fingerprint(path: str | Path, size: int | None = None) -> str:
     """sha1 of the size and the first and last 64 KiB, 12 hex chars: cheap change detection."""
     with open(path, "rb") as fh:
-        if size is None:
-            size = os.fstat(fh.fileno()).st_size
-        h = hashlib.sha1(str(size).encode())
-        h.update(fh.read(_FP_BYTES))
-        fh.seek(max(0, size - _FP_BYTES))
-        h.update(fh.read(_FP_BYTES))
+        return fingerprint_fd(fh.fileno(), size)
+
+
+def fingerprint_fd(fd: int, size: int | None = None) -> str:
+    """:func:`file_fingerprint` of an open file descriptor (the inode it has open, by ``pread``)."""
+    if size is None:
+        size = os.fstat(fd).st_size
+    h = hashlib.sha1(str(size).encode())
+    h.update(os.pread(fd, _FP_BYTES, 0))
+    h.update(os.pread(fd, _FP_BYTES, max(0, size - _FP_BYTES)))
     return h.hexdigest()[:12]
 
 
@@ -102,7 +134,17 @@ def read_header(path: str | Path) -> int:
     """Check the header line; return ``header_end``, the byte offset just after it.
 
     Raises :class:`InputError` for an empty file, a binary/non-UTF-8 file,
-    a missing or misnamed column (naming what is missing and what was found).
+    a missing or twice-named column (naming what is missing and what was found).
+    """
+    return read_layout(path)[0]
+
+
+def read_layout(path: str | Path) -> tuple[int, Layout]:
+    """``(header_end, layout)`` of ``path``: the four columns found by name.
+
+    Names match in any case with surrounding spaces or quotes, in any order;
+    other columns (e.g. a leading pandas index column with an empty name) are
+    ignored. Raises :class:`InputError` like :func:`read_header`.
     """
     path = Path(path)
     try:
@@ -112,6 +154,9 @@ def read_header(path: str | Path) -> int:
         raise InputError(f"cannot read input file {path}: {exc}") from exc
     if not head:
         raise InputError(f"{path}: empty file (expected a header line {HEADER_LINE.decode()!r})")
+    if head.startswith(b"\x1f\x8b"):
+        raise InputError(f"{path}: gzip-compressed; give it to `homeloc run --input` (decompressed "
+                         f"once into the storage folder) or decompress it first: gunzip -k {path}")
     skip = len(BOM) if head.startswith(BOM) else 0
     nl = head.find(b"\n", skip)
     if nl < 0 and len(head) == _HEADER_MAX:
@@ -123,46 +168,52 @@ def read_header(path: str | Path) -> int:
     if _looks_binary(line):
         raise InputError(f"{path}: not a CSV text file (the header line is binary or not UTF-8)")
     line = line.rstrip(b"\r")
+    end = nl + 1 if nl >= 0 else len(head)
+    if line == HEADER_LINE:
+        return end, STANDARD
     text = line.decode("utf-8", errors="replace")
     found = [c.strip().strip('"').strip() for c in text.split(",")]
-    if tuple(found) != COLUMNS:
-        missing = [c for c in COLUMNS if c not in found]
-        extra = [c for c in found if c not in COLUMNS]
-        if missing:
-            what = f"missing column(s) {missing}"
-        elif extra:
-            what = f"unexpected column(s) {extra}"
-        else:
-            what = "columns in the wrong order"
+    low = [c.lower() for c in found]
+    missing = [c for c in COLUMNS if c not in low]
+    twice = [c for c in COLUMNS if low.count(c) > 1]
+    if missing or twice:
+        what = f"missing column(s) {missing}" if missing else f"column(s) named twice {twice}"
         raise InputError(
-            f"{path}: {what}; the header must be {HEADER_LINE.decode()!r}, found {found}",
+            f"{path}: {what}; the header must name {', '.join(COLUMNS)} (any case, any order, "
+            f"other columns ignored), found {found}",
             line=1,
             offset=0,
         )
-    return nl + 1 if nl >= 0 else len(head)
+    index = tuple(low.index(c) for c in COLUMNS)
+    return end, Layout(len(found), index, line)  # type: ignore[arg-type]
 
 
-def _first_field(line: bytes) -> bytes:
-    """The user_guid of a raw line (up to the first comma, \\r stripped)."""
-    c = line.find(b",")
-    return (line if c < 0 else line[:c]).rstrip(b"\r")
+def _first_field(line: bytes, layout: Layout = STANDARD) -> bytes:
+    """The user_guid of a raw line (\r stripped)."""
+    line = line.rstrip(b"\r")
+    if layout.guid == 0:
+        c = line.find(b",")
+        return line if c < 0 else line[:c]
+    parts = line.split(b",")
+    return parts[layout.guid] if len(parts) > layout.guid else line
 
 
-def _sort_key(line: bytes) -> bytes | None:
-    """The user_guid the reader checks the order of, or None for a line it rejects or skips.
+def _sort_key(line: bytes, layout: Layout = STANDARD) -> bytes | None:
+    """The user_guid the reader checks the grouping of, or None for a line it rejects or skips.
 
-    Issue 5 (robustness) fix, minimal: a damaged line at a planned boundary (a
-    repeated header, an empty user_guid, a wrong field count, a stray CR, bad
-    UTF-8) used to be taken for a user and fail the whole file as "not sorted",
-    although the reader only rejects that line. Such lines are now transparent
-    to boundary search, exactly like the reader's sort check ignores them.
+    A damaged line at a planned boundary (a repeated header, an empty
+    user_guid, a wrong field count, a stray CR, bad UTF-8) is transparent to
+    boundary search, exactly like the reader's check ignores it.
     """
     if line.endswith(b"\r"):
         line = line[:-1]
-    if line.count(b",") != 3 or b"\r" in line:
+    if line.count(b",") != layout.fields - 1 or b"\r" in line:
         return None
-    guid, lat = line.split(b",", 2)[:2]
-    if not guid or (guid == COLUMNS[0].encode() and lat == COLUMNS[1].encode()):
+    if line == layout.header:
+        return None
+    parts = line.split(b",")
+    guid = parts[layout.guid]
+    if not guid or (guid.lower() == COLUMNS[0].encode() and parts[layout.index[1]].lower() == COLUMNS[1].encode()):
         return None
     try:
         line.decode("utf-8")
@@ -187,9 +238,10 @@ def _lines_before(fh, end: int) -> int:
 class _Scanner:
     """Forward line reader from a byte offset with a counter of bytes read."""
 
-    def __init__(self, fh, size: int) -> None:
+    def __init__(self, fh, size: int, layout: Layout = STANDARD) -> None:
         self.fh = fh
         self.size = size
+        self.layout = layout
         self.bytes_read = 0
 
     def read(self, pos: int, n: int) -> bytes:
@@ -238,13 +290,28 @@ class _Scanner:
             else:
                 line = buf[rel:nl]
                 nxt = buf_at + nl + 1
-            g = _sort_key(line) if line.strip(b"\r \t") else None
+            g = _sort_key(line, self.layout) if line.strip(b"\r \t") else None
             if g is not None:
                 if guid is None:
                     guid = g
                 elif g != guid:
                     return p, guid, g
             p = nxt
+
+
+def _file_hll_params(sc: _Scanner, header_end: int, sample: bytes) -> int | None:
+    """Params code of the file's first valid hll: from the sample, else the next blocks (64 MB at most)."""
+    from homeloc_assets.inputs.reader import first_hll_params
+
+    pos, block = header_end, sample
+    while block:
+        cut = block.rfind(b"\n") + 1 if pos + len(block) < sc.size else len(block)
+        found = first_hll_params(block[:cut] if cut else block, sc.layout)
+        if found is not None or pos + len(block) >= sc.size or pos - header_end > (64 << 20):
+            return found
+        pos += cut or len(block)
+        block = sc.read(pos, SAMPLE_BYTES)
+    return None
 
 
 def plan_batches(path: str | Path, batch_users: int = 50_000) -> BatchPlan:
@@ -265,17 +332,17 @@ def plan_batches(path: str | Path, batch_users: int = 50_000) -> BatchPlan:
         st = os.stat(path)
     except OSError as exc:
         raise InputError(f"cannot read input file {path}: {exc}") from exc
-    header_end = read_header(path)
+    header_end, layout = read_layout(path)
     size = st.st_size
     with open(path, "rb") as fh:
-        sc = _Scanner(fh, size)
+        sc = _Scanner(fh, size, layout)
         sample = sc.read(header_end, SAMPLE_BYTES)
         if not sample.strip(b"\r\n \t"):
             raise InputError(f"{path}: no data rows after the header")
         # bytes per user from the complete lines of the sample
         cut = sample.rfind(b"\n") + 1 if header_end + len(sample) < size else len(sample)
         body = sample[:cut] if cut > 0 else sample
-        guids = [_first_field(ln) for ln in body.split(b"\n") if ln.strip(b"\r \t")]
+        guids = [_first_field(ln, layout) for ln in body.split(b"\n") if ln.strip(b"\r \t")]
         changes = sum(1 for a, b in zip(guids, guids[1:], strict=False) if a != b)
         users = changes + 1
         bytes_per_user = max(1.0, len(body) / users)
@@ -296,6 +363,7 @@ def plan_batches(path: str | Path, batch_users: int = 50_000) -> BatchPlan:
             if b > bounds[-1]:
                 bounds.append(b)
         bounds.append(size)
+        hll_params = _file_hll_params(sc, header_end, sample)
         bytes_read = sc.bytes_read
     batches = [Batch(i, s, e) for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
     plan = BatchPlan(
@@ -305,6 +373,7 @@ def plan_batches(path: str | Path, batch_users: int = 50_000) -> BatchPlan:
         fingerprint=file_fingerprint(path, size),
         header_end=header_end,
         batches=batches,
+        hll_params=hll_params,
     )
     plan_batches.last_bytes_read = bytes_read  # type: ignore[attr-defined]  # for tests
     return plan

@@ -30,6 +30,7 @@ How a range is read:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,12 @@ from homeloc_assets.inputs.errors import InputError
 from homeloc_assets.inputs.plan import (
     BOM,
     COLUMNS,
+    STANDARD,
+    Layout,
     _lines_before,
     file_fingerprint,
-    read_header,
+    fingerprint_fd,
+    read_layout,
 )
 
 __all__ = [
@@ -149,37 +153,25 @@ def _parse_float(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return vals, ok_np
 
 
-def _params_minority(
-    group_starts: np.ndarray, n: int, params: np.ndarray, valid: np.ndarray
-) -> np.ndarray:
-    """Mask of valid rows whose params differ from their user's winning params.
+def params_text(code: int) -> str:
+    """``log2m=11 regwidth=5 expthresh=-1 sparseon=1`` of a params code (for reject reasons)."""
+    p = hll.params_of_code(int(code))
+    return f"log2m={p.log2m} regwidth={p.regwidth} expthresh={p.expthresh} sparseon={p.sparseon}"
 
-    Winner per user: the most frequent params among the user's valid rows;
-    on a tie, the params of the earliest of those rows (so the first row's
-    params win a tie they are part of).
+
+def _params_mismatch(params: np.ndarray, valid: np.ndarray, ref: int | None) -> tuple[np.ndarray, int | None]:
+    """(mask of valid rows whose params differ from ``ref``, the reference used).
+
+    ``ref`` is the file's params code (its first valid hll, found at planning),
+    so the verdict on a row never depends on the batch size or on the other
+    rows of its user; without it, the first valid row of ``params`` is used.
     """
-    out = np.zeros(n, dtype=bool)
     vidx = np.flatnonzero(valid)
-    if len(vidx) < 2:
-        return out
-    group = (np.searchsorted(group_starts, np.arange(n), side="right") - 1)[vidx]
-    p = params[vidx].astype(np.int64)
-    # quick exit: every user has a single params value
-    same_as_prev = (group[1:] != group[:-1]) | (p[1:] == p[:-1])
-    if same_as_prev.all():
-        return out
-    key = group * (1 << 32) + (p & 0xFFFFFFFF)
-    _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
-    rc = counts[inv]  # count of this row's (user, params)
-    gmax = np.zeros(group.max() + 1, dtype=np.int64)
-    np.maximum.at(gmax, group, rc)
-    cand = rc == gmax[group]
-    ci = np.flatnonzero(cand)
-    _, first = np.unique(group[ci], return_index=True)  # earliest candidate per user
-    win = np.full(gmax.shape, -1, dtype=np.int64)
-    win[group[ci[first]]] = p[ci[first]]
-    out[vidx[p != win[group]]] = True
-    return out
+    if not len(vidx):
+        return np.zeros(len(params), dtype=bool), ref
+    if ref is None:
+        ref = int(params[vidx[0]])
+    return valid & (params != ref), ref
 
 
 _HEX = np.full(256, 255, dtype=np.uint8)
@@ -282,11 +274,12 @@ def _raw_text(data: bytes, starts: np.ndarray, ends: np.ndarray) -> list[str]:
     ]
 
 
-def _python_split(data: bytes, starts: np.ndarray, ends: np.ndarray) -> pa.Table:
+def _python_split(data: bytes, starts: np.ndarray, ends: np.ndarray, layout: Layout = STANDARD) -> pa.Table:
     """Slow but simple split of known-good lines (only used if Arrow disagrees on the row count)."""
     cols: list[list[str]] = [[], [], [], []]
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         parts = data[s:e].decode("utf-8").split(",")
+        parts = [parts[i] for i in layout.index]
         for c, v in zip(cols, parts, strict=True):
             c.append(v)
     return pa.table({n: pa.array(c, pa.string()) for n, c in zip(_NAMES, cols, strict=True)})
@@ -362,7 +355,7 @@ def _bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _prescan(data: bytes, buf: np.ndarray, skip_header: bool):
+def _prescan(data: bytes, buf: np.ndarray, skip_header: bool, layout: Layout = STANDARD):
     """Physical lines and the line-level verdicts, before any parsing.
 
     Returns (starts, ends, raw_end, skip, reasons) where ``skip`` marks blank
@@ -375,7 +368,9 @@ def _prescan(data: bytes, buf: np.ndarray, skip_header: bool):
         first = data[starts[0] : ends[0]]
         if first.startswith(BOM):
             first = first[len(BOM) :]
-        if first == ",".join(COLUMNS).encode():
+        if first.endswith(b"\r"):
+            first = first[:-1]
+        if first in (layout.header, ",".join(COLUMNS).encode()):
             skip[0] = True
     reasons = _Reasons(n_lines)
     if not n_lines:
@@ -384,12 +379,12 @@ def _prescan(data: bytes, buf: np.ndarray, skip_header: bool):
     cpos = np.flatnonzero(buf == 44)
     before = np.searchsorted(cpos, starts)
     commas = np.diff(np.append(before, len(cpos)))
-    wrong = ~skip & (commas != 3)
+    wrong = ~skip & (commas != layout.fields - 1)
     if wrong.any():
         idx = np.flatnonzero(wrong)
         texts = np.full(n_lines, None, dtype=object)
         texts[idx] = [
-            f"wrong field count: {c + 1} fields, expected 4" for c in commas[idx].tolist()
+            f"wrong field count: {c + 1} fields, expected {layout.fields}" for c in commas[idx].tolist()
         ]
         reasons.mark(wrong, texts)
     if np.count_nonzero(buf == 13):
@@ -427,18 +422,26 @@ def parse_bytes(
     offset: int = 0,
     skip_header: bool = False,
     use_threads: bool = True,
+    hll_params: int | None = None,
+    layout: Layout = STANDARD,
 ) -> BatchRows:
     """Validate CSV lines in ``data`` (no header unless ``skip_header``); see :func:`read_batch`.
+
+    ``layout``: where the four columns are (:func:`~homeloc_assets.inputs.plan.read_layout`).
+
+    ``hll_params``: the file's params code (rows with other params are
+    rejected); None: the params of the first valid row of ``data``.
 
     ``offset`` is the file offset of ``data[0]``. Raises ``_Split`` (internal)
     when a user's rows are not together; :func:`read_batch` turns it into InputError.
     """
     buf = np.frombuffer(data, dtype=np.uint8)
-    starts, ends, raw_end, skip, line_rej = _prescan(data, buf, skip_header)
+    starts, ends, raw_end, skip, line_rej = _prescan(data, buf, skip_header, layout)
     n_lines = len(starts)
     pre_rej = line_rej.code != 0
     gidx = np.flatnonzero(~skip & ~pre_rej)
-    table = _read_good_lines(data, buf, starts, raw_end, gidx, skip, ends, pre_rej, use_threads)
+    table = _read_good_lines(data, buf, starts, raw_end, gidx, skip, ends, pre_rej, use_threads,
+                             layout)
 
     m = table.num_rows
     guid = _unquote(table.column("user_guid").combine_chunks())
@@ -447,9 +450,9 @@ def parse_bytes(
     hll_s = _unquote(table.column("hll").combine_chunks())
     rr = _Reasons(m)
 
-    is_header = _bool(pc.equal(guid, "user_guid"))
+    is_header = _bool(pc.equal(pc.utf8_lower(guid), "user_guid"))
     if is_header.any():
-        is_header &= _bool(pc.equal(lat_s, "latitude"))
+        is_header &= _bool(pc.equal(pc.utf8_lower(lat_s), "latitude"))
         rr.mark(is_header, "repeated header line")
     empty_guid = _bool(pc.equal(pc.utf8_length(guid), 0))
     rr.mark(empty_guid, "empty user_guid")
@@ -520,14 +523,19 @@ def parse_bytes(
     rr.mark(st == hll.EMPTY, "empty hll (no userdays)")
     rr.mark(st == hll.UNDEFINED, "undefined hll")
 
-    # ---- params consistency within each user (among otherwise valid rows)
+    # ---- params: every row must have the file's (the first valid hll's)
     if m:
-        valid = rr.code == 0
-        change = np.ones(m, dtype=bool)
-        if m > 1:
-            change[1:] = _bool(pc.not_equal(guid[1:], guid[:-1]))
-        minority = _params_minority(np.flatnonzero(change), m, np.asarray(insp.params), valid)
-        rr.mark(minority, "hll parameters differ from the other rows of this user")
+        params = np.asarray(insp.params)
+        other, ref = _params_mismatch(params, rr.code == 0, hll_params)
+        if other.any():
+            why = np.full(m, None, dtype=object)
+            want = params_text(ref)
+            for code in np.unique(params[other]).tolist():
+                why[other & (params == code)] = (
+                    f"hll parameters {params_text(code)} differ from the file's ({want}, "
+                    "those of its first valid hll)"
+                )
+            rr.mark(other, why)
 
     valid = rr.code == 0
     vidx = np.flatnonzero(valid)
@@ -574,7 +582,7 @@ def parse_bytes(
 
 
 def _read_good_lines(
-    data, buf, starts, raw_end, gidx, skip, ends, pre_rej, use_threads
+    data, buf, starts, raw_end, gidx, skip, ends, pre_rej, use_threads, layout: Layout = STANDARD
 ) -> pa.Table:
     """Arrow-parse exactly the good lines; row i of the result is line ``gidx[i]``."""
     n_good = len(gidx)
@@ -590,8 +598,10 @@ def _read_good_lines(
         src = buf[keep].tobytes()
     if not src.endswith(b"\n"):
         src += b"\n"
+    names = _NAMES if layout.index == STANDARD.index and layout.fields == 4 else [
+        f"f{i}" for i in range(layout.fields)]
     ropts = pacsv.ReadOptions(
-        column_names=_NAMES,
+        column_names=names,
         use_threads=use_threads,
         block_size=max(1 << 20, min(len(src) // 4 + 1, 16 << 20)),
     )
@@ -604,7 +614,8 @@ def _read_good_lines(
         ignore_empty_lines=True,
     )
     copts = pacsv.ConvertOptions(
-        column_types={n: pa.string() for n in _NAMES},
+        column_types={n: pa.string() for n in names},
+        include_columns=[names[i] for i in layout.index],
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
         check_utf8=False,
@@ -616,11 +627,64 @@ def _read_good_lines(
     except pa.ArrowInvalid:
         table = None
     if table is None or table.num_rows != n_good:
-        table = _python_split(data, starts[gidx], ends[gidx])
-    return table
+        return _python_split(data, starts[gidx], ends[gidx], layout)
+    return table.rename_columns(_NAMES)
 
 
 # ------------------------------------------------------------------- public
+
+
+def first_hll_params(lines: bytes, layout: Layout = STANDARD) -> int | None:
+    """Params code of the first valid hll in CSV ``lines`` (no header), or None.
+
+    A Python loop that stops at the first valid value: on a real file that is
+    the first line. Used by planning to fix the file's params once.
+    """
+    for line in lines.split(b"\n"):
+        fields = line.rstrip(b"\r").split(b",")
+        if len(fields) != layout.fields or not fields[layout.guid]:
+            continue
+        try:
+            text = fields[layout.index[3]].decode("ascii").strip().strip('"').strip()
+        except UnicodeDecodeError:
+            continue
+        text = text[1:] if text.startswith("\\\\") else text
+        text = text[2:] if text[:2] in ("\\x", "\\X") else text
+        if len(text) % 2 or text[:1].isspace():
+            continue
+        try:
+            blob = bytes.fromhex(text)
+        except ValueError:
+            continue
+        insp = hll.inspect_many(pa.array([blob], pa.binary()))
+        if bool(insp.ok[0]) and int(insp.storage_type[0]) not in (hll.EMPTY, hll.UNDEFINED):
+            return int(insp.params[0])
+    return None
+
+
+def check_unchanged(path: str | Path, expect: tuple[int, int, str], fh=None) -> None:
+    """Raise :class:`InputError` unless ``path`` still has the planned size, mtime and fingerprint.
+
+    ``expect`` = ``(size, mtime_ns, fingerprint)`` of the plan. A replaced or
+    rewritten file changes its mtime (or size, or ends), an appended one its
+    size: either way the run stops before a batch of the new version mixes
+    with batches of the planned one.
+    """
+    size, mtime_ns, fp = expect
+    try:
+        st = os.fstat(fh.fileno()) if fh is not None else os.stat(path)
+        now_fp = None
+        if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+            now_fp = (fingerprint_fd(fh.fileno(), st.st_size) if fh is not None
+                      else file_fingerprint(path, st.st_size))
+    except OSError as exc:
+        raise InputError(f"cannot read input file {path}: {exc}") from exc
+    if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) or now_fp != fp:
+        what = "grew" if st.st_size > size else ("shrank" if st.st_size < size else "was rewritten")
+        raise InputError(
+            f"{path} changed during the run ({what}: {st.st_size} bytes now, {size} when planned); "
+            "nothing was published — run the same command again once the file is complete"
+        )
 
 
 def read_batch(
@@ -629,9 +693,9 @@ def read_batch(
     end: int,
     expected_fingerprint: str | None = None,
     *,
-    expected_size: int | None = None,
-    expected_mtime_ns: int | None = None,
     use_threads: bool = True,
+    expect: tuple[int, int, str] | None = None,
+    hll_params: int | None = None,
 ) -> BatchRows:
     """Read and validate the byte range ``[start, end)`` of a userdays CSV.
 
@@ -639,23 +703,14 @@ def read_batch(
     skips the header line (BOM tolerated) but counts it as line 1. Row-level
     damage becomes a reject of that line; blank lines are skipped (counted in
     ``n_lines``). Raises :class:`InputError` when the file changed since
-    planning (``expected_fingerprint``) or user_guids are not non-decreasing
-    (the message names the global line number and the sort command).
+    planning (``expect`` = planned size, mtime_ns, fingerprint: checked on the
+    open file before and after the read; or ``expected_fingerprint`` alone) or
+    a user's rows are not together (naming two lines). ``hll_params``: the
+    file's params code (see :func:`parse_bytes`).
     """
     path = Path(path)
     if start < 0 or end < start:
         raise ValueError(f"bad byte range [{start}, {end})")
-    if expected_size is not None or expected_mtime_ns is not None:
-        try:
-            st = path.stat()
-        except OSError as exc:
-            raise InputError(f"cannot read input file {path}: {exc}") from exc
-        if (expected_size is not None and st.st_size != expected_size) or (
-                expected_mtime_ns is not None and st.st_mtime_ns != expected_mtime_ns):
-            raise InputError(
-                f"{path} changed during the run (now {st.st_size:,} bytes, planned "
-                f"{expected_size:,}); nothing new is published — run the command again "
-                "to process the new version")
     if expected_fingerprint is not None:
         try:
             fp = file_fingerprint(path)
@@ -665,19 +720,26 @@ def read_batch(
             raise InputError(
                 f"{path} changed since it was planned (fingerprint {fp}, planned {expected_fingerprint}); plan it again"
             )
+    layout = read_layout(path)[1]
     try:
         with open(path, "rb") as fh:
+            if expect is not None:
+                check_unchanged(path, expect, fh)
             fh.seek(start)
             data = fh.read(end - start)
+            if expect is not None:
+                check_unchanged(path, expect, fh)
     except OSError as exc:
         raise InputError(f"cannot read input file {path}: {exc}") from exc
     try:
-        return parse_bytes(data, offset=start, skip_header=start == 0, use_threads=use_threads)
+        return parse_bytes(data, offset=start, skip_header=start == 0, use_threads=use_threads,
+                           hll_params=hll_params, layout=layout)
     except _Split as exc:
         raise split_user_error(path, exc.guid, exc.offsets) from None
 
 
-def _user_range(fh, size: int, header_end: int, guid: bytes) -> tuple[int, int]:
+def _user_range(fh, size: int, header_end: int, guid: bytes,
+                layout: Layout = STANDARD) -> tuple[int, int]:
     """Byte range of ``guid``'s lines in a sorted file by binary search on offsets.
 
     Returns ``(start, end)``; an empty range (start == end) when the user is absent.
@@ -685,7 +747,7 @@ def _user_range(fh, size: int, header_end: int, guid: bytes) -> tuple[int, int]:
     """
     from homeloc_assets.inputs.plan import _Scanner, _sort_key
 
-    sc = _Scanner(fh, size)
+    sc = _Scanner(fh, size, layout)
 
     def lines_from(p: int) -> Iterator[tuple[int, bytes]]:
         """(line start, first field) of the non-blank lines from line start ``p`` on."""
@@ -700,7 +762,7 @@ def _user_range(fh, size: int, header_end: int, guid: bytes) -> tuple[int, int]:
             line = buf[p - at : stop - at]
             # damaged lines (repeated header, wrong field count, ...) are
             # transparent to the search, as to the planner and the reader
-            key = _sort_key(line) if line.strip(b"\r \t") else None
+            key = _sort_key(line, layout) if line.strip(b"\r \t") else None
             if key is not None:
                 yield p, key.strip(b'"')
             p = stop + 1
@@ -729,8 +791,34 @@ def _user_range(fh, size: int, header_end: int, guid: bytes) -> tuple[int, int]:
     return lower_bound(False), lower_bound(True)
 
 
+def _scan_user_range(fh, size: int, header_end: int, guid: bytes, layout: Layout) -> tuple[int, int]:
+    """Byte range of ``guid``'s (contiguous) lines found by one forward scan, 16 MiB at a time."""
+    from homeloc_assets.inputs.plan import _first_field
+
+    pos, tail, chunk = header_end, b"\n", 16 << 20
+    start = -1
+    while pos < size:
+        fh.seek(pos)
+        data = tail + fh.read(chunk)
+        last = pos + chunk >= size
+        lines = data.split(b"\n")
+        at = pos - len(tail)
+        for i, line in enumerate(lines if last else lines[:-1]):
+            first = _first_field(line, layout).strip(b'"') if line.strip(b"\r \t") else None
+            if start < 0 and i > 0 and first == guid:
+                start = at
+            elif start >= 0 and first is not None and first != guid:
+                return start, at
+            at += len(line) + 1
+        if last:
+            break
+        tail = b"\n" + lines[-1]
+        pos += chunk
+    return (start, size) if start >= 0 else (header_end, header_end)
+
+
 def find_user(path: str | Path, user_guid: str, *, global_lines: bool = False) -> BatchRows:
-    """Rows and rejects of one user, found by binary search in the sorted file (no scan).
+    """Rows and rejects of one user: binary search in a byte-ordered file, else one scan.
 
     ``line`` is relative to the user's first line (``BatchRows.start`` is its
     byte offset); with ``global_lines=True`` the file before it is scanned for
@@ -738,10 +826,13 @@ def find_user(path: str | Path, user_guid: str, *, global_lines: bool = False) -
     = line 1). An absent user gives empty tables.
     """
     path = Path(path)
-    header_end = read_header(path)
+    header_end, layout = read_layout(path)
     size = path.stat().st_size
+    guid = str(user_guid).encode("utf-8")
     with open(path, "rb") as fh:
-        start, end = _user_range(fh, size, header_end, str(user_guid).encode("utf-8"))
+        start, end = _user_range(fh, size, header_end, guid, layout)
+        if end <= start:  # not in byte order (users grouped in any order): one scan
+            start, end = _scan_user_range(fh, size, header_end, guid, layout)
     if end <= start:
         return BatchRows(ROWS_SCHEMA.empty_table(), REJECTS_SCHEMA.empty_table(), 0, start, start)
     res = read_batch(path, start, end)
