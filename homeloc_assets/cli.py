@@ -75,7 +75,7 @@ def _instance(home: Path):
 
 
 #: errors that mean "the input (or a choice of the user) is wrong": exit 2
-_USAGE_ERRORS = {"InputError", "RejectShareError", "CountryError", "LayerError"}
+_USAGE_ERRORS = {"DsnError", "InputError", "RejectShareError", "CountryError", "LayerError"}
 
 
 def _failure(result) -> tuple[str, int]:

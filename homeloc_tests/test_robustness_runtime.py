@@ -155,3 +155,62 @@ def test_out_naming_a_file_is_one_line_and_exit_2(case, tmp_path):
     msg = one_error_line(res)
     assert res.returncode == 2 and str(out) in msg and "not a folder" in msg, res.stderr
     assert out.read_text() == "precious\n"
+
+
+@pytest.fixture()
+def tmpfs(tmp_path):
+    """A 64 MB tmpfs (root only; skips where it cannot be mounted), unmounted afterwards."""
+    d = tmp_path / "mnt"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("two")
+    a = write_lines(tmp / "a.csv", base_rows(120, 71, tmp)[1])
+    b = write_lines(tmp / "b.csv", base_rows(150, 72, tmp)[1])
+    return a, b
+
+
+def _fill(folder: Path) -> None:
+    """Write zeros until the file system is full, to the last page."""
+    with open(folder / "filler", "wb", buffering=0) as fh:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    fh.write(b"\0" * size)
+            except OSError:
+                pass
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_full_disk_is_one_line_exit_1_and_the_previous_exports_stay(two_inputs, tmpfs, workers):
+    a, b = two_inputs
+    out = tmpfs / "out"
+    homeloc(*run_args(a, out, "--batch-users", "50", "--workers", workers))
+    before = export_files(out)
+    _fill(tmpfs)
+    res = homeloc(*run_args(b, out, "--batch-users", "50", "--workers", workers), check=False)
+    msg = one_error_line(res)
+    assert res.returncode == 1 and "No space left on device" in msg, res.stderr
+    assert export_files(out) == before
+
+
+def test_a_read_only_out_is_one_line_exit_1_and_the_previous_exports_stay(two_inputs, tmpfs):
+    a, b = two_inputs
+    out = tmpfs / "out"
+    homeloc(*run_args(a, out))
+    before = export_files(out)
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    res = homeloc(*run_args(b, out), check=False)
+    msg = one_error_line(res)
+    assert res.returncode == 1 and "Read-only file system" in msg and str(out) in msg, res.stderr
+    assert export_files(out) == before
