@@ -19,9 +19,11 @@ a Dask cluster when a scheduler address is given (``homeloc_assets.executors``).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import pickle
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -77,7 +79,33 @@ def batch_assets(layer_names: Sequence[str] = ()) -> list[str]:
 _STATE: dict = {}
 
 
-def _init_worker(setup: WorkerSetup) -> None:
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Make this worker process end when the process that started it ends (even by kill -9).
+
+    Linux: ``PR_SET_PDEATHSIG`` sends SIGKILL when the parent dies; the parent
+    may have died before the call, so the parent's pid is checked after it.
+    Ctrl-C reaches the whole process group: the workers ignore SIGINT and
+    the parent decides (it stops them).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # started while the parent held them back: a worker must obey SIGTERM
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if parent_pid is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: nothing to set
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+#: linux/prctl.h
+PR_SET_PDEATHSIG = 1
+
+
+def _init_worker(setup: WorkerSetup, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     _STATE["setup"] = setup
     _STATE["lookup"] = pickle.loads(setup.lookup_pickle)
     _STATE["layers"] = pickle.loads(setup.layers_pickle) if setup.layers_pickle else ()
@@ -106,7 +134,59 @@ def remove_stale_temporaries(tables_dir: str | os.PathLike[str],
     return [p for t in targets for p in remove_temporaries(t)]
 
 
+class BatchError(RuntimeError):
+    """An unexpected error in a batch: its type, message and where it was raised, on one line.
+
+    Plain text, so it crosses the process boundary whatever the original error
+    was (some exceptions cannot be pickled back into the parent).
+    """
+
+
+def where(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame of ``exc`` (relative to the package's folder)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename)
+    root = Path(__file__).resolve().parent.parent
+    with contextlib.suppress(ValueError):
+        path = path.resolve().relative_to(root)
+    return f"{path}:{tb.tb_lineno}"
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message (at file:line)``: a one-line account of an unexpected error."""
+    text = " ".join(str(exc).split()) or "no message"
+    at = where(exc)
+    return f"{type(exc).__name__}: {text}" + (f" (at {at})" if at else "")
+
+
+def _picklable(exc: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any failure means "cannot cross processes"
+        return False
+    return True
+
+
 def _run_one(ref: BatchRef) -> dict:
+    """One batch; its errors arrive the same in this process and in the parent of a pool."""
+    from homeloc_assets.backends import BackendError
+    from homeloc_assets.inputs import InputError
+
+    try:
+        return _run_locked(ref)
+    except (InputError, BackendError, OSError) as exc:  # expected: their message says it all
+        if _picklable(exc):
+            raise
+        raise BatchError(f"batch {ref.key}: {' '.join(str(exc).split())}") from None
+    except Exception as exc:
+        raise BatchError(f"batch {ref.key}: {describe_error(exc)}") from None
+
+
+def _run_locked(ref: BatchRef) -> dict:
     setup: WorkerSetup = _STATE["setup"]
     with batch_lock(setup.stats_dir, ref.key) as waited:
         remove_stale_temporaries(setup.tables_dir, setup.stats_dir, ref.key, setup.assets)
@@ -182,10 +262,45 @@ def _iter_results(refs: Sequence[BatchRef], setup: WorkerSetup, workers: int,
             _STATE.clear()
         return
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(setup,)
-    ) as pool:
-        yield from pool.map(_run_one, refs, chunksize=1)
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker,
+        initargs=(setup, os.getpid()),
+    )
+    try:
+        # Starting a worker streams its setup through a pipe while the worker
+        # imports; an interrupt in the middle would leave it a truncated pickle
+        # (and a traceback on stderr): signals wait until every batch is queued.
+        with _signals_deferred():
+            results = pool.map(_run_one, refs, chunksize=1)
+        yield from results
+    except BaseException:
+        stop_pool(pool)  # an error or an interrupt: do not wait for the other batches
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM of this thread back until the block ends (then they arrive)."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel the pending batches and end the workers at once (their writes are atomic)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        with contextlib.suppress(Exception):  # already gone
+            p.terminate()
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(timeout=5)
 
 
 def users_path(stats_dir: str | os.PathLike[str], key: str) -> Path:

@@ -8,10 +8,12 @@ command again resumes: batches whose files are complete are kept.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -76,7 +78,7 @@ def _instance(home: Path):
 
 
 #: errors that mean "the input (or a choice of the user) is wrong": exit 2
-_USAGE_ERRORS = {"InputError", "RejectShareError", "CountryError", "LayerError"}
+_USAGE_ERRORS = {"DsnError", "InputError", "RejectShareError", "CountryError", "LayerError"}
 
 
 def _failure(result) -> tuple[str, int]:
@@ -215,6 +217,7 @@ def cmd_run(args) -> int:
         )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    _check_writable(out, settings.storage_path)
     if args.backend:
         os.environ["HOMELOC_HLL_BACKEND"] = args.backend
     home = args.dagster_home or os.environ.get("DAGSTER_HOME")
@@ -322,6 +325,23 @@ def _check_layers(settings) -> None:
         resolve_country(gpd.read_parquet(settings.tables_path / "countries.parquet"), region[1])
     elif region:
         check_region_code(layers[region[0]], region[1])
+
+
+def _check_writable(*folders: Path) -> None:
+    """Fail early, on one line, when an output folder is a file (2) or cannot be written (1)."""
+    for folder in folders:
+        for p in (folder, *folder.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise CliError(f"{folder}: {p} is a file, not a folder", EXIT_USAGE)
+                break
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".homeloc-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise CliError(f"{folder}: cannot write there: {exc.strerror or exc}") from None
 
 
 def _sync_partitions(instance, catalog, name: str, path: Path, plan_id: str, keys: list[str]) -> None:
@@ -436,14 +456,93 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handlers = {"run": cmd_run, "hll": cmd_hll, "ui": cmd_ui, **extra}
-    try:
-        return handlers[args.command](args)
-    except CliError as exc:
+    with _Signals() as signals:
+        try:
+            code = handlers[args.command](args)
+        except (KeyboardInterrupt, CliError, OSError, Exception) as exc:
+            code = _report(exc, signals)
+        else:
+            if signals.received():  # the run stopped early but did not raise
+                code = _report(KeyboardInterrupt(), signals)
+    return code
+
+
+INTERRUPTED = "interrupted — run the same command again to resume"
+
+
+def _report(exc: BaseException, signals: _Signals) -> int:
+    """Print one line for ``exc`` and return the exit code (README, "Exit codes")."""
+    got = signals.received()
+    if got or isinstance(exc, KeyboardInterrupt):
+        sig = got or signal.SIGINT
+        print(f"homeloc: {INTERRUPTED} ({signal.Signals(sig).name})", file=sys.stderr)
+        return 128 + sig
+    if isinstance(exc, CliError):
         print(f"homeloc: error: {exc}", file=sys.stderr)
         return exc.code
-    except KeyboardInterrupt:
-        print("homeloc: interrupted", file=sys.stderr)
-        return 130
+    if isinstance(exc, OSError):
+        print(f"homeloc: error: {os_error_text(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    from homeloc_assets.batch_runner import describe_error
+
+    if os.environ.get("HOMELOC_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    print(f"homeloc: error: {describe_error(exc)} (HOMELOC_DEBUG=1 shows the traceback)",
+          file=sys.stderr)
+    return EXIT_FAILED
+
+
+def os_error_text(exc: OSError) -> str:
+    """``<file>: <reason>`` of an OSError (disk full, read-only, not a folder...)."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    return reason
+
+
+class _Signals:
+    """Which of SIGINT/SIGTERM arrived while the command ran, whoever handled them.
+
+    Dagster replaces the handlers of both signals while it executes a step
+    (and turns either into the same interruption), so the signal number is
+    read from Python's wakeup fd, to which every handled signal writes its
+    number. SIGTERM outside Dagster interrupts like Ctrl-C does.
+    """
+
+    def __enter__(self) -> _Signals:
+        self._seen: list[int] = []
+        self._old_fd = None
+        self._old_term = None
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        self._old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        return self
+
+    def received(self) -> int | None:
+        """The first SIGINT or SIGTERM received so far (None: neither)."""
+        if self._old_fd is not None:
+            with contextlib.suppress(BlockingIOError, OSError):
+                while chunk := os.read(self._r, 512):
+                    self._seen += [b for b in chunk if b in (signal.SIGINT, signal.SIGTERM)]
+        return self._seen[0] if self._seen else None
+
+    def __exit__(self, *exc) -> None:
+        if self._old_fd is None:
+            return
+        signal.set_wakeup_fd(self._old_fd)
+        signal.signal(signal.SIGTERM, self._old_term)
+        os.close(self._r)
+        os.close(self._w)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _add_sensitivity(sub) -> dict:

@@ -29,24 +29,53 @@ INSTALL_HINT = (
 )
 
 
+#: libpq connection keywords: in a malformed ``key=value`` DSN, an unquoted password
+#: with spaces runs until the next of these
+_KEYWORDS = ["host", "hostaddr", "port", "dbname", "user", "password", "passfile", "channel_binding", "connect_timeout", "client_encoding", "options", "application_name", "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout", "replication", "gssencmode", "sslmode", "requiressl", "sslcompression", "sslcert", "sslkey", "sslpassword", "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version", "krbsrvname", "gsslib", "service", "target_session_attrs", "load_balance_hosts"]
+_KV_PASSWORD = re.compile(
+    r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'?|.*?)(?=\s+(?:" + "|".join(_KEYWORDS)
+    + r")\s*=|\s*$)", re.IGNORECASE | re.DOTALL)
+
+
+class DsnError(BackendError):
+    """``HOMELOC_PG_DSN`` cannot be parsed (a usage error: exit 2)."""
+
+
 def split_password(dsn: str) -> tuple[str, str | None]:
     """``(dsn without its password, the password or None)`` of a libpq DSN or URL.
 
     A password written into ``HOMELOC_PG_DSN`` must not end up in settings,
-    resource config (shown in the UI) or messages: it is taken out here and
-    handed to libpq only at connect time.
+    resource config (shown in the UI and kept in Dagster's storage) or
+    messages: it is cut out here, before libpq sees the DSN, and handed to
+    libpq only at connect time. Malformed DSNs are cut defensively: in a URL
+    the password runs from the first ``:`` of the user part to the *last*
+    ``@`` (so an unencoded ``@``, ``/`` or ``:`` stays in it); in ``key=value``
+    form an unquoted password with spaces runs until the next keyword.
     """
-    from psycopg2 import ProgrammingError
-    from psycopg2.extensions import make_dsn, parse_dsn
+    from urllib.parse import unquote
 
-    try:
-        params = parse_dsn(dsn)
-    except ProgrammingError:  # not a DSN libpq understands: connecting will say so
-        return redact(dsn), None
-    password = params.pop("password", None)
-    if password is None:
-        return dsn, None
-    return make_dsn(**params), password
+    text = dsn.strip()
+    m = re.match(r"(?i)(postgres(?:ql)?://)(.*)$", text, re.DOTALL)
+    if m:
+        scheme, rest = m.groups()
+        at = rest.rfind("@")
+        if at < 0:
+            return text, None
+        userinfo, hostpart = rest[:at], rest[at + 1:]
+        user, colon, password = userinfo.partition(":")
+        if not colon:
+            return text, None
+        return f"{scheme}{user}@{hostpart}", unquote(password)
+    pm = _KV_PASSWORD.search(text)
+    if pm is None:
+        return text, None
+    raw = pm.group(1)
+    if raw.startswith("'") and raw.endswith("'") and len(raw) >= 2:
+        password = re.sub(r"\\(.)", r"\1", raw[1:-1])
+    else:
+        password = raw.strip("'")
+    rest = (text[: pm.start()] + " " + text[pm.end():]).strip()
+    return " ".join(rest.split()), password
 
 
 @dataclass(frozen=True)
@@ -127,10 +156,38 @@ def redact(text: str) -> str:
     """Remove passwords from a DSN, URL or error message."""
     text = _SECRET_PATTERNS[0].sub(r"\1***", text)
     text = _SECRET_PATTERNS[1].sub(r"\1***\3", text)
-    secret = os.environ.get("HOMELOC_PG_PASSWORD") or os.environ.get("PGPASSWORD")
-    if secret:
-        text = text.replace(secret, "***")
+    secrets = [os.environ.get("HOMELOC_PG_PASSWORD"), os.environ.get("PGPASSWORD")]
+    env_dsn = os.environ.get("HOMELOC_PG_DSN")
+    if env_dsn:
+        secrets.append(split_password(env_dsn)[1])
+    for secret in filter(None, secrets):
+        # the whole password, then any piece of it that a parser may have cut out
+        pieces = [secret, *re.split(r"[@/:\s?#&=]+", secret)]
+        for piece in sorted(set(pieces), key=len, reverse=True):
+            if len(piece) >= 3 or piece == secret:
+                text = text.replace(piece, "***")
     return text
+
+
+#: connection failures that a retry cannot cure: fail at once
+_FATAL = re.compile(
+    r"password authentication failed|no password supplied|authentication failed|"
+    r"role .* does not exist|database .* does not exist|no pg_hba\.conf entry|"
+    r"permission denied|invalid (?:dsn|connection option|integer value|sslmode)|"
+    r"missing \"=\"|unterminated quoted string|invalid URI|invalid port", re.IGNORECASE)
+
+
+def _parse_problem(text: str) -> str:
+    """What libpq says is wrong with a DSN, without the quoted parts of the DSN it echoes."""
+    first = text.strip().splitlines()[0] if text.strip() else "cannot parse it"
+    first = re.sub(r'"[^"]*"', '"…"', first)
+    return re.sub(r"^invalid dsn:\s*", "", first)
+
+
+def _server_reason(text: str) -> str:
+    """The server's reason of a failed connection (after ``FATAL:``), else the text."""
+    m = re.search(r"FATAL:\s*(.*)", text, re.DOTALL)
+    return m.group(1) if m else text
 
 
 def _one_line(text: str) -> str:
@@ -151,20 +208,39 @@ class PostgresBackend:
     def _connect(self):
         import psycopg2
 
-        conn = psycopg2.connect(**self.settings.connect_kwargs())
+        try:
+            conn = psycopg2.connect(**self.settings.connect_kwargs())
+        except psycopg2.ProgrammingError as exc:  # libpq's parse errors echo the DSN: not shown
+            raise DsnError(
+                f"HOMELOC_PG_DSN is not a valid libpq connection string "
+                f"({_parse_problem(str(exc))}); give key=value pairs or a postgresql:// URL, "
+                f"and the password in HOMELOC_PG_PASSWORD"
+            ) from None
+        except psycopg2.OperationalError as exc:
+            text = str(exc)
+            if _FATAL.search(text):  # wrong password, role or database: retrying cannot help
+                raise BackendError(
+                    f"PostgreSQL at {self.settings.describe()} refused the connection: "
+                    f"{_one_line(redact(_server_reason(text)))}"
+                ) from None
+            raise
         conn.autocommit = False
         with conn.cursor() as cur:
             cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'hll'")
             if cur.fetchone() is None:
-                try:
-                    cur.execute("CREATE EXTENSION IF NOT EXISTS hll")
-                    conn.commit()
-                except psycopg2.Error as exc:
-                    conn.close()
-                    raise BackendError(
-                        f"the hll extension is not available in {self.settings.describe()}: "
-                        f"{INSTALL_HINT} ({_one_line(redact(str(exc)))})"
-                    ) from None
+                # never created behind the user's back: say what to run
+                cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'hll'")
+                available = cur.fetchone() is not None
+                cur.execute("SELECT current_database()")
+                db = cur.fetchone()[0]
+                conn.close()
+                hint = ("run `CREATE EXTENSION hll;` in that database as a role that may "
+                        "(homeloc never creates extensions itself)"
+                        if available else INSTALL_HINT + " (homeloc never creates extensions itself)")
+                raise BackendError(
+                    f"the hll extension is not available in database {db!r} at "
+                    f"{self.settings.describe()}: {hint}"
+                )
             cur.execute(
                 "CREATE TEMPORARY TABLE IF NOT EXISTS homeloc_batch (g bigint NOT NULL, h hll NOT NULL)"
             )
