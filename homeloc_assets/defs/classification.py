@@ -150,6 +150,17 @@ def user_classification(
     )
 
 
+def line_offsets(homeloc: HomelocConfig, keys: list[str], stats: dict[str, dict]) -> dict[str, int]:
+    """Per batch the input lines before it (header lines read from each plan's file)."""
+    catalog = Catalog(homeloc.storage_dir)
+    header_lines = {}
+    for plan_id in {s["plan_id"] for s in stats.values()}:
+        plan = catalog.load_plan(plan_id)
+        with open(plan.path, "rb") as fh:
+            header_lines[plan_id] = fh.read(plan.header_end).count(b"\n")
+    return global_line_offsets(keys, stats, header_lines)
+
+
 STOPPED_DIR = "stopped_run"
 
 
@@ -162,13 +173,7 @@ def write_stopped_rejects(homeloc: HomelocConfig, keys: list[str],
     """
     from homeloc_assets.exports import REJECTS_SCHEMA, _global_rejects, _stream_csv
 
-    catalog = Catalog(homeloc.storage_dir)
-    header_lines = {}
-    for plan_id in {s["plan_id"] for s in stats.values()}:
-        plan = catalog.load_plan(plan_id)
-        with open(plan.path, "rb") as fh:
-            header_lines[plan_id] = fh.read(plan.header_end).count(b"\n")
-    offsets = global_line_offsets(keys, stats, header_lines)
+    offsets = line_offsets(homeloc, keys, stats)
     rejects = PartitionedTables({k: tables_dir(homeloc) / "rejected_rows" / f"{k}.parquet"
                                  for k in keys})
     target = Path(homeloc.output_dir) / STOPPED_DIR / "rejected_rows.csv"
@@ -290,13 +295,7 @@ def homeloc_exports(
     homes = _as_partitioned(user_home_locations)
     keys = homes.keys()
     stats = batch_stats(homeloc, keys)
-    catalog = Catalog(homeloc.storage_dir)
-    header_lines = {}
-    for plan_id in {s["plan_id"] for s in stats.values()}:
-        plan = catalog.load_plan(plan_id)
-        with open(plan.path, "rb") as fh:
-            header_lines[plan_id] = fh.read(plan.header_end).count(b"\n")
-    offsets = global_line_offsets(keys, stats, header_lines)
+    offsets = line_offsets(homeloc, keys, stats)
     cls_path = classification_path(homeloc)
     info = read_run_info(cls_path)
     cls = pq.read_table(cls_path, columns=["classification"],
