@@ -327,3 +327,18 @@ def test_above_max_reject_share_the_run_fails_without_exports(damaged_case, tmp_
     assert "rejected" in msg and "limit" in msg and "--max-reject-share" in msg, msg
     assert not any((out / n).exists() for n in EXPORTS), export_files(out).keys()
     assert not export_files(out)
+
+
+def test_every_row_rejected_writes_the_rejects_before_stopping(tmp_path):
+    """Issue 10: the reject-share stop writes <out>/stopped_run/rejected_rows.csv and names it."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(HEADER + b"\na,52.5,13.4,zz\nb,48.8,2.3,zz\nc,41.9,12.5,\\xnothex\n")
+    out = tmp_path / "out"
+    res = homeloc(*run_args(src, out, "--no-figures"), check=False)
+    assert res.returncode == 2
+    line = one_error_line(res)
+    stopped = out / "stopped_run" / "rejected_rows.csv"
+    assert str(stopped.resolve()) in line and "(3)" in line and "not bytea hex" in line, line
+    rej = pd.read_csv(stopped)
+    assert rej.line.tolist() == [2, 3, 4]
+    assert not (out / "user_home_locations.csv").exists()

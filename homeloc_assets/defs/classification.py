@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from homeloc_assets.atomic import atomic_path
 from homeloc_assets.batch_runner import read_stats
 from homeloc_assets.catalog import Catalog
 from homeloc_assets.defs.batches import stats_dir, tables_dir
@@ -77,10 +78,11 @@ def user_classification(
     rejected = sum(s["rejected"] for s in stats.values())
     share = rejected / (rows + rejected) if rows + rejected else 0.0
     if share > homeloc.max_reject_share:
+        where, top = write_stopped_rejects(homeloc, homes.keys(), stats)
         raise RejectShareError(
             f"{rejected} of {rows + rejected} rows rejected ({share:.2%}) — above the limit of "
-            f"{homeloc.max_reject_share:.2%}; see rejected_rows for the reasons "
-            "(raise --max-reject-share to accept)"
+            f"{homeloc.max_reject_share:.2%}; most common reasons: {top}; all rejected rows: "
+            f"{where} (raise --max-reject-share to accept)"
         )
     check_input_grouping(homeloc, stats)
     settings = homeloc.settings
@@ -146,6 +148,43 @@ def user_classification(
         check_name="reject_share_below_limit", passed=share <= homeloc.max_reject_share,
         metadata={"rejected": rejected, "share": round(share, 6)},
     )
+
+
+def line_offsets(homeloc: HomelocConfig, keys: list[str], stats: dict[str, dict]) -> dict[str, int]:
+    """Per batch the input lines before it (header lines read from each plan's file)."""
+    catalog = Catalog(homeloc.storage_dir)
+    header_lines = {}
+    for plan_id in {s["plan_id"] for s in stats.values()}:
+        plan = catalog.load_plan(plan_id)
+        with open(plan.path, "rb") as fh:
+            header_lines[plan_id] = fh.read(plan.header_end).count(b"\n")
+    return global_line_offsets(keys, stats, header_lines)
+
+
+STOPPED_DIR = "stopped_run"
+
+
+def write_stopped_rejects(homeloc: HomelocConfig, keys: list[str],
+                          stats: dict[str, dict]) -> tuple[Path, str]:
+    """Write ``<out>/stopped_run/rejected_rows.csv`` before a threshold stops the run.
+
+    Returns its path and the three most common reasons with their counts, so
+    the message can name them; the published exports are not touched.
+    """
+    from homeloc_assets.exports import REJECTS_SCHEMA, _global_rejects, _stream_csv
+
+    offsets = line_offsets(homeloc, keys, stats)
+    rejects = PartitionedTables({k: tables_dir(homeloc) / "rejected_rows" / f"{k}.parquet"
+                                 for k in keys})
+    target = Path(homeloc.output_dir) / STOPPED_DIR / "rejected_rows.csv"
+    with atomic_path(target) as tmp:
+        _stream_csv(tmp, _global_rejects(rejects, offsets), REJECTS_SCHEMA)
+    counts: dict[str, int] = {}
+    for _, t in rejects.iter_tables(["reason"]):
+        for item in pc.value_counts(t.column("reason")).to_pylist():
+            counts[item["values"]] = counts.get(item["values"], 0) + int(item["counts"])
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    return target.resolve(), ", ".join(f"\"{r}\" ({n:,})" for r, n in top) or "none recorded"
 
 
 def run_info(homeloc: HomelocConfig, name: str, code: str, stats: dict[str, dict]) -> RunInfo:
@@ -256,13 +295,7 @@ def homeloc_exports(
     homes = _as_partitioned(user_home_locations)
     keys = homes.keys()
     stats = batch_stats(homeloc, keys)
-    catalog = Catalog(homeloc.storage_dir)
-    header_lines = {}
-    for plan_id in {s["plan_id"] for s in stats.values()}:
-        plan = catalog.load_plan(plan_id)
-        with open(plan.path, "rb") as fh:
-            header_lines[plan_id] = fh.read(plan.header_end).count(b"\n")
-    offsets = global_line_offsets(keys, stats, header_lines)
+    offsets = line_offsets(homeloc, keys, stats)
     cls_path = classification_path(homeloc)
     info = read_run_info(cls_path)
     cls = pq.read_table(cls_path, columns=["classification"],
