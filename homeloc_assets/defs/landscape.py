@@ -33,20 +33,13 @@ LANDSCAPE_FILES = ("landscape_cells.parquet", "landscape_cells.gpkg")
 _PARAMS_KEY = b"homeloc.landscape"
 
 
-def _by_key(value, keys: list[str]):
-    if isinstance(value, PartitionedTables):
-        yield from value.iter_tables()
-    else:
-        yield keys[0], value
-
-
 @dg.asset(
     group_name="landscape",
     kinds={"h3", "parquet"},
     partitions_def=user_batches,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_BATCHES_PER_RUN),
-    deps=["user_classification"],
-    ins={"user_locations": dg.AssetIn(), "user_home_locations": dg.AssetIn()},
+    # read here with only the columns and rows needed (the study country's)
+    deps=["user_classification", "user_locations", "user_home_locations"],
     description=(
         "Per batch, H3 cell (HOMELOC_CELL_RESOLUTION) and class: hll_union_agg of the userday "
         "HLLs of that class's users' locations in the study country, distinct users, users "
@@ -56,18 +49,25 @@ def _by_key(value, keys: list[str]):
 def landscape_batch_cells(
     context: dg.AssetExecutionContext,
     homeloc: HomelocConfig,
-    user_locations,
-    user_home_locations,
 ) -> StagedPartitions:
     """Union each batch's HLLs per (cell, class), classes as user_classification made them."""
     info = read_run_info(classification_path(homeloc))
     p = homeloc.settings.landscape_params
     keys = list(context.partition_keys)
-    homes = dict(_by_key(user_home_locations, keys))
     staged = {}
-    meta = {_PARAMS_KEY: f"{p.resolution},{p.ring},{info.study_country_code}".encode()}
-    for key, locs in _by_key(user_locations, keys):
-        classes = classify_homes(homes[key], info.study_country_code, info.min_userdays)
+    code = info.study_country_code
+    meta = {_PARAMS_KEY: f"{p.resolution},{p.ring},{code}".encode()}
+    tdir = tables_dir(homeloc)
+    for key in keys:
+        files = [tdir / a / f"{key}.parquet" for a in ("user_locations", "user_home_locations")]
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            raise dg.Failure(f"batch {key} is not materialized yet ({missing[0]})")
+        locs = pq.read_table(files[0], filters=[("country_code", "=", code)], columns=[
+            "user_guid", "latitude", "longitude", "country_code", "userday_hll"])
+        homes = pq.read_table(files[1], columns=["user_guid", "country_code", "total_userdays"])
+        classes = classify_homes(homes.append_column("country", homes.column("country_code")),
+                                 code, info.min_userdays)
         t = batch_cells(locs, classes, info.study_country_code, p.resolution, p.ring)
         target = tables_dir(homeloc) / "landscape_batch_cells" / f".{key}.{time.time_ns()}.staged"
         target.parent.mkdir(parents=True, exist_ok=True)
