@@ -191,6 +191,12 @@ def test_exports_and_figures(run):
     assert g.geometry[:50].contains(gpd.GeoSeries(centres), align=False).all()
     for name in ("landscape_category_map", "landscape_share_map"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # written again: the same bytes (the GeoPackage's timestamp is fixed)
+    from homeloc_assets.defs.landscape import write_landscape
+
+    again = write_landscape(out / "again", pq.read_table(out / "landscape_cells.parquet"))
+    for name, path in again.items():
+        assert path.read_bytes() == (out / name).read_bytes()
     md = {e.asset_key.to_user_string(): e.materialization.metadata
           for e in res.get_asset_materialization_events()}
     assert "(data:image/png;base64," in md["landscape_category_map"]["preview"].value

@@ -139,9 +139,25 @@ def write_landscape(out_dir: str | Path, table: pa.Table) -> dict[str, Path]:
             tmp.unlink()
             with warnings.catch_warnings():  # the temporary name does not end in .gpkg
                 warnings.simplefilter("ignore", RuntimeWarning)
-                landscape_frame(table).to_file(tmp, driver="GPKG", layer="landscape_cells")
+                _write_gpkg(landscape_frame(table), tmp)
     return paths
 
+
+def _write_gpkg(frame: gpd.GeoDataFrame, path: Path) -> None:
+    """GeoPackage with a fixed timestamp, so the same cells give the same bytes."""
+    import pyogrio
+
+    key = "OGR_CURRENT_DATE"
+    old = pyogrio.get_gdal_config_option(key)
+    pyogrio.set_gdal_config_options({key: GPKG_DATE})
+    try:
+        frame.to_file(path, driver="GPKG", layer="landscape_cells")
+    finally:
+        pyogrio.set_gdal_config_options({key: old})
+
+
+#: the GeoPackage's "last change" (GDAL writes the current time otherwise)
+GPKG_DATE = "2000-01-01T00:00:00.000Z"
 
 _MAP = {
     "group_name": "landscape",
