@@ -209,3 +209,16 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="ring"):
         Settings.from_env({"HOMELOC_CELL_RING": "-1"})
     assert Settings.from_env({"HOMELOC_CELL_RESOLUTION": "9"}).landscape_params.resolution == 9
+
+
+def test_a_batch_without_points_in_the_study_country_gives_no_cells():
+    from homeloc_assets.inference.landscape import batch_cells
+
+    locs = pa.table({"user_guid": ["a"], "latitude": [48.0], "longitude": [11.0],
+                     "country_code": ["FRA"],
+                     "userday_hll": pa.array([b"\x11\x8b\x7f"], pa.binary())})
+    cls = pa.table({"user_guid": ["a"], "classification": ["Tourist"]})
+    b = batch_cells(locs, cls, "DEU", 8, 1)
+    assert b.num_rows == 0
+    t, info = landscape_table(combine([b]), LandscapeParams())
+    assert t.num_rows == 0 and info["cells"] == 0
