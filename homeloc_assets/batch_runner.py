@@ -6,17 +6,19 @@ that asset's partition, then its counts file last: a batch is finished exactly
 when that file exists, so a killed run resumes without redoing finished
 batches. No Dagster here.
 
-A worker holds an exclusive ``flock`` on ``<stats>/.locks/<key>.lock`` while it
+A worker holds the lease ``<stats>/.locks/<key>.lease`` (``homeloc_assets.lease``:
+exclusive create plus heartbeat, safe on NFS where ``flock`` is not) while it
 works on a batch: two runs of the same batch at once take turns (the second
 one reuses what the first one just finished instead of writing it again), and
 the holder first removes temporary files of that batch that a killed worker
-(``kill -9``) left behind, as no live process can still be writing them.
+(``kill -9``, or a Dask worker lost with its machine) left behind, as no live
+process can still be writing them. Batches run in a local process pool, or on
+a Dask cluster when a scheduler address is given (``homeloc_assets.executors``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import pickle
@@ -32,6 +34,8 @@ from homeloc_assets.atomic import remove_temporaries, write_text_atomic
 from homeloc_assets.backends import PostgresSettings, make_backend
 from homeloc_assets.catalog import BatchRef
 from homeloc_assets.inference import process_batch
+from homeloc_assets.inputs.reader import USERS_SCHEMA
+from homeloc_assets.lease import lease
 from homeloc_assets.tables import write_table
 
 #: asset name -> attribute of BatchResult
@@ -54,6 +58,20 @@ class WorkerSetup:
     pg: PostgresSettings | None
     tables_dir: str
     stats_dir: str
+    layers_pickle: bytes = b""  # pickled tuple of extra region layers (geo.layers)
+    layer_names: tuple[str, ...] = ()
+
+    @property
+    def assets(self) -> list[str]:
+        """Every per-batch asset this setup writes: the four tables, then two per layer."""
+        return batch_assets(self.layer_names)
+
+
+def batch_assets(layer_names: Sequence[str] = ()) -> list[str]:
+    """The per-batch assets for the given extra layers (the four tables first)."""
+    from homeloc_assets.geo.layers import layer_assets
+
+    return [*BATCH_TABLES, *(a for n in layer_names for a in layer_assets(n))]
 
 
 _STATE: dict = {}
@@ -62,42 +80,39 @@ _STATE: dict = {}
 def _init_worker(setup: WorkerSetup) -> None:
     _STATE["setup"] = setup
     _STATE["lookup"] = pickle.loads(setup.lookup_pickle)
+    _STATE["layers"] = pickle.loads(setup.layers_pickle) if setup.layers_pickle else ()
     _STATE["backend"] = make_backend(setup.backend, setup.pg)
 
 
 @contextlib.contextmanager
 def batch_lock(stats_dir: str | os.PathLike[str], key: str) -> Iterator[bool]:
-    """Hold the exclusive lock of batch ``key``; yields True when another process held it first."""
-    lock_dir = Path(stats_dir) / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            waited = False
-        except BlockingIOError:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            waited = True
-        yield waited
-    finally:
-        os.close(fd)  # releases the lock (also when the process is killed)
+    """Hold the lease of batch ``key``; yields True when another process held it first.
+
+    That process may have finished the batch before releasing it or dying. A
+    lease left by a killed holder is taken over: at once on the same machine,
+    after ``HOMELOC_LEASE_TIMEOUT`` seconds without heartbeat otherwise.
+    """
+    with lease(Path(stats_dir) / ".locks" / f"{key}.lease") as held:
+        yield held.waited or held.took_over is not None
 
 
 def remove_stale_temporaries(tables_dir: str | os.PathLike[str],
-                             stats_dir: str | os.PathLike[str], key: str) -> list[Path]:
+                             stats_dir: str | os.PathLike[str], key: str,
+                             assets: Sequence[str] = tuple(BATCH_TABLES)) -> list[Path]:
     """Delete temporary files of batch ``key`` left by a killed writer (hold its lock)."""
-    targets = [Path(tables_dir) / a / f"{key}.parquet" for a in BATCH_TABLES]
+    targets = [Path(tables_dir) / a / f"{key}.parquet" for a in assets]
     targets.append(Path(stats_dir) / f"{key}.json")
+    targets.append(users_path(stats_dir, key))
     return [p for t in targets for p in remove_temporaries(t)]
 
 
 def _run_one(ref: BatchRef) -> dict:
     setup: WorkerSetup = _STATE["setup"]
     with batch_lock(setup.stats_dir, ref.key) as waited:
-        remove_stale_temporaries(setup.tables_dir, setup.stats_dir, ref.key)
-        if waited and is_finished(setup.tables_dir, setup.stats_dir, ref.key):
+        remove_stale_temporaries(setup.tables_dir, setup.stats_dir, ref.key, setup.assets)
+        if waited and is_finished(setup.tables_dir, setup.stats_dir, ref.key, setup.assets):
             # another run computed this batch while we waited: same input, same result
-            files = {a: str(Path(setup.tables_dir) / a / f"{ref.key}.parquet") for a in BATCH_TABLES}
+            files = {a: str(Path(setup.tables_dir) / a / f"{ref.key}.parquet") for a in setup.assets}
             return {"key": ref.key, "files": files, "stats": read_stats(setup.stats_dir, ref.key)}
         return _compute(ref, setup)
 
@@ -111,12 +126,18 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
         setup.country_codes,
         _STATE["lookup"],
         _STATE["backend"],
+        _STATE["layers"],
+        expected=(ref.size, ref.mtime_ns, ref.fingerprint),
     )
+    tables = {asset: getattr(result, attr) for asset, attr in BATCH_TABLES.items()}
+    tables.update(result.layer_tables)
     files = {}
-    for asset, attr in BATCH_TABLES.items():
+    for asset, table in tables.items():
         target = Path(setup.tables_dir) / asset / f"{ref.key}.parquet"
-        write_table(getattr(result, attr), target)
+        write_table(table, target)
         files[asset] = str(target)
+    write_table(result.users if result.users is not None else USERS_SCHEMA.empty_table(),
+                users_path(setup.stats_dir, ref.key))
     stats = dict(result.stats, key=ref.key, plan_id=ref.plan_id, index=ref.index)
     # written last: a batch is finished exactly when its stats file exists
     write_text_atomic(Path(setup.stats_dir) / f"{ref.key}.json", json.dumps(stats, sort_keys=True))
@@ -128,10 +149,12 @@ def run_batches(
     setup: WorkerSetup,
     workers: int,
     on_done: Callable[[dict], None] | None = None,
+    dask_scheduler: str | None = None,
 ) -> list[dict]:
-    """Process ``refs`` on ``workers`` processes (in this process when 1); results in input order."""
+    """Process ``refs`` on ``workers`` processes (in this process when 1), or on the Dask
+    cluster at ``dask_scheduler`` when given; results in input order."""
     results: list[dict] = []
-    for res in _iter_results(refs, setup, workers):
+    for res in _iter_results(refs, setup, workers, dask_scheduler):
         if on_done is not None:
             on_done(res)
         results.append(res)
@@ -140,7 +163,13 @@ def run_batches(
     return results
 
 
-def _iter_results(refs: Sequence[BatchRef], setup: WorkerSetup, workers: int) -> Iterator[dict]:
+def _iter_results(refs: Sequence[BatchRef], setup: WorkerSetup, workers: int,
+                  dask_scheduler: str | None = None) -> Iterator[dict]:
+    if dask_scheduler and refs:
+        from homeloc_assets.executors import iter_dask
+
+        yield from iter_dask(refs, setup, dask_scheduler)
+        return
     workers = max(1, min(workers, len(refs)))
     if workers == 1:
         _init_worker(setup)
@@ -158,6 +187,11 @@ def _iter_results(refs: Sequence[BatchRef], setup: WorkerSetup, workers: int) ->
         yield from pool.map(_run_one, refs, chunksize=1)
 
 
+def users_path(stats_dir: str | os.PathLike[str], key: str) -> Path:
+    """Where batch ``key`` records its users (hashes and first offsets) for the grouping check."""
+    return Path(stats_dir) / f"{key}.users.parquet"
+
+
 def read_stats(stats_dir: str | os.PathLike[str], key: str) -> dict | None:
     """The counts a worker recorded for batch ``key`` (None: not finished)."""
     path = Path(stats_dir) / f"{key}.json"
@@ -166,8 +200,13 @@ def read_stats(stats_dir: str | os.PathLike[str], key: str) -> dict | None:
     return json.loads(path.read_text())
 
 
-def is_finished(tables_dir: str | os.PathLike[str], stats_dir: str | os.PathLike[str], key: str) -> bool:
-    """True when batch ``key`` has its counts file and all its tables."""
-    if not (Path(stats_dir) / f"{key}.json").exists():
+def is_finished(tables_dir: str | os.PathLike[str], stats_dir: str | os.PathLike[str], key: str,
+                assets: Sequence[str] = tuple(BATCH_TABLES)) -> bool:
+    """True when batch ``key`` has its counts file and all its tables (of ``assets``).
+
+    A batch finished before a region layer was added lacks that layer's
+    tables, so it is not finished for a run with that layer.
+    """
+    if not (Path(stats_dir) / f"{key}.json").exists() or not users_path(stats_dir, key).exists():
         return False
-    return all((Path(tables_dir) / a / f"{key}.parquet").exists() for a in BATCH_TABLES)
+    return all((Path(tables_dir) / a / f"{key}.parquet").exists() for a in assets)

@@ -29,6 +29,9 @@ class BatchRef:
     path: str
     start: int
     end: int
+    size: int = -1  # the file as planned: a batch refuses a file that changed since
+    mtime_ns: int = -1
+    fingerprint: str = ""
 
 
 def plan_id_for(plan: BatchPlan, batch_users: int) -> str:
@@ -91,7 +94,8 @@ class Catalog:
         if index >= len(plan.batches):
             raise KeyError(f"batch {key!r}: plan {plan_id!r} has {len(plan.batches)} batches")
         b = plan.batches[index]
-        return BatchRef(key, plan_id, index, str(plan.path), b.start, b.end)
+        return BatchRef(key, plan_id, index, str(plan.path), b.start, b.end,
+                        plan.size, plan.mtime_ns, plan.fingerprint)
 
     def keys(self, plan_id: str) -> list[str]:
         """The partition keys of stored plan ``plan_id``, in file order."""

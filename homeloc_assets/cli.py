@@ -38,10 +38,23 @@ def _add_run(sub) -> None:
     p.add_argument("--study-country", default=None, help="name or ISO alpha-3 code (default Germany)")
     p.add_argument("--min-userdays", type=float, default=None,
                    help="users with fewer distinct userdays are undetermined (default 0)")
+    p.add_argument("--min-share", type=float, default=None,
+                   help="users whose home has a smaller share of their userdays are undetermined (default 0)")
+    p.add_argument("--min-margin", type=float, default=None,
+                   help="users whose home leads the runner-up by fewer userdays are undetermined (default 0)")
+    p.add_argument("--layer", action="append", default=None, metavar="NAME=SPEC",
+                   help="extra region layer, repeatable: NAME=h3:RES or NAME=PATH[#NAME_COLUMN,CODE_COLUMN] "
+                        "(default: HOMELOC_LAYERS)")
+    p.add_argument("--study-region", default=None, metavar="LAYER=CODE",
+                   help="a region of a layer inside the study country: classes Local, Domestic tourist, "
+                        "International tourist")
     p.add_argument("--batch-users", type=int, default=None, help="users per batch (default 50000)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     p.add_argument("--max-reject-share", type=float, default=None,
                    help="fail when more than this share of rows is rejected (default 0.01)")
+    p.add_argument("--dask", default=None, metavar="SCHEDULER",
+                   help="run the batches on this Dask cluster, tcp://host:8786 or a scheduler "
+                        "file (default: HOMELOC_DASK_SCHEDULER, else a local process pool)")
     p.add_argument("--dagster-home", default=None,
                    help="Dagster instance folder, to see the runs in the UI "
                         "(default: DAGSTER_HOME, else a temporary instance)")
@@ -68,18 +81,39 @@ def _instance(home: Path):
     return dg.DagsterInstance.get()
 
 
-def _failure_reason(result) -> str:
-    """The innermost error message of a failed in-process run, on one line."""
+#: errors that mean "the input (or a choice of the user) is wrong": exit 2
+_USAGE_ERRORS = {"InputError", "RejectShareError", "CountryError", "LayerError"}
+
+
+def _failure(result) -> tuple[str, int]:
+    """The innermost real error of a failed in-process run on one line, and its exit code.
+
+    An error raised in a worker process arrives wrapped (the pool's
+    ``_RemoteTraceback`` is its cause): the reason is the exception itself,
+    not the traceback text.
+    """
     for event in result.all_events:
         if event.is_step_failure:
             err = event.step_failure_data.error
-            while err is not None and err.cause is not None:
+            chain = []
+            while err is not None:
+                chain.append(err)
                 err = err.cause
-            if err is not None:
-                msg = err.message.strip().splitlines()
-                text = msg[0] if msg else (err.cls_name or "error")
-                return re.sub(r"^[\w.]+: ", "", text)
-    return "run failed"
+            real = [e for e in chain if e.cls_name not in ("_RemoteTraceback", "RemoteTraceback")]
+            for e in reversed(real or chain):
+                text = (e.message or "").strip()
+                lines = [ln for ln in text.splitlines() if ln.strip()]
+                if lines:
+                    msg = re.sub(r"^[\w.]+: ", "", lines[0].strip())
+                    code = EXIT_USAGE if any(e2.cls_name in _USAGE_ERRORS for e2 in chain) else EXIT_FAILED
+                    return msg, code
+            return (real or chain)[0].cls_name or "error", EXIT_FAILED
+    return "run failed", EXIT_FAILED
+
+
+def _failure_reason(result) -> str:
+    """The innermost error message of a failed in-process run, on one line."""
+    return _failure(result)[0]
 
 
 def _quiet_logs() -> dict:
@@ -176,11 +210,16 @@ def cmd_run(args) -> int:
             backend=args.backend,
             study_country=args.study_country,
             min_userdays=args.min_userdays,
+            min_share=args.min_share,
+            min_margin=args.min_margin,
+            layers=";".join(args.layer) if args.layer else None,
+            study_region=args.study_region,
             batch_users=args.batch_users,
             workers=args.workers,
             max_reject_share=args.max_reject_share,
             cell_resolution=args.cell_resolution,
             cell_ring=args.cell_ring,
+            dask_scheduler=args.dask,
         )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -210,7 +249,9 @@ def cmd_run(args) -> int:
     say = (lambda *a: None) if args.quiet else (lambda m: print(f"homeloc: {m}", file=sys.stderr, flush=True))
 
     say(f"{input_path}: {len(keys)} batch(es) of about {settings.batch_users} users; "
-        f"backend {settings.backend}; {settings.n_workers} worker(s)")
+        f"backend {settings.backend}; "
+        + (f"Dask cluster {settings.dask_scheduler}" if settings.dask_scheduler
+           else f"{settings.n_workers} worker(s)"))
     source = json.dumps([settings.countries_path, settings.countries_name_column,
                          settings.countries_code_column])
     countries_file = settings.tables_path / "countries.parquet"
@@ -225,20 +266,23 @@ def cmd_run(args) -> int:
             raise CliError(f"countries: {_failure_reason(res)}")
         marker.write_text(source)
 
-    from homeloc_assets.batch_runner import is_finished
+    from homeloc_assets.batch_runner import batch_assets, is_finished
     from homeloc_assets.geo import CountryError, resolve_country
+    from homeloc_assets.geo.layers import LayerError
 
     try:  # a wrong study country should stop the run before hours of batches
         import geopandas as gpd
 
         resolve_country(gpd.read_parquet(countries_file), settings.study_country)
-    except CountryError as exc:
+        _check_layers(settings)
+    except (CountryError, LayerError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 
     tags_all = {"dagster/asset_partition_range_start": keys[0],
                 "dagster/asset_partition_range_end": keys[-1]}
-    todo = [k for k in keys
-            if args.fresh or not is_finished(settings.tables_path, settings.stats_path, k)]
+    step_assets = batch_assets([spec.name for spec in settings.layer_specs])
+    todo = [k for k in keys if args.fresh
+            or not is_finished(settings.tables_path, settings.stats_path, k, step_assets)]
     if len(todo) < len(keys):
         say(f"resuming: {len(keys) - len(todo)} finished batch(es) kept")
     if todo:
@@ -251,23 +295,24 @@ def cmd_run(args) -> int:
         with _Progress(settings.stats_path, keys, args.quiet):
             res = dg.materialize(
                 assets,
-                selection=["user_locations", "user_country_userdays", "user_home_locations",
-                           "rejected_rows"],
+                selection=step_assets,
                 instance=instance, resources=resources, run_config=run_config,
                 tags=tags, raise_on_error=False,
             )
         if not res.success:
-            raise CliError(f"batches: {_failure_reason(res)}")
+            msg, code = _failure(res)
+            raise CliError(f"batches: {msg}", code)
     from homeloc_assets.defs.reports import REPORT_ASSETS
 
     final = ["user_classification", "homeloc_exports"]
     if not args.no_figures:
         final += [k.to_user_string() for a in REPORT_ASSETS for k in a.keys]
+        final.append("home_rule_sensitivity")
     res = dg.materialize(assets, selection=final,
                          instance=instance, resources=resources, run_config=log_cfg,
                          raise_on_error=False)
     if not res.success:
-        raise CliError(_failure_reason(res))
+        raise CliError(*_failure(res))
     if not args.no_landscape:
         from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS
 
@@ -278,11 +323,27 @@ def cmd_run(args) -> int:
             res = dg.materialize(assets, selection=sel, instance=instance, resources=resources,
                                  run_config=log_cfg, tags=t, raise_on_error=False)
             if not res.success:
-                raise CliError(f"landscape: {_failure_reason(res)}")
+                msg, code = _failure(res)
+                raise CliError(f"landscape: {msg}", code)
     summary = json.loads((out / "summary.json").read_text())
     elapsed = time.monotonic() - t0
     _print_summary(summary, out, elapsed)
     return EXIT_OK
+
+
+def _check_layers(settings) -> None:
+    """Load every region layer now (cached for the batches) and check the study region's code."""
+    import geopandas as gpd
+
+    from homeloc_assets.geo import resolve_country
+    from homeloc_assets.geo.layers import check_region_code, load_layer
+
+    layers = {s.name: load_layer(s, settings.storage_path / "lookup") for s in settings.layer_specs}
+    region = settings.study_region_spec
+    if region and region[0] == "country":
+        resolve_country(gpd.read_parquet(settings.tables_path / "countries.parquet"), region[1])
+    elif region:
+        check_region_code(layers[region[0]], region[1])
 
 
 def _sync_partitions(instance, catalog, name: str, path: Path, plan_id: str, keys: list[str]) -> None:
@@ -388,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_hll(sub)
     _add_ui(sub)
     extra = _explain_parser(sub)
+    extra.update(_add_sensitivity(sub))
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["synth"]:  # the generator owns its flags
         from homeloc_assets.synth import synth_main
@@ -404,6 +466,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("homeloc: interrupted", file=sys.stderr)
         return 130
+
+
+def _add_sensitivity(sub) -> dict:
+    """``homeloc sensitivity`` and ``homeloc validate --truth FILE``."""
+    from homeloc_assets import sensitivity
+
+    p = sub.add_parser("sensitivity", help="sweep home-rule thresholds over a finished run's homes",
+                       description="Sweep min userdays / share / margin over the per-user homes of "
+                                   "a finished run (never the input again): table and figure.")
+    sensitivity.add_arguments(p)
+    v = sub.add_parser("validate", help="accuracy of the home rules against a truth file",
+                       description="Like sensitivity, with accuracy, confusion counts and the "
+                                   "undetermined share against a truth CSV (user_guid,classification).")
+    sensitivity.add_arguments(v)
+    v.add_argument("--truth", required=True, help="truth CSV, e.g. the .truth.csv of homeloc synth")
+
+    def run(validate: bool):
+        def handler(args) -> int:
+            try:
+                return sensitivity.main(args, validate=validate)
+            except (FileNotFoundError, ValueError, KeyError) as exc:
+                raise CliError(str(exc).strip("'\""), EXIT_USAGE) from None
+        return handler
+
+    return {"sensitivity": run(False), "validate": run(True)}
 
 
 def _explain_parser(sub) -> dict:

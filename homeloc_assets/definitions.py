@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from homeloc_assets.defs.batches import user_batch_assets, user_batches
+from homeloc_assets.defs.batches import make_batch_assets, user_batch_assets, user_batches
 from homeloc_assets.defs.classification import homeloc_exports, user_classification
 from homeloc_assets.defs.countries import countries, world_countries
 from homeloc_assets.defs.io_managers import HomelocIOManager
@@ -16,6 +16,7 @@ from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS
 from homeloc_assets.defs.operations import JOBS, SCHEDULES, SENSORS
 from homeloc_assets.defs.reports import REPORT_ASSETS
 from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
+from homeloc_assets.defs.rules import home_rule_sensitivity
 from homeloc_assets.settings import Settings
 
 ASSETS = [
@@ -26,14 +27,22 @@ ASSETS = [
     homeloc_exports,
     *REPORT_ASSETS,
     *LANDSCAPE_ASSETS,
+    home_rule_sensitivity,
 ]
+
+
+def build_assets(settings: Settings) -> list:
+    """The assets for ``settings``: the batch step gains two assets per region layer."""
+    if not settings.layer_specs:
+        return ASSETS
+    return [make_batch_assets(settings.layer_specs) if a is user_batch_assets else a for a in ASSETS]
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     """Definitions for ``settings`` (default: from the ``HOMELOC_*`` environment)."""
     settings = settings or Settings.from_env()
     return dg.Definitions(
-        assets=ASSETS,
+        assets=build_assets(settings),
         sensors=SENSORS,
         schedules=SCHEDULES,
         jobs=JOBS,

@@ -18,7 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from homeloc_assets.atomic import atomic_path, remove_temporaries
+from homeloc_assets.geo.layers import layer_assets
 from homeloc_assets.inference import CLASS_UNDETERMINED
 from homeloc_assets.tables import PartitionedTables, csv_writer
 
@@ -37,6 +38,10 @@ EXPORT_FILES = (
     "rejected_rows.csv",
     "summary.json",
 )
+
+#: the contract columns of ``user_home_<NAME>.parquet``
+LAYER_HOME_COLUMNS = ["user_guid", "region", "region_code", "userdays", "total_userdays",
+                      "home_share", "runner_up_code", "margin", "tie", "status", "reason"]
 
 REJECTS_SCHEMA = pa.schema(
     [("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string()), ("batch", pa.string())]
@@ -107,8 +112,19 @@ def write_exports(
     rejects: PartitionedTables,
     line_offsets: dict[str, int],
     summary: dict,
+    home_evidence: Callable[[pa.Table], pa.Table] | None = None,
+    layers: dict[str, tuple[PartitionedTables, PartitionedTables]] | None = None,
+    layer_evidence: Callable[[pa.Table], pa.Table] | None = None,
 ) -> dict[str, Path]:
-    """Write all export files into ``out_dir``; returns name -> path."""
+    """Write all export files into ``out_dir``; returns name -> path.
+
+    ``home_evidence`` adds ``status``/``reason`` to each batch of homes;
+    ``layers`` maps a region layer's name to its (region userdays, homes)
+    partitions, exported as ``user_region_userdays_<NAME>.parquet`` and
+    ``user_home_<NAME>.parquet`` (with ``layer_evidence``'s columns).
+    """
+    home_evidence = home_evidence or (lambda t: t)
+    layer_evidence = layer_evidence or (lambda t: t)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with exports_lock(out_dir), _Writers(out_dir) as w:
@@ -133,8 +149,14 @@ def write_exports(
                 ["user_guid", "country", "country_code", "userdays", "locations"])),
         )
         _stream_parquet(
-            w.path("user_home_locations.parquet"), (t for _, t in homes.iter_tables())
+            w.path("user_home_locations.parquet"),
+            (home_evidence(t) for _, t in homes.iter_tables()),
         )
+        for name, (region_userdays, region_homes) in (layers or {}).items():
+            ud_file, home_file = (f"{a}.parquet" for a in layer_assets(name))
+            _stream_parquet(w.path(ud_file), (t for _, t in region_userdays.iter_tables()))
+            _stream_parquet(w.path(home_file), (
+                layer_evidence(t).select(LAYER_HOME_COLUMNS) for _, t in region_homes.iter_tables()))
         _stream_csv(w.path("rejected_rows.csv"), _global_rejects(rejects, line_offsets), REJECTS_SCHEMA)
         w.path("summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         paths = {name: out_dir / name for name in w.paths}

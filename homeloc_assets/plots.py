@@ -33,7 +33,8 @@ MOLLWEIDE = "ESRI:54009"
 WORLD_SIMPLIFY_DEG = 0.1
 
 CLASS_ORDER = ("Local", "Tourist", "undetermined")
-CLASS_COLORS = {"Local": "#1f77b4", "Tourist": "#ff7f0e", "undetermined": "#9e9e9e"}
+CLASS_COLORS = {"Local": "#1f77b4", "Tourist": "#ff7f0e", "undetermined": "#9e9e9e",
+                "Domestic tourist": "#ffbb78", "International tourist": "#ff7f0e"}
 NO_DATA_COLOR = "#eeeeee"
 EDGE_COLOR = "#9a9a9a"
 HIGHLIGHT_COLOR = "#d62728"
@@ -53,7 +54,9 @@ def classification_bar(
     The seed notebook's ``countplot`` of Locals vs Tourists; classes with no
     user are still drawn (height 0) so charts of different runs line up.
     """
-    labels = list(CLASS_ORDER) + sorted(k for k in counts if k not in CLASS_ORDER)
+    nested = [k for k in ("Domestic tourist", "International tourist") if k in counts]
+    order = ["Local", *nested, "undetermined"] if nested else list(CLASS_ORDER)
+    labels = order + sorted(k for k in counts if k not in order and k != "Tourist")
     values = [int(counts.get(k, 0)) for k in labels]
     total = sum(values)
     fig = _figure(6.0, 4.0)

@@ -44,6 +44,12 @@ class RunInfo:
     max_reject_share: float
     batch_users: int
     inputs: tuple[InputInfo, ...] = field(default_factory=tuple)
+    min_share: float = 0.0
+    min_margin: float = 0.0
+    study_region: str = ""  # LAYER=CODE, or "" for the plain Local/Tourist classes
+    layers: tuple[str, ...] = ()  # NAME=SPEC of each extra region layer
+    hll_log2m: int = 11
+    hll_explicit_max: int = 160
 
     @property
     def study_label(self) -> str:
@@ -59,6 +65,7 @@ class RunInfo:
         """The info from :meth:`to_json` output."""
         d = json.loads(text)
         d["inputs"] = tuple(InputInfo(**i) for i in d.get("inputs", ()))
+        d["layers"] = tuple(d.get("layers", ()))
         return cls(**d)
 
     def attach(self, schema: pa.Schema) -> pa.Schema:

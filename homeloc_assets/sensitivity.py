@@ -24,7 +24,7 @@ from homeloc_assets.atomic import atomic_path
 from homeloc_assets.inference.rules import HomeRule, rule_grid, sensitivity
 
 HOMES_FILE = "user_home_locations.parquet"
-_COLUMNS = ["user_guid", "country_code", "userdays", "total_userdays", "home_share",
+HOMES_COLUMNS = ["user_guid", "country_code", "userdays", "total_userdays", "home_share",
             "runner_up_userdays", "tie"]
 
 
@@ -42,7 +42,7 @@ def read_homes(out_dir: str | Path) -> pa.Table:
     path = Path(out_dir) / HOMES_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `homeloc run --out {out_dir}` first")
-    return pq.read_table(path, columns=_COLUMNS)
+    return pq.read_table(path, columns=HOMES_COLUMNS)
 
 
 def read_truth(path: str | Path) -> pa.Table:
@@ -135,12 +135,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-figures", action="store_true")
 
 
-def _study_code(args: argparse.Namespace) -> str:
-    """The study country's code: as given (resolved on the run's countries), else the run's own."""
+def _summary(out_dir: str | Path) -> dict:
     import json
 
+    summary = Path(out_dir) / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+def _study_code(args: argparse.Namespace) -> str:
+    """The study country's code: as given (resolved on the run's countries), else the run's own."""
     summary = Path(args.out) / "summary.json"
-    info = json.loads(summary.read_text()) if summary.is_file() else {}
+    info = _summary(args.out)
     if args.study_country is None:
         if "study_country_code" not in info:
             raise FileNotFoundError(f"{summary} has no study country: give --study-country")
@@ -165,8 +170,10 @@ def main(args: argparse.Namespace, *, validate: bool = False) -> int:
                       min_margin=args.min_margin, ambiguity_z=args.ambiguity_z)
     homes = read_homes(args.out)
     truth = read_truth(args.truth) if validate else None
+    run = _summary(args.out)
     result = run_sensitivity(
         homes, _study_code(args), chosen, args.out,
+        log2m=int(run.get("hll_log2m", 11)), explicit_max=int(run.get("hll_explicit_max", 160)),
         grid={"min_userdays": args.grid_userdays, "min_share": args.grid_share,
               "min_margin": args.grid_margin},
         truth=truth, name="validation" if validate else "sensitivity", figure=not args.no_figures)

@@ -31,6 +31,10 @@ class Settings:
     backend: str = "embedded"
     study_country: str = "Germany"
     min_userdays: float = 0.0
+    min_share: float = 0.0
+    min_margin: float = 0.0
+    layers: str = ""
+    study_region: str = ""
     batch_users: int = DEFAULT_BATCH_USERS
     workers: int = 0
     max_reject_share: float = 0.01
@@ -42,6 +46,8 @@ class Settings:
     landscape_min_observations: int = 30
     landscape_min_difference: float = 0.10
     landscape_max_q: float = 0.05
+    #: Dask scheduler (tcp://host:8786 or a scheduler .json file); empty: local process pool
+    dask_scheduler: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -65,6 +71,10 @@ class Settings:
             backend=get("HOMELOC_HLL_BACKEND", d.backend),
             study_country=get("HOMELOC_STUDY_COUNTRY", d.study_country),
             min_userdays=get("HOMELOC_MIN_USERDAYS", d.min_userdays),
+            min_share=get("HOMELOC_MIN_SHARE", d.min_share),
+            min_margin=get("HOMELOC_MIN_MARGIN", d.min_margin),
+            layers=get("HOMELOC_LAYERS", d.layers),
+            study_region=get("HOMELOC_STUDY_REGION", d.study_region),
             batch_users=get("HOMELOC_BATCH_USERS", d.batch_users),
             workers=get("HOMELOC_WORKERS", d.workers),
             max_reject_share=get("HOMELOC_MAX_REJECT_SHARE", d.max_reject_share),
@@ -78,6 +88,7 @@ class Settings:
             landscape_min_difference=get("HOMELOC_LANDSCAPE_MIN_DIFFERENCE",
                                          d.landscape_min_difference),
             landscape_max_q=get("HOMELOC_LANDSCAPE_MAX_Q", d.landscape_max_q),
+            dask_scheduler=get("HOMELOC_DASK_SCHEDULER", d.dask_scheduler),
         ).validated()
 
     def validated(self) -> Settings:
@@ -90,11 +101,21 @@ class Settings:
             raise ValueError(f"HOMELOC_BATCH_USERS={self.batch_users}: must be at least 1")
         if self.min_userdays < 0:
             raise ValueError(f"HOMELOC_MIN_USERDAYS={self.min_userdays}: must be >= 0")
+        if not 0 <= self.min_share <= 1:
+            raise ValueError(f"HOMELOC_MIN_SHARE={self.min_share}: must be between 0 and 1")
+        if self.min_margin < 0:
+            raise ValueError(f"HOMELOC_MIN_MARGIN={self.min_margin}: must be >= 0")
+        self.layer_specs  # noqa: B018 - raises LayerError (a ValueError) on a bad spec
+        self.study_region_spec  # noqa: B018 - the same for the study region
         if not 0 <= self.max_reject_share <= 1:
             raise ValueError(
                 f"max reject share {self.max_reject_share}: must be between 0 and 1"
             )
         self.landscape_params.validated()
+        if self.dask_scheduler:
+            from homeloc_assets.executors import validate_address
+
+            validate_address(self.dask_scheduler)
         return self
 
     @property
@@ -109,6 +130,28 @@ class Settings:
     def with_(self, **changes) -> Settings:
         """A copy with ``changes`` (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None}).validated()
+
+    @property
+    def layer_specs(self) -> tuple:
+        """The extra region layers (``HOMELOC_LAYERS``), parsed: ``geo.layers.LayerSpec``."""
+        from homeloc_assets.geo.layers import parse_layers
+
+        return parse_layers(self.layers)
+
+    @property
+    def study_region_spec(self) -> tuple[str, str] | None:
+        """``(layer, code)`` of ``HOMELOC_STUDY_REGION`` (``LAYER=CODE``), or None."""
+        if not self.study_region.strip():
+            return None
+        layer, sep, code = self.study_region.partition("=")
+        layer, code = layer.strip(), code.strip()
+        names = ["country", *(s.name for s in self.layer_specs)]
+        if not sep or not layer or not code:
+            raise ValueError(f"study region {self.study_region!r}: expected LAYER=CODE, e.g. states=DE-SN")
+        if layer not in names:
+            raise ValueError(f"study region {self.study_region!r}: no layer {layer!r} "
+                             f"(layers: {', '.join(names)}; add it with --layer {layer}=SPEC)")
+        return layer, code
 
     @property
     def storage_path(self) -> Path:

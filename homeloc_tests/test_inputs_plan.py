@@ -144,11 +144,17 @@ def test_binary_garbage(tmp_path):
         plan_batches(p)
 
 
-def test_unsorted_at_boundary(tmp_path):
+def test_users_in_any_order_are_planned_at_user_changes(tmp_path):
+    """Not in byte order (a database collation, numeric ids): still cut between users."""
     users = (
-        [(f"u{i:03d}", 1) for i in range(50)] + [("a", 1)] + [(f"v{i:03d}", 1) for i in range(50)]
+        [(f"u{i:03d}", 2) for i in range(50)] + [("a", 3)] + [(f"V{i:03d}", 1) for i in range(50)]
     )
     path = make(tmp_path, users)
-    with pytest.raises(InputError, match="not sorted"):
-        for bu in range(1, 10):
-            plan_batches(path, bu)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    for bu in range(1, 10):
+        plan = plan_batches(path, bu)
+        for b in plan.batches[1:]:
+            before = data[:b.start].rstrip(b"\n").rsplit(b"\n", 1)[-1].split(b",")[0]
+            after = data[b.start:].split(b",", 1)[0]
+            assert before != after

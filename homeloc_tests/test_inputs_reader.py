@@ -174,19 +174,19 @@ def test_whitespace_around_hex_is_tolerated(tmp_path):
     assert res.rows.column("hll")[0].as_py() == bytes.fromhex(H1[2:])
 
 
-def test_unsorted_raises_with_global_line(tmp_path):
-    lines = [f"b,1,1,{H1}", f"c,1,1,{H1}", f"a,1,1,{H1}"]
+def test_users_in_any_order_are_read(tmp_path):
+    lines = [f"b,1,1,{H1}", f"c,1,1,{H1}", f"a,1,1,{H1}", f"a,2,2,{H1}"]
     path = write(tmp_path, lines)
-    with pytest.raises(InputError) as ei:
-        read_all(path)
-    assert ei.value.line == 4  # header + 3
-    assert "line 4" in str(ei.value) and "LC_ALL=C sort" in str(ei.value)
+    res = read_all(path)
+    assert res.rows.column("user_guid").to_pylist() == ["b", "c", "a", "a"]
+    assert res.users.num_rows == 3 and res.users.column("line").to_pylist() == [1, 2, 3]
 
 
-def test_not_contiguous_user_raises(tmp_path):
+def test_not_contiguous_user_raises_with_both_global_lines(tmp_path):
     path = write(tmp_path, [f"a,1,1,{H1}", f"b,1,1,{H1}", f"a,1,1,{H1}"])
-    with pytest.raises(InputError, match="not sorted"):
+    with pytest.raises(InputError, match="not together") as ei:
         read_all(path)
+    assert ei.value.line == 4 and "line 2 and line 4" in str(ei.value)
 
 
 def test_fingerprint_mismatch(tmp_path):

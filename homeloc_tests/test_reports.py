@@ -125,6 +125,13 @@ def test_homeloc_run_draws_the_figures(small_input, tmp_path):
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (out / "figures").iterdir())
     assert names == sorted(f"{n}.{ext}" for n in ("classification_report", "tourist_origins_map",
-                                                  "study_country_share_map",
+                                                  "study_country_share_map", "sensitivity",
                                                   "landscape_category_map", "landscape_share_map")
                            for ext in ("png", "svg"))
+    # the sensitivity asset: the chosen (default) setting's row is the run's own classification
+    import pandas as pd
+
+    table = pd.read_csv(out / "sensitivity.csv")
+    chosen = table[(table.min_userdays == 0) & (table.min_share == 0) & (table.min_margin == 0)]
+    assert chosen.locals.iloc[0] == (pd.read_csv(out / "user_classification.csv").classification
+                                     == "Local").sum()

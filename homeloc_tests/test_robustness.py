@@ -141,7 +141,7 @@ def make_damaged(lines: list[bytes]) -> Damaged:
     # (kind, builder from a row's fields) -> one inserted line after that row, same user
     kinds = {
         "bad hex": lambda g, la, lo, h: b",".join([g, la, lo, b"\\x12zz" + h[6:]]),
-        "hex without \\x": lambda g, la, lo, h: b",".join([g, la, lo, h[2:]]),
+        "hex with a stray prefix": lambda g, la, lo, h: b",".join([g, la, lo, b"0x" + h[2:]]),
         "odd hex digits": lambda g, la, lo, h: b",".join([g, la, lo, h[:-1]]),
         "truncated hll": lambda g, la, lo, h: b",".join([g, la, lo, h[:-2]]),
         "unknown hll version": lambda g, la, lo, h: b",".join([g, la, lo, b"\\x72" + h[4:]]),

@@ -16,14 +16,15 @@ import numpy as np
 import shapely
 
 from homeloc_assets.batch_runner import (
-    BATCH_TABLES,
     WorkerSetup,
+    batch_assets,
     is_finished,
     read_stats,
     run_batches,
 )
 from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
 from homeloc_assets.geo import CountryLookup
+from homeloc_assets.geo.layers import LayerSpec, layer_assets, load_layer
 from homeloc_assets.tables import StagedPartitions
 
 user_batches = dg.DynamicPartitionsDefinition(name="user_batches")
@@ -67,70 +68,103 @@ def country_lookup(countries: gpd.GeoDataFrame, storage_dir: str | Path) -> Coun
     return lookup
 
 
-@dg.multi_asset(
-    outs={
-        "user_locations": dg.AssetOut(
-            group_name="users",
-            kinds={"pyarrow", "parquet"},
-            description=(
-                "Validated input rows of one user batch with the country of each point "
-                "(`country`/`country_code` null: in no country) and the row's input line."
+def _layer_outs(layers: tuple[LayerSpec, ...]) -> dict[str, dg.AssetOut]:
+    outs = {}
+    for spec in layers:
+        ud, home = layer_assets(spec.name)
+        outs[ud] = dg.AssetOut(
+            group_name="regions", kinds={"pyarrow", "parquet"},
+            description=(f"Layer `{spec}`: per user and region, `userdays` = "
+                         "hll_cardinality(hll_union_agg(userday_hll)) over the user's locations "
+                         "in that region, and the number of `locations`."))
+        outs[home] = dg.AssetOut(
+            group_name="regions", kinds={"pyarrow", "parquet"},
+            description=(f"Layer `{spec}`: per user the home region (most distinct userdays) "
+                         "with `total_userdays`, `home_share`, `runner_up_code`, `margin`, `tie`."))
+    return outs
+
+
+def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition:
+    """The batch step for the four per-batch tables plus two tables per region layer."""
+
+    @dg.multi_asset(
+        name="user_batch_assets",
+        outs={**{
+            "user_locations": dg.AssetOut(
+                group_name="users",
+                kinds={"pyarrow", "parquet"},
+                description=(
+                    "Validated input rows of one user batch with the country of each point "
+                    "(`country`/`country_code` null: in no country) and the row's input line."
+                ),
             ),
-        ),
-        "user_country_userdays": dg.AssetOut(
-            group_name="users",
-            kinds={"pyarrow", "parquet"},
-            description=(
-                "Per user and country: `userdays` = hll_cardinality(hll_union_agg(userday_hll)) "
-                "over the user's locations in that country, and the number of `locations`."
+            "user_country_userdays": dg.AssetOut(
+                group_name="users",
+                kinds={"pyarrow", "parquet"},
+                description=(
+                    "Per user and country: `userdays` = hll_cardinality(hll_union_agg(userday_hll)) "
+                    "over the user's locations in that country, and the number of `locations`."
+                ),
             ),
-        ),
-        "user_home_locations": dg.AssetOut(
-            group_name="users",
-            kinds={"pyarrow", "parquet"},
-            description=(
-                "Per user the home country (most distinct userdays), its `userdays`, the user's "
-                "`total_userdays` over all countries, `home_share`, `runner_up` with its "
-                "userdays, `margin` and a `tie` flag (ties go to the first country by name)."
+            "user_home_locations": dg.AssetOut(
+                group_name="users",
+                kinds={"pyarrow", "parquet"},
+                description=(
+                    "Per user the home country (most distinct userdays), its `userdays`, the user's "
+                    "`total_userdays` over all countries, `home_share`, `runner_up` with its "
+                    "userdays, `margin` and a `tie` flag (ties go to the first country by name)."
+                ),
             ),
-        ),
-        "rejected_rows": dg.AssetOut(
-            group_name="users",
-            kinds={"pyarrow", "parquet"},
-            description="Input rows rejected in this batch: `line` (relative to the batch), `reason`, `raw`.",
-        ),
-    },
-    partitions_def=user_batches,
-    check_specs=[
-        dg.AssetCheckSpec(
-            "one_home_per_user",
-            asset="user_home_locations",
-            description="No user has two home rows; every user is in exactly one batch.",
-        ),
-        dg.AssetCheckSpec(
-            "points_in_a_country",
-            asset="user_locations",
-            description=f"Warn when over {POINTS_IN_NO_COUNTRY_WARN:.0%} of points fall in no country.",
-        ),
-    ],
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_BATCHES_PER_RUN),
-    pool="homeloc_batches",
-    ins={"countries": dg.AssetIn("countries")},
-)
-def user_batch_assets(
-    context: dg.AssetExecutionContext,
-    config: BatchRunConfig,
-    homeloc: HomelocConfig,
-    hll_backend: HllBackendResource,
-    countries: gpd.GeoDataFrame,
-):
-    """Read, validate, locate and union the batches of this run on all cores."""
+            "rejected_rows": dg.AssetOut(
+                group_name="users",
+                kinds={"pyarrow", "parquet"},
+                description="Input rows rejected in this batch: `line` (relative to the batch), `reason`, `raw`.",
+            ),
+        }, **_layer_outs(layers)},
+        partitions_def=user_batches,
+        check_specs=[
+            dg.AssetCheckSpec(
+                "one_home_per_user",
+                asset="user_home_locations",
+                description=("No user has two home rows in a batch (over all batches the "
+                         "classification checks that each user's rows are together)."),
+            ),
+            dg.AssetCheckSpec(
+                "points_in_a_country",
+                asset="user_locations",
+                description=f"Warn when over {POINTS_IN_NO_COUNTRY_WARN:.0%} of points fall in no country.",
+            ),
+        ],
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_BATCHES_PER_RUN),
+        pool="homeloc_batches",
+        ins={"countries": dg.AssetIn("countries")},
+    )
+    def user_batch_assets(
+        context: dg.AssetExecutionContext,
+        config: BatchRunConfig,
+        homeloc: HomelocConfig,
+        hll_backend: HllBackendResource,
+        countries: gpd.GeoDataFrame,
+    ):
+        """Read, validate, locate and union the batches of this run on all cores."""
+        yield from _run_batch_step(context, config, homeloc, hll_backend, countries, layers)
+
+    return user_batch_assets
+
+
+user_batch_assets = make_batch_assets()
+
+
+def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
     keys = list(context.partition_keys)
     catalog = homeloc.catalog
     refs = [catalog.batch(k) for k in keys]
     tdir, sdir = tables_dir(homeloc), stats_dir(homeloc)
+    layer_names = tuple(spec.name for spec in layers)
+    assets = batch_assets(layer_names)
     todo = [
-        r for r in refs if not (config.reuse_finished and is_finished(tdir, sdir, r.key))
+        r for r in refs
+        if not (config.reuse_finished and is_finished(tdir, sdir, r.key, assets))
     ]
     reused = len(refs) - len(todo)
     backend = hll_backend.make()
@@ -145,6 +179,9 @@ def user_batch_assets(
         pg=hll_backend.pg_settings if hll_backend.backend == "postgres" else None,
         tables_dir=str(tdir),
         stats_dir=str(sdir),
+        layers_pickle=pickle.dumps(tuple(
+            load_layer(spec, Path(homeloc.storage_dir) / "lookup") for spec in layers)),
+        layer_names=layer_names,
     )
     done = {"n": 0}
 
@@ -156,7 +193,11 @@ def user_batch_assets(
             f"{s['rows']} rows, {s['rejected']} rejected"
         )
 
-    run_batches(todo, setup, homeloc.settings.n_workers, on_done=progress)
+    settings = homeloc.settings
+    if settings.dask_scheduler:
+        context.log.info(f"batches on the Dask cluster {settings.dask_scheduler}")
+    run_batches(todo, setup, settings.n_workers, on_done=progress,
+                dask_scheduler=settings.dask_scheduler or None)
 
     stats = [read_stats(sdir, r.key) for r in refs]
     total = {
@@ -168,7 +209,7 @@ def user_batch_assets(
             {r.key: tdir / asset / f"{r.key}.parquet" for r in refs},
             metadata={"batches": len(refs), "batches_reused": reused},
         )
-        for asset in BATCH_TABLES
+        for asset in assets
     }
     share_none = total["points_in_no_country"] / total["rows"] if total["rows"] else 0.0
     yield dg.Output(
@@ -187,18 +228,18 @@ def user_batch_assets(
     )
     yield dg.Output(files["rejected_rows"], output_name="rejected_rows",
                     metadata={"rejected": total["rejected"]})
+    for name in layer_names:
+        ud, home = layer_assets(name)
+        with_home = int(sum(s.get(f"users_with_home_{name}", 0) for s in stats))
+        yield dg.Output(files[ud], output_name=ud, metadata={"users": total["users"]})
+        yield dg.Output(files[home], output_name=home,
+                        metadata={"users": total["users"], "users_with_home": with_home})
     dup = sum(s.get("duplicate_users", 0) for s in stats)
-    overlaps = [
-        b["key"]
-        for a, b in zip(stats, stats[1:], strict=False)
-        if a["plan_id"] == b["plan_id"] and a["last_user"] and b["first_user"]
-        and not a["last_user"] < b["first_user"]
-    ]
     yield dg.AssetCheckResult(
         check_name="one_home_per_user",
         asset_key="user_home_locations",
-        passed=dup == 0 and not overlaps,
-        metadata={"duplicate_users": dup, "batches_overlapping_previous": len(overlaps)},
+        passed=dup == 0,
+        metadata={"duplicate_users": dup},
     )
     yield dg.AssetCheckResult(
         check_name="points_in_a_country",

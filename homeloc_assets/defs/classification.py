@@ -16,11 +16,13 @@ from homeloc_assets.defs.batches import stats_dir, tables_dir
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.exports import global_line_offsets, write_exports
 from homeloc_assets.geo import resolve_country
-from homeloc_assets.inference import (
-    CLASS_LOCAL,
-    CLASS_TOURIST,
-    CLASS_UNDETERMINED,
-    classify_homes,
+from homeloc_assets.geo.layers import layer_assets
+from homeloc_assets.inference import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
+from homeloc_assets.inference.rules import (
+    CLASS_DOMESTIC,
+    CLASS_INTERNATIONAL,
+    classify_batch,
+    with_evidence,
 )
 from homeloc_assets.provenance import InputInfo, RunInfo, read_run_info
 from homeloc_assets.tables import PARQUET_COMPRESSION, PartitionedTables
@@ -80,10 +82,15 @@ def user_classification(
             f"{homeloc.max_reject_share:.2%}; see rejected_rows for the reasons "
             "(raise --max-reject-share to accept)"
         )
-    name, code = resolve_country(countries, homeloc.study_country)
+    check_input_grouping(homeloc, stats)
+    settings = homeloc.settings
+    region = settings.study_region_spec
+    study = region[1] if region and region[0] == "country" else homeloc.study_country
+    name, code = resolve_country(countries, study)
     info = run_info(homeloc, name, code, stats)
     target = classification_path(homeloc)
-    counts = {CLASS_LOCAL: 0, CLASS_TOURIST: 0, CLASS_UNDETERMINED: 0}
+    counts = {CLASS_LOCAL: 0, CLASS_TOURIST: 0, CLASS_UNDETERMINED: 0, CLASS_DOMESTIC: 0,
+              CLASS_INTERNATIONAL: 0}
     n_users = 0
     target.parent.mkdir(parents=True, exist_ok=True)
     for old in target.parent.glob(".user_classification.*.staged"):
@@ -93,8 +100,8 @@ def user_classification(
     staged = target.parent / f".user_classification.{time.time_ns()}.staged"
     writer = None
     try:
-        for _, t in homes.iter_tables():
-            c = classify_homes(t, code, homeloc.min_userdays)
+        for key, t in homes.iter_tables():
+            c = classify_batch(t, info, lambda asset, k=key: tables_dir(homeloc) / asset / f"{k}.parquet")
             if writer is None:
                 writer = pq.ParquetWriter(str(staged), info.attach(c.schema),
                                           compression=PARQUET_COMPRESSION)
@@ -119,11 +126,16 @@ def user_classification(
             "users": users_total,
             "users_with_home": n_users,
             "locals": counts[CLASS_LOCAL],
-            "tourists": counts[CLASS_TOURIST],
+            "tourists": counts[CLASS_TOURIST] + counts[CLASS_DOMESTIC] + counts[CLASS_INTERNATIONAL],
+            **({"domestic_tourists": counts[CLASS_DOMESTIC],
+                "international_tourists": counts[CLASS_INTERNATIONAL],
+                "study_region": info.study_region} if info.study_region else {}),
             "undetermined": counts[CLASS_UNDETERMINED],
             "users_without_home": users_total - n_users,
             "rejected_rows": rejected,
             "min_userdays": homeloc.min_userdays,
+            "min_share": homeloc.min_share,
+            "min_margin": homeloc.min_margin,
         },
     )
     yield dg.AssetCheckResult(
@@ -143,6 +155,9 @@ def run_info(homeloc: HomelocConfig, name: str, code: str, stats: dict[str, dict
     for plan_id in sorted({s["plan_id"] for s in stats.values()}):
         plan = catalog.load_plan(plan_id)
         inputs.append(InputInfo(plan.path, plan_id, plan.fingerprint, plan.size))
+    settings = homeloc.settings
+    region = settings.study_region_spec
+    log2m, explicit_max = hll_params_of(tables_dir(homeloc) / "user_locations", list(stats))
     return RunInfo(
         study_country=name,
         study_country_code=code,
@@ -150,16 +165,36 @@ def run_info(homeloc: HomelocConfig, name: str, code: str, stats: dict[str, dict
         max_reject_share=float(homeloc.max_reject_share),
         batch_users=int(homeloc.batch_users),
         inputs=tuple(inputs),
+        min_share=float(homeloc.min_share),
+        min_margin=float(homeloc.min_margin),
+        study_region=f"{region[0]}={region[1]}" if region and region[0] != "country" else "",
+        layers=tuple(str(s) for s in settings.layer_specs),
+        hll_log2m=log2m,
+        hll_explicit_max=explicit_max,
     )
+
+
+def hll_params_of(locations_dir: Path, keys: list[str]) -> tuple[int, int]:
+    """``(log2m, explicit threshold)`` of the run's hll values (its first stored value)."""
+    from homeloc_assets import hll
+
+    for key in keys:
+        path = locations_dir / f"{key}.parquet"
+        if not path.exists():
+            continue
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1, columns=["userday_hll"]):
+            if batch.num_rows:
+                p = hll.decode(batch.column(0)[0].as_py()).params
+                return p.log2m, p.effective_expthresh
+    return 11, 160
 
 
 def users_seen_twice(homes: PartitionedTables, stats: dict[str, dict]) -> int:
     """How many user rows repeat a user of another row, over all batches.
 
-    Cheap when one file is sorted: unique within each batch (the batch's own
-    count) and strictly increasing from one batch to the next. Only with
-    several input files (whose users may overlap) are all ids hashed, one
-    column at a time.
+    Within one input file this cannot happen any more once
+    :func:`check_input_grouping` passed; only with several input files (whose
+    users may overlap) are all ids hashed, one column at a time.
     """
     dup = sum(int(s.get("duplicate_users", 0)) for s in stats.values())
     plans = {s["plan_id"] for s in stats.values()}
@@ -169,11 +204,23 @@ def users_seen_twice(homes: PartitionedTables, stats: dict[str, dict]) -> int:
             pa.string(),
         )
         return len(seen) - pc.count_distinct(seen).as_py()
-    ordered = sorted(stats.values(), key=lambda s: int(s["index"]))
-    for a, b in zip(ordered, ordered[1:], strict=False):
-        if a.get("last_user") and b.get("first_user") and not a["last_user"] < b["first_user"]:
-            dup += 1
     return dup
+
+
+def check_input_grouping(homeloc: HomelocConfig, stats: dict[str, dict]) -> None:
+    """Each input's users must have their rows together over all its batches (InputError)."""
+    from homeloc_assets.batch_runner import users_path
+    from homeloc_assets.inputs.grouping import check_grouped
+
+    catalog = Catalog(homeloc.storage_dir)
+    by_plan: dict[str, list[dict]] = {}
+    for s in stats.values():
+        by_plan.setdefault(s["plan_id"], []).append(s)
+    for plan_id, items in by_plan.items():
+        items.sort(key=lambda s: int(s["index"]))
+        plan = catalog.load_plan(plan_id)
+        check_grouped(plan.path, (pq.read_table(users_path(stats_dir(homeloc), s["key"]))
+                                  for s in items))
 
 
 def _as_partitioned(value) -> PartitionedTables:
@@ -227,7 +274,10 @@ def homeloc_exports(
         "users": sum(s["users"] for s in stats.values()),
         "users_with_home": sum(s["users_with_home"] for s in stats.values()),
         "locals": counts.get(CLASS_LOCAL, 0),
-        "tourists": counts.get(CLASS_TOURIST, 0),
+        "tourists": sum(counts.get(c, 0) for c in (CLASS_TOURIST, CLASS_DOMESTIC, CLASS_INTERNATIONAL)),
+        **({"domestic_tourists": counts.get(CLASS_DOMESTIC, 0),
+            "international_tourists": counts.get(CLASS_INTERNATIONAL, 0),
+            "study_region": info.study_region} if info.study_region else {}),
         "undetermined": counts.get(CLASS_UNDETERMINED, 0),
         "rows": sum(s["rows"] for s in stats.values()),
         "rejected_rows": sum(s["rejected"] for s in stats.values()),
@@ -236,7 +286,18 @@ def homeloc_exports(
         "study_country": info.study_country,
         "study_country_code": info.study_country_code,
         "min_userdays": info.min_userdays,
+        "min_share": info.min_share,
+        "min_margin": info.min_margin,
+        "layers": list(info.layers),
+        "hll_log2m": info.hll_log2m,
+        "hll_explicit_max": info.hll_explicit_max,
     }
+    layer_parts = {}
+    for spec in info.layers:
+        name = spec.partition("=")[0]
+        layer_parts[name] = tuple(
+            PartitionedTables({k: tables_dir(homeloc) / asset / f"{k}.parquet" for k in keys})
+            for asset in layer_assets(name))
     paths = write_exports(
         homeloc.output_dir,
         homes,
@@ -245,6 +306,9 @@ def homeloc_exports(
         _as_partitioned(rejected_rows),
         offsets,
         summary,
+        home_evidence=lambda t: with_evidence(t, info),
+        layers=layer_parts,
+        layer_evidence=lambda t: with_evidence(t, info),
     )
     return dg.MaterializeResult(
         metadata={

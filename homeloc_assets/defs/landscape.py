@@ -25,8 +25,8 @@ from homeloc_assets.defs.classification import classification_path
 from homeloc_assets.defs.reports import _publish
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.exports import exports_lock
-from homeloc_assets.inference import classify_homes
 from homeloc_assets.inference.landscape import batch_cells, cell_polygons, combine, landscape_table
+from homeloc_assets.inference.rules import classify_batch
 from homeloc_assets.provenance import read_run_info
 from homeloc_assets.tables import PartitionedTables, StagedPartitions, write_table
 
@@ -51,7 +51,8 @@ def landscape_batch_cells(
     context: dg.AssetExecutionContext,
     homeloc: HomelocConfig,
 ) -> StagedPartitions:
-    """Union each batch's HLLs per (cell, class), classes as user_classification made them."""
+    """Union each batch's HLLs per (cell, class), classes as user_classification made them
+    (its rule and study country, read from its footer)."""
     info = read_run_info(classification_path(homeloc))
     p = homeloc.settings.landscape_params
     keys = list(context.partition_keys)
@@ -66,9 +67,8 @@ def landscape_batch_cells(
             raise dg.Failure(f"batch {key} is not materialized yet ({missing[0]})")
         locs = pq.read_table(files[0], filters=[("country_code", "=", code)], columns=[
             "user_guid", "latitude", "longitude", "country_code", "userday_hll"])
-        homes = pq.read_table(files[1], columns=["user_guid", "country_code", "total_userdays"])
-        classes = classify_homes(homes.append_column("country", homes.column("country_code")),
-                                 code, info.min_userdays)
+        classes = classify_batch(pq.read_table(files[1]), info,
+                                 lambda asset, k=key: tdir / asset / f"{k}.parquet")
         t = batch_cells(locs, classes, code, p.resolution, p.ring)
         target = tdir / "landscape_batch_cells" / f".{key}.{time.time_ns()}.staged"
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 from homeloc_assets import plots
 from homeloc_assets.defs.classification import classification_path
 from homeloc_assets.defs.resources import HomelocConfig
-from homeloc_assets.geo import resolve_country
 from homeloc_assets.inference import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
+from homeloc_assets.inference.rules import CLASS_DOMESTIC, CLASS_INTERNATIONAL
+from homeloc_assets.provenance import read_run_info
 
 FIGURES_DIR = "figures"
 _KINDS = {"matplotlib", "png", "svg"}
@@ -30,6 +31,16 @@ _COMMON = {
     "ins": {"countries": dg.AssetIn("countries")},
     "automation_condition": dg.AutomationCondition.eager(),
 }
+
+
+#: every tourist class: plain, or with a study region the domestic and international ones
+TOURIST_CLASSES = (CLASS_TOURIST, CLASS_DOMESTIC, CLASS_INTERNATIONAL)
+
+
+def _study(config: HomelocConfig) -> tuple[str, str]:
+    """The study country the classification was made with (its RunInfo), never the defaults."""
+    info = read_run_info(classification_path(config))
+    return info.study_country, info.study_country_code
 
 
 def figures_dir(config: HomelocConfig) -> Path:
@@ -95,9 +106,10 @@ def classification_report(
 ) -> dg.MaterializeResult:
     """Users per class."""
     df = home_counts(classification_path(homeloc))
-    name, code = resolve_country(countries, homeloc.study_country)
+    name, code = _study(homeloc)
     counts = df.groupby("classification")["users"].sum().to_dict()
-    counts = {k: int(counts.get(k, 0)) for k in (CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED)}
+    counts = {k: int(counts.get(k, 0)) for k in (CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED)
+              } | {k: int(v) for k, v in counts.items() if k in TOURIST_CLASSES}
     fig = plots.classification_bar(counts, name)
     return _publish(
         context, homeloc, fig, "classification_report", "Locals and Tourists",
@@ -119,9 +131,9 @@ def tourist_origins_map(
 ) -> dg.MaterializeResult:
     """Where the Tourists come from."""
     df = home_counts(classification_path(homeloc))
-    name, code = resolve_country(countries, homeloc.study_country)
+    name, code = _study(homeloc)
     tourists = (
-        df[df["classification"] == CLASS_TOURIST]
+        df[df["classification"].isin(TOURIST_CLASSES)]
         .groupby(["country_code", "country"], as_index=False)["users"].sum()
         .rename(columns={"users": "tourists"})
     )
@@ -158,7 +170,7 @@ def study_country_share_map(
 ) -> dg.MaterializeResult:
     """Share of users per home country, the study country's share named."""
     df = home_counts(classification_path(homeloc))
-    name, code = resolve_country(countries, homeloc.study_country)
+    name, code = _study(homeloc)
     per_home = df.groupby(["country_code", "country"], as_index=False)["users"].sum()
     total = int(per_home["users"].sum())
     per_home["share"] = per_home["users"] / total if total else 0.0

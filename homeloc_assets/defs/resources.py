@@ -20,6 +20,10 @@ class HomelocConfig(dg.ConfigurableResource):
     storage_dir: str = Field(description="Partition files and batch plans.")
     study_country: str = Field(default="Germany", description="Name or ISO alpha-3 code.")
     min_userdays: float = Field(default=0.0, description="Below: undetermined.")
+    min_share: float = Field(default=0.0, description="Home share below: undetermined.")
+    min_margin: float = Field(default=0.0, description="Margin to the runner-up below: undetermined.")
+    layers: str = Field(default="", description="Extra region layers NAME=SPEC;... (HOMELOC_LAYERS).")
+    study_region: str = Field(default="", description="LAYER=CODE inside the study country.")
     batch_users: int = Field(default=50_000, description="Users per batch partition.")
     workers: int = Field(default=0, description="Worker processes (0 = one per core).")
     max_reject_share: float = Field(default=0.01, description="Fail above this share of rejected rows.")
@@ -31,6 +35,11 @@ class HomelocConfig(dg.ConfigurableResource):
     landscape_min_observations: int = Field(default=30, description="Fewer: too little data.")
     landscape_min_difference: float = Field(default=0.10, description="Share difference needed.")
     landscape_max_q: float = Field(default=0.05, description="Benjamini-Yekutieli q limit.")
+    dask_scheduler: str = Field(
+        default="",
+        description="Dask scheduler for the batches, tcp://host:8786 or a scheduler .json file "
+                    "(HOMELOC_DASK_SCHEDULER); empty: a local process pool.",
+    )
 
     @classmethod
     def from_settings(cls, s: Settings) -> HomelocConfig:

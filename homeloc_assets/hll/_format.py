@@ -139,16 +139,23 @@ def check_params(log2m: int, regwidth: int, expthresh: int, sparseon: int) -> Pa
     return Params(log2m, regwidth, expthresh, sparseon)
 
 
-def params_from_header(b1: int, b2: int) -> Params:
-    """Parameters from header bytes 1 and 2; raises HLLError when impossible."""
+def params_from_header(b1: int, b2: int, registers: bool = True) -> Params:
+    """Parameters from header bytes 1 and 2, read as postgresql-hll 2.16 reads them.
+
+    Its ``unpack_header`` ignores the reserved top bit of byte 2 and checks no
+    parameter: only values with registers (SPARSE, FULL) must fit in memory
+    (``log2m <= 17``); EMPTY, UNDEFINED and EXPLICIT values are accepted with
+    any ``log2m`` and ``regwidth`` up to 8 (``hll_empty(11,0,-1,0)`` prints as
+    ``\\x11eb3f``, regwidth 8).  ``registers``: check what a SPARSE/FULL value
+    needs (the engine keeps registers of at most 7 bits, like every value
+    ``hll_add`` can make).
+    """
     regwidth = (b1 >> 5) + 1
     log2m = b1 & 0x1F
-    if b2 & 0x80:
-        raise HLLError(f"reserved bit set in hll header byte 2 (0x{b2:02x})")
     code = b2 & 0x3F
-    if regwidth > 7:
+    if registers and regwidth > 7:
         raise HLLError(f"regwidth {regwidth} out of range: must be between 1 and 7")
-    if log2m > LOG2M_MAX:
+    if registers and log2m > LOG2M_MAX:
         raise HLLError(f"log2m {log2m} out of range: must be between 0 and {LOG2M_MAX}")
     expthresh = -1 if code == 63 else (0 if code == 0 else 1 << (code - 1))
     return Params(log2m, regwidth, expthresh, (b2 >> 6) & 1)
@@ -250,7 +257,7 @@ def decode(x: object) -> HLL:
         raise HLLError(f"unknown hll schema version {vers}")
     if stype > 4:
         raise HLLError(f"unknown hll type {stype}")
-    p = params_from_header(b[1], b[2])
+    p = params_from_header(b[1], b[2], registers=stype in (SPARSE, FULL))
     if stype in (UNDEFINED, EMPTY):
         if n != 3:
             raise HLLError(f"{TYPE_NAMES[stype]} hll must be exactly 3 bytes, got {n}")
@@ -259,10 +266,8 @@ def decode(x: object) -> HLL:
         if (n - 3) % 8:
             raise HLLError(f"truncated EXPLICIT value: {n} bytes (3 + a multiple of 8 expected)")
         nelem = (n - 3) // 8
-        if nelem > p.effective_expthresh:
-            raise HLLError(
-                f"EXPLICIT hll with {nelem} values exceeds its explicit threshold {p.effective_expthresh}"
-            )
+        if nelem > MSE_NELEM_MAX:  # hll.c: "explicit multiset too large"; no threshold check
+            raise HLLError(f"EXPLICIT hll with {nelem} values is too large (at most {MSE_NELEM_MAX})")
         vals = np.frombuffer(b, dtype=">i8", offset=3).astype(np.int64)
         if nelem > 1 and not bool(np.all(vals[1:] > vals[:-1])):
             raise HLLError("EXPLICIT values are not strictly ascending (duplicate or unsorted elements)")

@@ -65,7 +65,7 @@ def params_of_code(code: int) -> Params:
     code = int(code)
     if not 0 <= code <= 0xFFFF:
         raise HLLError(f"invalid params code {code}")
-    return params_from_header(code >> 8, code & 0xFF)
+    return params_from_header(code >> 8, code & 0xFF, registers=False)
 
 
 def _flat(arr: object, binary: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -260,18 +260,17 @@ def _parse(blobs: object) -> _Parsed:
     _fail(ok, reason, st > 4, lambda r: f"unknown hll type {int(st[r])}")
     w = (b1 >> 5) + 1
     m = b1 & 31
-    _fail(ok, reason, w > 7, lambda r: f"regwidth {int(w[r])} out of range: must be between 1 and 7")
-    _fail(ok, reason, m > 17, lambda r: f"log2m {int(m[r])} out of range: must be between 0 and 17")
-    _fail(ok, reason, (b2 & 0x80) != 0, "reserved bit set in hll header")
+    # as postgresql-hll 2.16: parameters matter only for values with registers; the
+    # reserved bit of byte 2 is ignored (see _format.params_from_header)
+    regs = (st == FULL) | (st == SPARSE)
+    _fail(ok, reason, regs & (w > 7), lambda r: f"regwidth {int(w[r])} out of range: must be between 1 and 7")
+    _fail(ok, reason, regs & (m > 17), lambda r: f"log2m {int(m[r])} out of range: must be between 0 and 17")
     hdr_ok = ok.copy()
-    code = np.where(hdr_ok, (b1 << 8) | b2, -1).astype(np.int32)
+    code = np.where(hdr_ok, (b1 << 8) | (b2 & 0x7F), -1).astype(np.int32)
     stype = np.where(hdr_ok, st, -1).astype(np.int8)
-    ecode = b2 & 63
-    expth = np.where(ecode == 63, -1, np.where(ecode == 0, 0, np.left_shift(1, np.maximum(ecode - 1, 0), dtype=np.int64)))
     mm = np.minimum(m, 17)
     ww = np.minimum(w, 7)
     nregs = np.left_shift(1, mm)
-    eff = np.where(expth == -1, np.minimum(((ww * nregs + 7) // 8) // 8, MSE_NELEM_MAX), np.minimum(expth, MSE_NELEM_MAX))
     payload = length - 3
     # sizes per type
     t0 = (st == UNDEFINED) | (st == EMPTY)
@@ -279,7 +278,7 @@ def _parse(blobs: object) -> _Parsed:
     isx = st == EXPLICIT
     _fail(ok, reason, isx & (payload % 8 != 0), lambda r: f"truncated EXPLICIT value: {int(length[r])} bytes")
     nelem = np.where(isx, payload // 8, 0)
-    _fail(ok, reason, isx & (nelem > eff), lambda r: f"EXPLICIT hll with {int(nelem[r])} values exceeds its explicit threshold {int(eff[r])}")
+    _fail(ok, reason, isx & (nelem > MSE_NELEM_MAX), lambda r: f"EXPLICIT hll with {int(nelem[r])} values is too large (at most {MSE_NELEM_MAX})")
     isf = st == FULL
     fneed = (ww * nregs + 7) // 8
     _fail(ok, reason, isf & (payload != fneed), lambda r: f"wrong FULL size: {int(length[r])} bytes, expected {3 + int(fneed[r])}")
@@ -501,7 +500,14 @@ def _grouped(blobs: object, groups: object, n_groups: int | None, want_bytes: bo
         eff = np.zeros(n_groups, np.int64)
         for c in codes:
             eff[gcode == c] = params_of_code(c).effective_expthresh
-    explicit_res = has_rows & ~undef & ~comp & (distinct <= eff)
+    # hll.c's explicit_union keeps the first EXPLICIT value of a group as it is and
+    # promotes only when a new element would pass the threshold: the union stays
+    # EXPLICIT while its distinct count is at most max(threshold, first value's size)
+    first_n = np.zeros(n_groups, np.int64)
+    if len(gx):
+        ug_first, first_at = np.unique(gx, return_index=True)
+        first_n[ug_first] = kx[first_at]
+    explicit_res = has_rows & ~undef & ~comp & (distinct <= np.maximum(eff, first_n))
     card[explicit_res] = distinct[explicit_res]
     est_groups = has_rows & ~undef & ~explicit_res
 

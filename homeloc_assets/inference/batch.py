@@ -6,6 +6,7 @@ worker process) calls it with no Dagster at all.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from homeloc_assets.geo.layers import layer_assets
 from homeloc_assets.inference.homes import GroupedCardinality, country_userdays, pick_homes
+from homeloc_assets.inference.regions import region_userdays
 from homeloc_assets.inputs import read_batch
 
 
@@ -26,7 +29,9 @@ class BatchResult:
     ``country_userdays``: per (user, country) the union estimate;
     ``homes``: per user the home and its confidence columns;
     ``rejects``: rejected rows (``line`` relative to the batch start);
-    ``stats``: counts for metadata (``n_lines``, ``rows``, ``rejected``, ``users``, ...).
+    ``stats``: counts for metadata (``n_lines``, ``rows``, ``rejected``, ``users``, ...);
+    ``layer_tables``: per extra region layer its two tables, by asset name
+    (see :func:`homeloc_assets.geo.layers.layer_assets`).
     """
 
     locations: pa.Table
@@ -34,6 +39,8 @@ class BatchResult:
     homes: pa.Table
     rejects: pa.Table
     stats: dict[str, Any] = field(default_factory=dict)
+    layer_tables: dict[str, pa.Table] = field(default_factory=dict)
+    users: pa.Table | None = None  # inputs.reader.USERS_SCHEMA: the batch's users, hashed
 
 
 def process_batch(
@@ -44,13 +51,24 @@ def process_batch(
     country_codes: np.ndarray,
     lookup: Any,
     backend: GroupedCardinality,
+    layers: Sequence[Any] = (),
+    expected: tuple[int, int, str] | None = None,
 ) -> BatchResult:
-    """Process the byte range ``[start, end)`` of a sorted userdays CSV.
+    """Process the byte range ``[start, end)`` of a userdays CSV grouped by user.
 
     ``lookup.lookup(lon, lat)`` gives the index into ``country_names`` /
-    ``country_codes`` of each point (-1: in no country); ``backend`` unions HLLs.
+    ``country_codes`` of each point (-1: in no country); ``backend`` unions HLLs;
+    each of ``layers`` (:mod:`homeloc_assets.geo.layers`) adds its per-region
+    userdays and homes from the same rows. ``expected`` = (size, mtime_ns,
+    fingerprint) of the file as planned: a changed file raises InputError.
     """
-    batch = read_batch(path, start, end)
+    if expected is None:
+        batch = read_batch(path, start, end)
+    else:
+        size, mtime_ns, fingerprint = expected
+        batch = read_batch(path, start, end, fingerprint or None,
+                           expected_size=size if size >= 0 else None,
+                           expected_mtime_ns=mtime_ns if mtime_ns >= 0 else None)
     rows = batch.rows
     lon = rows.column("longitude").to_numpy()
     lat = rows.column("latitude").to_numpy()
@@ -90,4 +108,12 @@ def process_batch(
         "first_user": guid[0].as_py() if len(guid) else None,
         "last_user": guid[-1].as_py() if len(guid) else None,
     }
-    return BatchResult(locations, cu, homes, batch.rejects, stats)
+    layer_tables = {}
+    for layer in layers:
+        located = layer.locate(lon, lat)
+        per_region, region_homes = region_userdays(guid, located.index, hlls, located.names,
+                                                   located.codes, backend)
+        ud_name, home_name = layer_assets(layer.name)
+        layer_tables[ud_name], layer_tables[home_name] = per_region, region_homes
+        stats[f"users_with_home_{layer.name}"] = int(region_homes.num_rows)
+    return BatchResult(locations, cu, homes, batch.rejects, stats, layer_tables, batch.users)

@@ -86,8 +86,11 @@ def _rings(cells: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def class_codes(classification: pa.Array) -> np.ndarray:
     """0 Local, 1 Tourist, 2 undetermined (int8)."""
-    idx = pc.index_in(classification, pa.array(CLASSES)).to_numpy(zero_copy_only=False)
-    return np.asarray(idx, dtype=np.int8)
+    idx = pc.index_in(classification, pa.array(CLASSES))
+    if idx.null_count:
+        bad = pc.filter(classification, pc.is_null(idx))[0]
+        raise ValueError(f"class {bad} is not one of {CLASSES}")
+    return np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int8)
 
 
 def batch_cells(

@@ -43,6 +43,9 @@ REASON_WITHIN_ERROR = "within_estimator_error"
 
 _CLASSES = np.array([CLASS_UNDETERMINED, CLASS_LOCAL, CLASS_TOURIST], dtype=object)
 
+CLASS_DOMESTIC = "Domestic tourist"
+CLASS_INTERNATIONAL = "International tourist"
+
 
 @dataclass(frozen=True)
 class HomeRule:
@@ -100,7 +103,7 @@ class _Evidence:
     local: np.ndarray
 
     @classmethod
-    def of(cls, homes: pa.Table, study_code: str, log2m: int, explicit_max: int) -> _Evidence:
+    def of(cls, homes: pa.Table, study_code: str | None, log2m: int, explicit_max: int) -> _Evidence:
         def col(name: str) -> np.ndarray:
             return homes.column(name).to_numpy(zero_copy_only=False)
 
@@ -110,9 +113,13 @@ class _Evidence:
         with np.errstate(divide="ignore", invalid="ignore"):
             separation = np.where(se > 0, margin / se, np.where(margin > 0, np.inf, 0.0))
         share = np.nan_to_num(col("home_share").astype(np.float64), nan=0.0)
-        local = pc.fill_null(pc.equal(homes.column("country_code"), pa.scalar(study_code)), False)
+        if study_code is None:  # a region layer: no classes, only the evidence
+            local = np.zeros(homes.num_rows, dtype=bool)
+        else:
+            local = pc.fill_null(pc.equal(homes.column("country_code"), pa.scalar(study_code)),
+                                 False).to_numpy(zero_copy_only=False)
         return cls(col("total_userdays").astype(np.float64), share, margin,
-                   col("tie").astype(bool), separation, local.to_numpy(zero_copy_only=False))
+                   col("tie").astype(bool), separation, local)
 
     def classes(self, rule: HomeRule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(class code 0/1/2, status code 0 determined/1 undetermined/2 ambiguous, reason index)."""
@@ -142,18 +149,22 @@ _REASONS = np.array([REASON_FEW_USERDAYS, REASON_LOW_SHARE, REASON_LOW_MARGIN, R
 
 
 def apply_rule(
-    homes: pa.Table, rule: HomeRule, study_code: str, *, log2m: int = 11, explicit_max: int = 160
+    homes: pa.Table, rule: HomeRule, study_code: str | None, *, log2m: int = 11,
+    explicit_max: int = 160,
 ) -> pa.Table:
     """``homes`` (the per-user home table) plus ``status``, ``reason`` and ``classification``.
 
     ``log2m``/``explicit_max`` describe the input's hll parameters (see
     :func:`standard_error`); the defaults are postgresql-hll's (11, 5, -1, 1).
+    ``study_code`` None (a region layer's homes): ``status`` and ``reason`` only.
     """
     ev = _Evidence.of(homes, study_code, log2m, explicit_max)
     cls, status, reason = ev.classes(rule)
     out = homes
-    for name, values in (("status", _STATUS[status]), ("reason", _REASONS[reason]),
-                         ("classification", _CLASSES[cls])):
+    added = [("status", _STATUS[status]), ("reason", _REASONS[reason])]
+    if study_code is not None:
+        added.append(("classification", _CLASSES[cls]))
+    for name, values in added:
         if name in out.column_names:
             out = out.drop_columns([name])
         out = out.append_column(name, pa.array(values, pa.string()))
@@ -250,3 +261,67 @@ def sensitivity(
                     extra = missing[tc] if cc == 0 else 0
                     rows[f"truth_{tn}_as_{cn}"].append(int(np.count_nonzero((t == tc) & (cls == cc))) + extra)
     return pa.table(rows)
+
+
+def nest_classes(classified: pa.Table, region_homes: pa.Table, region_code: str) -> pa.Table:
+    """Refine Local/Tourist by a study region inside the study country.
+
+    ``classified`` is :func:`apply_rule`'s output for the country layer (its
+    ``Local`` = home in the study country); ``region_homes`` the same users'
+    homes in the region layer (``user_guid, region_code``).  A determined
+    user's class becomes ``Local`` when the home region is ``region_code``,
+    ``Domestic tourist`` when the home country is the study country but the
+    home region is another one (or none of the layer's), and
+    ``International tourist`` when the home country is abroad.
+    ``undetermined`` stays so: the evidence rule is the country layer's.
+    """
+    cls = classified.column("classification")
+    idx = pc.index_in(classified.column("user_guid"),
+                      value_set=region_homes.column("user_guid").combine_chunks())
+    home_region = pc.take(region_homes.column("region_code"), idx)
+    in_region = pc.fill_null(pc.equal(home_region, pa.scalar(str(region_code))), False)
+    in_country = pc.equal(cls, CLASS_LOCAL)
+    nested = pc.if_else(
+        pc.equal(cls, CLASS_UNDETERMINED), pa.scalar(CLASS_UNDETERMINED),
+        pc.if_else(in_country,
+                   pc.if_else(in_region, pa.scalar(CLASS_LOCAL), pa.scalar(CLASS_DOMESTIC)),
+                   pa.scalar(CLASS_INTERNATIONAL)))
+    i = classified.column_names.index("classification")
+    return classified.set_column(i, "classification", nested)
+
+
+CLASSIFICATION_COLUMNS = ["user_guid", "country", "country_code", "total_userdays", "status",
+                          "reason", "classification"]
+
+
+def classify_batch(homes: pa.Table, info, batch_file) -> pa.Table:
+    """One batch's classification under the settings of ``info`` (a provenance ``RunInfo``).
+
+    The home rule from its thresholds, the study country's code, and with a
+    study region the nested classes (``batch_file(asset)`` gives this batch's
+    file of an asset, for the region layer's homes).
+    """
+    out = with_evidence(homes, info, info.study_country_code).select(CLASSIFICATION_COLUMNS)
+    if info.study_region:
+        import pyarrow.parquet as pq
+
+        from homeloc_assets.geo.layers import layer_assets
+
+        layer, _, code = info.study_region.partition("=")
+        region_homes = pq.read_table(batch_file(layer_assets(layer)[1]),
+                                     columns=["user_guid", "region_code"])
+        out = nest_classes(out, region_homes, code)
+    return out
+
+
+def rule_of(info) -> HomeRule:
+    """The home rule a classification was made with (from its provenance ``RunInfo``)."""
+    return HomeRule(min_userdays=info.min_userdays, min_share=info.min_share,
+                    min_margin=info.min_margin)
+
+
+def with_evidence(homes: pa.Table, info, study_code: str | None = None) -> pa.Table:
+    """``homes`` (of any layer) with ``status`` and ``reason`` under ``info``'s rule
+    (and ``classification`` when ``study_code`` is given)."""
+    return apply_rule(homes, rule_of(info), study_code, log2m=info.hll_log2m,
+                      explicit_max=info.hll_explicit_max)

@@ -1,4 +1,4 @@
-"""Planning user batches of a big sorted userdays CSV by seeking, never reading it whole.
+"""Planning user batches of a big userdays CSV grouped by user, by seeking, never reading it whole.
 
 Owns the file-level contract of the input: header check (BOM, CRLF, column
 names), fingerprint, and cutting the data part into contiguous byte ranges
@@ -253,9 +253,10 @@ def plan_batches(path: str | Path, batch_users: int = 50_000) -> BatchPlan:
     Bytes per user come from a sample of up to 4 MB after the header; each
     target offset is moved forward to the next line whose user_guid differs
     from the previous line's. Batches are contiguous, cover ``[header_end,
-    size)`` and never split a user. Raises :class:`InputError` for an empty
-    file, a header-only file, a bad header, or user_guids that go backwards
-    at a boundary (file not sorted).
+    size)`` and never cut through a run of one user's rows; users may come in
+    any order (whether a user's rows are all together is checked exactly by
+    the batches, see :mod:`homeloc_assets.inputs.grouping`). Raises
+    :class:`InputError` for an empty file, a header-only file or a bad header.
     """
     if batch_users < 1:
         raise ValueError(f"batch_users must be >= 1, got {batch_users}")
@@ -292,16 +293,6 @@ def plan_batches(path: str | Path, batch_users: int = 50_000) -> BatchPlan:
             b, before, after = sc.user_boundary(ls)
             if b >= size:
                 break
-            if after < before:
-                # Issue 5 fix, minimal: name the physical line too (a scan, on this error path only)
-                line = _lines_before(fh, b) + 1
-                raise InputError(
-                    f"{path}: not sorted by user_guid: line {line} (byte {b}) has user "
-                    f"{after[:80]!r} after {before[:80]!r}. Sort it keeping the header, e.g. "
-                    f"(head -n1 in.csv; tail -n+2 in.csv | LC_ALL=C sort -t, -k1,1 -s) > sorted.csv",
-                    line=line,
-                    offset=b,
-                )
             if b > bounds[-1]:
                 bounds.append(b)
         bounds.append(size)

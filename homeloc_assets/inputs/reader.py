@@ -2,7 +2,7 @@
 
 Owns the row-level contract of the input: which lines become rows, which
 become rejects (and why), and which problems stop the whole file
-(:class:`InputError`: rows not sorted by user_guid, file changed since
+(:class:`InputError`: a user whose rows are not together, file changed since
 planning). Everything is numpy/pyarrow over the whole range; Python loops run
 only over rejected lines (to cut their raw text) and over lines with non-ASCII
 bytes (to check UTF-8).
@@ -17,9 +17,15 @@ How a range is read:
    only lines with exactly 4 fields and row i maps to a known line;
 3. coordinates are parsed by one Arrow cast (with a regex fallback that finds
    the bad values), HLLs by ``hll.unhex_many`` + ``hll.inspect_many``;
-4. user_guids must be non-decreasing (byte order) or InputError; within each
-   user, rows whose HLL parameters differ from the user's majority are
-   rejected (ties: the params of the user's first row win).
+4. each user's rows must be together (users in any order: byte order, a
+   linguistic collation, numeric ids, concatenated exports) or InputError;
+   the range's users are returned as 64-bit hashes with their first line, so
+   that the check over all batches is exact in bounded memory
+   (:mod:`homeloc_assets.inputs.grouping`); within each user, rows whose HLL
+   parameters differ from the user's majority are rejected (ties: the params
+   of the user's first row win).
+5. the hll column may be ``\\x…`` (bytea hex), ``\\\\x…`` (psql's text-format
+   COPY doubles the backslash) or bare hex (``encode(h::bytea, 'hex')``).
 """
 
 from __future__ import annotations
@@ -63,11 +69,13 @@ ROWS_SCHEMA = pa.schema(
     ]
 )
 REJECTS_SCHEMA = pa.schema([("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())])
-RAW_MAX = 200
-SORT_HINT = (
-    "the input must be sorted by user_guid in byte order; sort it keeping the header, e.g. "
-    "(head -n1 in.csv; tail -n+2 in.csv | LC_ALL=C sort -t, -k1,1 -s) > sorted.csv"
+#: per user of a range: 64-bit hash of the user_guid, byte offset and line of its first row
+USERS_SCHEMA = pa.schema([("hash", pa.uint64()), ("offset", pa.int64()), ("line", pa.int64())])
+GROUP_HINT = (
+    "each user's rows must be together (any order of users is fine, e.g. ORDER BY user_guid "
+    "in any collation)"
 )
+RAW_MAX = 200
 _NAMES = ["user_guid", "latitude", "longitude", "hll"]
 _NUM_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _NONFINITE_RE = r"^[+-]?([nN][aA][nN]|[iI][nN][fF]([iI][nN][iI][tT][yY])?)$"
@@ -92,6 +100,7 @@ class BatchRows:
     start: int = 0
     end: int = 0
     line_base: int = 0
+    users: pa.Table | None = None  # USERS_SCHEMA: one row per user of the range
 
 
 # --------------------------------------------------------------------- helpers
@@ -249,6 +258,23 @@ def _unhex(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return pa.concat_arrays([a, b]).take(pa.array(order, pa.int64())), ok
 
 
+def _hex_text(col: pa.Array) -> pa.Array:
+    """The hll texts of real exports as ``\\x…``: psql's text COPY writes ``\\\\x…``,
+    ``encode(h::bytea, 'hex')`` bare hex; each costs one vectorised pass when present."""
+    if len(col) == 0:
+        return col
+    doubled = pc.starts_with(col, "\\\\")
+    if pc.any(doubled).as_py():
+        col = pc.if_else(doubled, pc.utf8_slice_codeunits(col, 1), col)
+    bare = pc.invert(pc.starts_with(col, "\\"))
+    if pc.any(bare).as_py():
+        trimmed = pc.utf8_trim_whitespace(col)
+        bare = pc.and_(pc.invert(pc.starts_with(trimmed, "\\")),
+                       pc.greater(pc.utf8_length(trimmed), 0))
+        col = pc.if_else(bare, pc.binary_join_element_wise("\\x", trimmed, ""), col)
+    return col
+
+
 def _raw_text(data: bytes, starts: np.ndarray, ends: np.ndarray) -> list[str]:
     return [
         data[s : min(e, s + RAW_MAX * 4)].decode("utf-8", errors="replace")[:RAW_MAX]
@@ -269,12 +295,20 @@ def _python_split(data: bytes, starts: np.ndarray, ends: np.ndarray) -> pa.Table
 # ------------------------------------------------------------------------ core
 
 
-class _Unsorted(Exception):
-    """Internal: rows go backwards in user_guid at relative line ``line`` (byte ``offset``)."""
+class _Split(Exception):
+    """Internal: ``guid``'s rows are not together (relative ``lines``, file ``offsets``)."""
 
-    def __init__(self, line: int, offset: int, before: str, after: str) -> None:
-        super().__init__(line, offset, before, after)
-        self.line, self.offset, self.before, self.after = line, offset, before, after
+    def __init__(self, guid: str, lines: list[int], offsets: list[int]) -> None:
+        super().__init__(guid, lines, offsets)
+        self.guid, self.lines, self.offsets = guid, lines, offsets
+
+
+def user_hash(guids: pa.Array) -> np.ndarray:
+    """64-bit hashes of user_guids (pandas' SipHash over the UTF-8 text), vectorised."""
+    import pandas as pd
+
+    return pd.util.hash_array(np.asarray(guids.to_numpy(zero_copy_only=False), dtype=object),
+                              categorize=False)
 
 
 def _count_newlines(path: str | Path, end: int) -> int:
@@ -283,13 +317,14 @@ def _count_newlines(path: str | Path, end: int) -> int:
         return _lines_before(fh, end)
 
 
-def _unsorted_error(path: str | Path, start: int, exc: _Unsorted) -> InputError:
-    line = _count_newlines(path, start) + exc.line
+def split_user_error(path: str | Path, guid: str, offsets: list[int]) -> InputError:
+    """The structural error for a user whose rows are not together, naming two lines."""
+    lines = [_count_newlines(path, o) + 1 for o in offsets]
     return InputError(
-        f"{path}: not sorted by user_guid: line {line} (byte {exc.offset}) has user_guid "
-        f"{exc.after[:80]!r} after {exc.before[:80]!r}; {SORT_HINT}",
-        line=line,
-        offset=exc.offset,
+        f"{path}: the rows of user {guid[:80]!r} are not together: line {lines[0]} and line "
+        f"{lines[1]} with other users' rows between; {GROUP_HINT}",
+        line=lines[1],
+        offset=offsets[1],
     )
 
 
@@ -395,8 +430,8 @@ def parse_bytes(
 ) -> BatchRows:
     """Validate CSV lines in ``data`` (no header unless ``skip_header``); see :func:`read_batch`.
 
-    ``offset`` is the file offset of ``data[0]``. Raises ``_Unsorted`` (internal)
-    when user_guids go backwards; :func:`read_batch` turns it into InputError.
+    ``offset`` is the file offset of ``data[0]``. Raises ``_Split`` (internal)
+    when a user's rows are not together; :func:`read_batch` turns it into InputError.
     """
     buf = np.frombuffer(data, dtype=np.uint8)
     starts, ends, raw_end, skip, line_rej = _prescan(data, buf, skip_header)
@@ -419,18 +454,34 @@ def parse_bytes(
     empty_guid = _bool(pc.equal(pc.utf8_length(guid), 0))
     rr.mark(empty_guid, "empty user_guid")
 
-    # ---- sortedness (structural): non-decreasing user_guid in byte order
+    # ---- grouping (structural): each user's rows together, users in any order
     keyed = ~is_header & ~empty_guid
     kidx = np.flatnonzero(keyed)
-    if len(kidx) > 1:
+    users = USERS_SCHEMA.empty_table()
+    if len(kidx):
         g = guid if len(kidx) == m else guid.take(pa.array(kidx))
-        back = _bool(pc.less(g[1:], g[:-1]))
-        if back.any():
-            j = int(np.argmax(back)) + 1
-            row = int(kidx[j])
-            raise _Unsorted(
-                int(gidx[row]) + 1, offset + int(starts[gidx[row]]), g[j - 1].as_py(), g[j].as_py()
-            )
+        run = np.ones(len(kidx), dtype=bool)
+        if len(kidx) > 1:
+            run[1:] = _bool(pc.not_equal(g[1:], g[:-1]))
+        run_at = np.flatnonzero(run)
+        run_guid = g.take(pa.array(run_at))
+        if len(run_at) > 1 and pc.count_distinct(run_guid).as_py() < len(run_at):
+            codes = pc.dictionary_encode(run_guid).indices.to_numpy(zero_copy_only=False)
+            order = np.argsort(codes, kind="stable")
+            again = np.flatnonzero(codes[order][1:] == codes[order][:-1])
+            second = order[again + 1]
+            j = int(np.argmin(second))
+            first, later = int(order[again[j]]), int(second[j])
+            rows_at = kidx[run_at[[first, later]]]
+            raise _Split(str(run_guid[first].as_py()),
+                         [int(gidx[r]) + 1 for r in rows_at],
+                         [offset + int(starts[gidx[r]]) for r in rows_at])
+        first_rows = kidx[run_at]
+        users = pa.table({
+            "hash": pa.array(user_hash(run_guid), pa.uint64()),
+            "offset": pa.array(offset + starts[gidx[first_rows]].astype(np.int64), pa.int64()),
+            "line": pa.array(gidx[first_rows].astype(np.int64) + 1, pa.int64()),
+        }, schema=USERS_SCHEMA)
 
     coords = {}
     for name, col, lo, hi in (
@@ -448,7 +499,7 @@ def parse_bytes(
         rr.mark(ok & finite & ((vals < lo) | (vals > hi)), f"{name} out of range [{lo:g}, {hi:g}]")
         coords[name] = vals
 
-    blobs, hex_ok = _unhex(hll_s)
+    blobs, hex_ok = _unhex(_hex_text(hll_s))
     if not hex_ok.all():
         rr.mark(
             _bool(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(hll_s)), 0)),
@@ -519,7 +570,7 @@ def parse_bytes(
         ],
         schema=REJECTS_SCHEMA,
     )
-    return BatchRows(rows, rejects, int(n_lines), offset, offset + len(data))
+    return BatchRows(rows, rejects, int(n_lines), offset, offset + len(data), users=users)
 
 
 def _read_good_lines(
@@ -578,6 +629,8 @@ def read_batch(
     end: int,
     expected_fingerprint: str | None = None,
     *,
+    expected_size: int | None = None,
+    expected_mtime_ns: int | None = None,
     use_threads: bool = True,
 ) -> BatchRows:
     """Read and validate the byte range ``[start, end)`` of a userdays CSV.
@@ -592,6 +645,17 @@ def read_batch(
     path = Path(path)
     if start < 0 or end < start:
         raise ValueError(f"bad byte range [{start}, {end})")
+    if expected_size is not None or expected_mtime_ns is not None:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise InputError(f"cannot read input file {path}: {exc}") from exc
+        if (expected_size is not None and st.st_size != expected_size) or (
+                expected_mtime_ns is not None and st.st_mtime_ns != expected_mtime_ns):
+            raise InputError(
+                f"{path} changed during the run (now {st.st_size:,} bytes, planned "
+                f"{expected_size:,}); nothing new is published — run the command again "
+                "to process the new version")
     if expected_fingerprint is not None:
         try:
             fp = file_fingerprint(path)
@@ -609,8 +673,8 @@ def read_batch(
         raise InputError(f"cannot read input file {path}: {exc}") from exc
     try:
         return parse_bytes(data, offset=start, skip_header=start == 0, use_threads=use_threads)
-    except _Unsorted as exc:
-        raise _unsorted_error(path, start, exc) from None
+    except _Split as exc:
+        raise split_user_error(path, exc.guid, exc.offsets) from None
 
 
 def _user_range(fh, size: int, header_end: int, guid: bytes) -> tuple[int, int]:

@@ -1,0 +1,56 @@
+"""The home-rule sensitivity asset: thresholds swept over the per-user homes of the classification.
+
+Thin: reads the homes partitions (only the evidence columns) and the
+classification's own settings (``provenance.RunInfo``), calls
+:func:`homeloc_assets.sensitivity.run_sensitivity` — the same function as
+``homeloc sensitivity`` — and shows the table and the figure in the UI.
+"""
+
+import dagster as dg
+import pyarrow as pa
+
+from homeloc_assets import plots
+from homeloc_assets.defs.classification import _as_partitioned, classification_path
+from homeloc_assets.defs.resources import HomelocConfig
+from homeloc_assets.inference.rules import rule_of
+from homeloc_assets.provenance import read_run_info
+from homeloc_assets.sensitivity import HOMES_COLUMNS, run_sensitivity, sensitivity_figure
+from homeloc_assets.tables import PartitionedTables
+
+
+@dg.asset(
+    group_name="reports",
+    kinds={"pyarrow", "csv", "png"},
+    deps=["user_classification"],
+    ins={"user_home_locations": dg.AssetIn("user_home_locations")},
+    automation_condition=dg.AutomationCondition.eager(),
+    description=(
+        "Home rules swept over the per-user homes (never the input again): per setting of min "
+        "userdays / share / margin the users classified, Locals, Tourists, the Local:Tourist ratio "
+        "and the share of users whose class differs from the chosen setting; "
+        "<output>/sensitivity.csv and figures/sensitivity.png."
+    ),
+)
+def home_rule_sensitivity(context: dg.AssetExecutionContext, homeloc: HomelocConfig,
+                          user_home_locations: PartitionedTables) -> dg.MaterializeResult:
+    """Sweep the default grid around the classification's own rule."""
+    info = read_run_info(classification_path(homeloc))
+    homes = _as_partitioned(user_home_locations)
+    table = pa.concat_tables([t for _, t in homes.iter_tables(HOMES_COLUMNS)])
+    chosen = rule_of(info)
+    result = run_sensitivity(table, info.study_country_code, chosen, homeloc.output_dir,
+                             log2m=info.hll_log2m, explicit_max=info.hll_explicit_max)
+    rows = result.table.to_pylist()
+    lines = ["| min userdays | min share | min margin | classified | Locals | Tourists | changed |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['min_userdays']:g} | {r['min_share']:g} | {r['min_margin']:g} | "
+              f"{r['classified']:,} | {r['locals']:,} | {r['tourists']:,} | {r['changed_share']:.1%} |"
+              for r in rows if r["min_margin"] == chosen.min_margin]
+    md = "\n".join(lines)
+    md = f"{plots.figure_markdown(sensitivity_figure(result.table, chosen), 'sensitivity', dpi=80)}\n\n{md}"
+    context.log.info(f"sensitivity: {len(rows)} settings -> {result.csv_path}")
+    return dg.MaterializeResult(metadata={
+        "settings": len(rows),
+        "table": dg.MetadataValue.path(str(result.csv_path.resolve())),
+        "preview": dg.MetadataValue.md(md),
+    })
