@@ -63,6 +63,12 @@ def _add_run(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="recompute finished batches too")
     p.add_argument("--no-figures", action="store_true",
                    help="skip the report figures (<out>/figures, a few seconds)")
+    p.add_argument("--cell-resolution", type=int, default=None,
+                   help="H3 resolution of the landscape cells (default 8)")
+    p.add_argument("--cell-ring", type=int, default=None,
+                   help="neighbour rings pooled per landscape cell (default 1)")
+    p.add_argument("--no-landscape", action="store_true",
+                   help="skip the landscape cells (landscape_cells.parquet/.gpkg and maps)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -213,6 +219,8 @@ def cmd_run(args) -> int:
             batch_users=args.batch_users,
             workers=args.workers,
             max_reject_share=args.max_reject_share,
+            cell_resolution=args.cell_resolution,
+            cell_ring=args.cell_ring,
             dask_scheduler=args.dask,
         )
     except ValueError as exc:
@@ -273,6 +281,8 @@ def cmd_run(args) -> int:
     except (CountryError, LayerError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 
+    tags_all = {"dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1]}
     step_assets = batch_assets([spec.name for spec in settings.layer_specs])
     todo = [k for k in keys if args.fresh
             or not is_finished(settings.tables_path, settings.stats_path, k, step_assets)]
@@ -306,6 +316,18 @@ def cmd_run(args) -> int:
                          raise_on_error=False)
     if not res.success:
         raise CliError(*_failure(res))
+    if not args.no_landscape:
+        from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS
+
+        for sel, t in ((["landscape_batch_cells"], tags_all),
+                       ([k.to_user_string() for a in LANDSCAPE_ASSETS[1:] for k in a.keys
+                         if args.no_figures is False or k.to_user_string() == "landscape_cells"],
+                        None)):
+            res = dg.materialize(assets, selection=sel, instance=instance, resources=resources,
+                                 run_config=log_cfg, tags=t, raise_on_error=False)
+            if not res.success:
+                msg, code = _failure(res)
+                raise CliError(f"landscape: {msg}", code)
     summary = json.loads((out / "summary.json").read_text())
     elapsed = time.monotonic() - t0
     _print_summary(summary, out, elapsed)

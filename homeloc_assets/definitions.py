@@ -12,6 +12,7 @@ from homeloc_assets.defs.batches import make_batch_assets, user_batch_assets, us
 from homeloc_assets.defs.classification import homeloc_exports, user_classification
 from homeloc_assets.defs.countries import countries, world_countries
 from homeloc_assets.defs.io_managers import HomelocIOManager
+from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS
 from homeloc_assets.defs.operations import JOBS, SCHEDULES, SENSORS
 from homeloc_assets.defs.reports import REPORT_ASSETS
 from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
@@ -25,6 +26,7 @@ ASSETS = [
     user_classification,
     homeloc_exports,
     *REPORT_ASSETS,
+    *LANDSCAPE_ASSETS,
     home_rule_sensitivity,
 ]
 

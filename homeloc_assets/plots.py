@@ -269,3 +269,44 @@ def figure_markdown(fig: Figure, alt: str = "figure", dpi: int = 50) -> str:
     """A Markdown image with ``fig`` as a small inline (base64) PNG."""
     data = base64.b64encode(png_bytes(fig, dpi)).decode("ascii")
     return f"![{alt}](data:image/png;base64,{data})"
+
+
+LANDSCAPE_COLORS = {"touristic": "#d62728", "local": "#1f77b4", "not different": "#bdbdbd",
+                    "too little data": "#f2f2f2"}
+
+
+def landscape_map(cells: gpd.GeoDataFrame, countries: gpd.GeoDataFrame, code: str,
+                  column: str, title: str) -> Figure:
+    """The study country (outline) with its H3 cells by ``category`` or ``tourist_share``.
+
+    The share is drawn on a diverging scale centred on the dataset-wide share
+    (``overall_share``); cells without classified userdays are left light grey.
+    """
+    fig = _figure(8, 8)
+    ax = fig.add_subplot()
+    region = countries[countries["country_code"] == code]
+    region.plot(ax=ax, color="white", edgecolor="#555555", linewidth=0.6)
+    if column == "category":
+        for cat, color in LANDSCAPE_COLORS.items():
+            sel = cells[cells["category"] == cat]
+            if len(sel):
+                sel.plot(ax=ax, color=color, linewidth=0)
+            ax.plot([], [], "s", color=color, label=f"{cat} ({len(sel):,})")
+        ax.legend(loc="lower left", fontsize=8, frameon=True)
+    else:
+        overall = float(cells["overall_share"].iloc[0]) if len(cells) else 0.5
+        vc = min(max(overall, 1e-6), 1 - 1e-6)
+        norm = mcolors.TwoSlopeNorm(vmin=0.0, vcenter=vc, vmax=1.0)
+        known = cells[cells[column].notna()]
+        cells[cells[column].isna()].plot(ax=ax, color=NO_DATA_COLOR, linewidth=0)
+        if len(known):
+            known.plot(ax=ax, column=column, cmap="RdBu_r", norm=norm, linewidth=0,
+                       legend=True, legend_kwds={"label": f"tourist share (centre: overall "
+                                                          f"{overall:.1%})", "shrink": 0.6})
+    minx, miny, maxx, maxy = region.total_bounds if len(region) else cells.total_bounds
+    ax.set_xlim(minx, maxx)
+    ax.set_ylim(miny, maxy)
+    ax.set_aspect(1 / max(np.cos(np.radians((miny + maxy) / 2)), 0.1))
+    ax.set_title(title)
+    ax.set_axis_off()
+    return fig

@@ -41,6 +41,11 @@ class Settings:
     countries_path: str = ""
     countries_name_column: str = "ADMIN"
     countries_code_column: str = "ISO_A3_EH"
+    cell_resolution: int = 8
+    cell_ring: int = 1
+    landscape_min_observations: int = 30
+    landscape_min_difference: float = 0.10
+    landscape_max_q: float = 0.05
     #: Dask scheduler (tcp://host:8786 or a scheduler .json file); empty: local process pool
     dask_scheduler: str = ""
 
@@ -76,6 +81,13 @@ class Settings:
             countries_path=get("HOMELOC_COUNTRIES_PATH", d.countries_path),
             countries_name_column=get("HOMELOC_COUNTRIES_NAME_COLUMN", d.countries_name_column),
             countries_code_column=get("HOMELOC_COUNTRIES_CODE_COLUMN", d.countries_code_column),
+            cell_resolution=get("HOMELOC_CELL_RESOLUTION", d.cell_resolution),
+            cell_ring=get("HOMELOC_CELL_RING", d.cell_ring),
+            landscape_min_observations=get("HOMELOC_LANDSCAPE_MIN_OBSERVATIONS",
+                                           d.landscape_min_observations),
+            landscape_min_difference=get("HOMELOC_LANDSCAPE_MIN_DIFFERENCE",
+                                         d.landscape_min_difference),
+            landscape_max_q=get("HOMELOC_LANDSCAPE_MAX_Q", d.landscape_max_q),
             dask_scheduler=get("HOMELOC_DASK_SCHEDULER", d.dask_scheduler),
         ).validated()
 
@@ -99,11 +111,21 @@ class Settings:
             raise ValueError(
                 f"max reject share {self.max_reject_share}: must be between 0 and 1"
             )
+        self.landscape_params.validated()
         if self.dask_scheduler:
             from homeloc_assets.executors import validate_address
 
             validate_address(self.dask_scheduler)
         return self
+
+    @property
+    def landscape_params(self):
+        """The landscape's cell size, pooling and test thresholds."""
+        from homeloc_assets.inference.landscape import LandscapeParams
+
+        return LandscapeParams(self.cell_resolution, self.cell_ring,
+                               self.landscape_min_observations,
+                               self.landscape_min_difference, self.landscape_max_q)
 
     def with_(self, **changes) -> Settings:
         """A copy with ``changes`` (``None`` values are ignored)."""

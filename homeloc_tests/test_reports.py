@@ -125,7 +125,8 @@ def test_homeloc_run_draws_the_figures(small_input, tmp_path):
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (out / "figures").iterdir())
     assert names == sorted(f"{n}.{ext}" for n in ("classification_report", "tourist_origins_map",
-                                                  "study_country_share_map", "sensitivity")
+                                                  "study_country_share_map", "sensitivity",
+                                                  "landscape_category_map", "landscape_share_map")
                            for ext in ("png", "svg"))
     # the sensitivity asset: the chosen (default) setting's row is the run's own classification
     import pandas as pd

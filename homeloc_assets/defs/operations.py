@@ -90,7 +90,9 @@ homeloc_countries_job = dg.define_asset_job(
 
 homeloc_results_job = dg.define_asset_job(
     "homeloc_results_job",
-    selection=dg.AssetSelection.assets("user_classification").downstream(),
+    # the landscape is partitioned by batch: it runs with its own partition range
+    selection=dg.AssetSelection.assets("user_classification").downstream()
+    - dg.AssetSelection.assets("landscape_batch_cells").downstream(),
     description="Classification, exports and reports over all current batches.",
 )
 

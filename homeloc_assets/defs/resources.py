@@ -30,6 +30,11 @@ class HomelocConfig(dg.ConfigurableResource):
     countries_path: str = Field(default="", description="Own countries file (default: Natural Earth).")
     countries_name_column: str = "ADMIN"
     countries_code_column: str = "ISO_A3_EH"
+    cell_resolution: int = Field(default=8, description="H3 resolution of the landscape cells.")
+    cell_ring: int = Field(default=1, description="Neighbour rings pooled per cell (k).")
+    landscape_min_observations: int = Field(default=30, description="Fewer: too little data.")
+    landscape_min_difference: float = Field(default=0.10, description="Share difference needed.")
+    landscape_max_q: float = Field(default=0.05, description="Benjamini-Yekutieli q limit.")
     dask_scheduler: str = Field(
         default="",
         description="Dask scheduler for the batches, tcp://host:8786 or a scheduler .json file "

@@ -1,0 +1,205 @@
+"""Landscape assets: where Locals and Tourists leave their traces, per H3 cell.
+
+``landscape_batch_cells`` (partitioned like the batches) unions each batch's
+userday HLLs per (cell, class); ``landscape_cells`` unions those over all
+batches, tests every cell and writes ``landscape_cells.parquet`` and
+``landscape_cells.gpkg`` to the export folder; two maps show the study country
+by category and by tourist share. The work is in ``inference.landscape``.
+"""
+
+
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dagster as dg
+import geopandas as gpd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from homeloc_assets import plots
+from homeloc_assets.atomic import atomic_path
+from homeloc_assets.defs.batches import BACKFILL_BATCHES_PER_RUN, tables_dir, user_batches
+from homeloc_assets.defs.classification import classification_path
+from homeloc_assets.defs.reports import _publish
+from homeloc_assets.defs.resources import HomelocConfig
+from homeloc_assets.exports import exports_lock
+from homeloc_assets.inference.landscape import batch_cells, cell_polygons, combine, landscape_table
+from homeloc_assets.inference.rules import classify_batch
+from homeloc_assets.provenance import read_run_info
+from homeloc_assets.tables import PartitionedTables, StagedPartitions, write_table
+
+LANDSCAPE_FILES = ("landscape_cells.parquet", "landscape_cells.gpkg")
+_PARAMS_KEY = b"homeloc.landscape"
+
+
+@dg.asset(
+    group_name="landscape",
+    kinds={"h3", "parquet"},
+    partitions_def=user_batches,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_BATCHES_PER_RUN),
+    # read here with only the columns and rows needed (the study country's)
+    deps=["user_classification", "user_locations", "user_home_locations"],
+    description=(
+        "Per batch, H3 cell (HOMELOC_CELL_RESOLUTION) and class: hll_union_agg of the userday "
+        "HLLs of that class's users' locations in the study country, distinct users, users "
+        "in the cell's k-ring (HOMELOC_CELL_RING) and rows."
+    ),
+)
+def landscape_batch_cells(
+    context: dg.AssetExecutionContext,
+    homeloc: HomelocConfig,
+) -> StagedPartitions:
+    """Union each batch's HLLs per (cell, class), classes as user_classification made them
+    (its rule and study country, read from its footer)."""
+    info = read_run_info(classification_path(homeloc))
+    p = homeloc.settings.landscape_params
+    keys = list(context.partition_keys)
+    code = info.study_country_code
+    meta = {_PARAMS_KEY: f"{p.resolution},{p.ring},{code}".encode()}
+    tdir = tables_dir(homeloc)
+
+    def one(key: str) -> Path:
+        files = [tdir / a / f"{key}.parquet" for a in ("user_locations", "user_home_locations")]
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            raise dg.Failure(f"batch {key} is not materialized yet ({missing[0]})")
+        locs = pq.read_table(files[0], filters=[("country_code", "=", code)], columns=[
+            "user_guid", "latitude", "longitude", "country_code", "userday_hll"])
+        classes = classify_batch(pq.read_table(files[1]), info,
+                                 lambda asset, k=key: tdir / asset / f"{k}.parquet")
+        t = batch_cells(locs, classes, code, p.resolution, p.ring)
+        target = tdir / "landscape_batch_cells" / f".{key}.{time.time_ns()}.staged"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_table(t.replace_schema_metadata(meta), target)
+        return target
+
+    # threads: Arrow and numpy's sorts release the GIL, so batches overlap on all cores
+    with ThreadPoolExecutor(max_workers=homeloc.settings.n_workers) as pool:
+        staged = dict(zip(keys, pool.map(one, keys), strict=True))
+    return StagedPartitions(staged, metadata={"batches": len(staged),
+                                              "resolution": p.resolution, "ring": p.ring})
+
+
+@dg.asset(
+    group_name="landscape",
+    kinds={"h3", "parquet", "geopackage"},
+    automation_condition=dg.AutomationCondition.eager(),
+    ins={"landscape_batch_cells": dg.AssetIn()},
+    description=(
+        "Per H3 cell of the study country: per class estimated distinct userdays, distinct "
+        "users and the union HLL (bytea hex), the k-ring pooled tourist share, a two-sided "
+        "binomial test against the dataset-wide share, Benjamini-Yekutieli q and a category "
+        "(touristic, local, not different, too little data). Exports "
+        "landscape_cells.parquet and landscape_cells.gpkg (EPSG:4326 hexagons)."
+    ),
+)
+def landscape_cells(
+    context: dg.AssetExecutionContext, homeloc: HomelocConfig, landscape_batch_cells
+) -> dg.Output:
+    """Union the batches, test every cell, export."""
+    p = homeloc.settings.landscape_params
+    info = read_run_info(classification_path(homeloc))
+    parts = landscape_batch_cells if isinstance(landscape_batch_cells, PartitionedTables) else None
+    if parts is None:
+        raise dg.Failure("expected all user batches as input")
+    want = f"{p.resolution},{p.ring},{info.study_country_code}".encode()
+    for key, path in parts.files.items():
+        got = (pq.read_schema(path).metadata or {}).get(_PARAMS_KEY)
+        if got != want:
+            raise dg.Failure(f"landscape_batch_cells {key} was made with other settings "
+                             f"({got!r}, now {want!r}): materialize it again")
+    table, summary = landscape_table(combine(t for _, t in parts.iter_tables()), p)
+    paths = write_landscape(homeloc.output_dir, table)
+    context.log.info(f"wrote {', '.join(str(x) for x in paths.values())}")
+    return dg.Output(table, metadata={
+        "study_country": info.study_label, "resolution": p.resolution, "ring": p.ring,
+        **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in summary.items()},
+        "parquet": dg.MetadataValue.path(str(paths["landscape_cells.parquet"].resolve())),
+        "gpkg": dg.MetadataValue.path(str(paths["landscape_cells.gpkg"].resolve())),
+    })
+
+
+def landscape_frame(table: pa.Table) -> gpd.GeoDataFrame:
+    """The cells as hexagons (EPSG:4326)."""
+    df = table.to_pandas()
+    return gpd.GeoDataFrame(df, geometry=cell_polygons(table.column("cell")), crs="EPSG:4326")
+
+
+def write_landscape(out_dir: str | Path, table: pa.Table) -> dict[str, Path]:
+    """``landscape_cells.parquet`` and ``.gpkg`` in ``out_dir``, each atomic, under the exports lock."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in LANDSCAPE_FILES}
+    with exports_lock(out_dir):
+        with atomic_path(paths["landscape_cells.parquet"]) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        with atomic_path(paths["landscape_cells.gpkg"]) as tmp:
+            tmp.unlink()
+            with warnings.catch_warnings():  # the temporary name does not end in .gpkg
+                warnings.simplefilter("ignore", RuntimeWarning)
+                _write_gpkg(landscape_frame(table), tmp)
+    return paths
+
+
+def _write_gpkg(frame: gpd.GeoDataFrame, path: Path) -> None:
+    """GeoPackage with a fixed timestamp, so the same cells give the same bytes."""
+    import pyogrio
+
+    key = "OGR_CURRENT_DATE"
+    old = pyogrio.get_gdal_config_option(key)
+    pyogrio.set_gdal_config_options({key: GPKG_DATE})
+    try:
+        frame.to_file(path, driver="GPKG", layer="landscape_cells")
+    finally:
+        pyogrio.set_gdal_config_options({key: old})
+
+
+#: the GeoPackage's "last change" (GDAL writes the current time otherwise)
+GPKG_DATE = "2000-01-01T00:00:00.000Z"
+
+_MAP = {
+    "group_name": "landscape",
+    "kinds": {"matplotlib", "png", "svg"},
+    "deps": ["landscape_cells"],
+    "ins": {"countries": dg.AssetIn("countries")},
+    "automation_condition": dg.AutomationCondition.eager(),
+}
+
+
+def _cells(homeloc: HomelocConfig) -> pa.Table:
+    path = tables_dir(homeloc) / "landscape_cells.parquet"
+    if not path.exists():
+        raise dg.Failure(f"landscape_cells is not materialized yet ({path})")
+    return pq.read_table(path)
+
+
+@dg.asset(**_MAP, description=(
+    "The study country's H3 cells coloured by category (touristic, local, not different, "
+    "too little data). Figure: `<output_dir>/figures/landscape_category_map.png|svg`."))
+def landscape_category_map(context: dg.AssetExecutionContext, homeloc: HomelocConfig,
+                           countries: gpd.GeoDataFrame) -> dg.MaterializeResult:
+    """Cells by category."""
+    info = read_run_info(classification_path(homeloc))
+    t = _cells(homeloc)
+    fig = plots.landscape_map(landscape_frame(t), countries, info.study_country_code,
+                              "category", f"Locals and Tourists in {info.study_country}")
+    return _publish(context, homeloc, fig, "landscape_category_map", "Landscape categories")
+
+
+@dg.asset(**_MAP, description=(
+    "The study country's H3 cells coloured by the k-ring pooled tourist share (centred on "
+    "the dataset-wide share). Figure: `<output_dir>/figures/landscape_share_map.png|svg`."))
+def landscape_share_map(context: dg.AssetExecutionContext, homeloc: HomelocConfig,
+                        countries: gpd.GeoDataFrame) -> dg.MaterializeResult:
+    """Cells by tourist share."""
+    info = read_run_info(classification_path(homeloc))
+    t = _cells(homeloc)
+    fig = plots.landscape_map(landscape_frame(t), countries, info.study_country_code,
+                              "tourist_share", f"Tourist share of userdays in {info.study_country}")
+    return _publish(context, homeloc, fig, "landscape_share_map", "Tourist share")
+
+
+LANDSCAPE_ASSETS: list = [landscape_batch_cells, landscape_cells, landscape_category_map,
+                          landscape_share_map]
