@@ -84,13 +84,18 @@ def _rings(cells: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(np.arange(len(cells)), lengths), flat
 
 
+#: with a study region (nested classes) both kinds of tourists count as Tourists here
+_ALIASES = (*CLASSES, "Domestic tourist", "International tourist")
+_ALIAS_CODE = np.array([0, 1, 2, 1, 1], dtype=np.int8)
+
+
 def class_codes(classification: pa.Array) -> np.ndarray:
-    """0 Local, 1 Tourist, 2 undetermined (int8)."""
-    idx = pc.index_in(classification, pa.array(CLASSES))
+    """0 Local, 1 Tourist (also Domestic/International tourist), 2 undetermined (int8)."""
+    idx = pc.index_in(classification, pa.array(_ALIASES))
     if idx.null_count:
         bad = pc.filter(classification, pc.is_null(idx))[0]
         raise ValueError(f"class {bad} is not one of {CLASSES}")
-    return np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int8)
+    return _ALIAS_CODE[np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int64)]
 
 
 def batch_cells(
