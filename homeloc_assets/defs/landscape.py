@@ -34,19 +34,6 @@ LANDSCAPE_FILES = ("landscape_cells.parquet", "landscape_cells.gpkg")
 _PARAMS_KEY = b"homeloc.landscape"
 
 
-@dg.asset(
-    group_name="landscape",
-    kinds={"h3", "parquet"},
-    partitions_def=user_batches,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_BATCHES_PER_RUN),
-    # read here with only the columns and rows needed (the study country's)
-    deps=["user_classification", "user_locations", "user_home_locations"],
-    description=(
-        "Per batch, H3 cell (HOMELOC_CELL_RESOLUTION) and class: hll_union_agg of the userday "
-        "HLLs of that class's users' locations in the study country, distinct users, users "
-        "in the cell's k-ring (HOMELOC_CELL_RING) and rows."
-    ),
-)
 def landscape_batch_cells(
     context: dg.AssetExecutionContext,
     homeloc: HomelocConfig,
@@ -80,6 +67,25 @@ def landscape_batch_cells(
         staged = dict(zip(keys, pool.map(one, keys), strict=True))
     return StagedPartitions(staged, metadata={"batches": len(staged),
                                               "resolution": p.resolution, "ring": p.ring})
+
+
+# the batch-partitioned asset needs a backfill policy (Dagster marks the parameter beta): its
+# warning would reach every `homeloc run` user's terminal
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", category=dg.BetaWarning)
+    landscape_batch_cells = dg.asset(
+    group_name="landscape",
+    kinds={"h3", "parquet"},
+    partitions_def=user_batches,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_BATCHES_PER_RUN),
+    # read here with only the columns and rows needed (the study country's)
+    deps=["user_classification", "user_locations", "user_home_locations"],
+    description=(
+        "Per batch, H3 cell (HOMELOC_CELL_RESOLUTION) and class: hll_union_agg of the userday "
+        "HLLs of that class's users' locations in the study country, distinct users, users "
+        "in the cell's k-ring (HOMELOC_CELL_RING) and rows."
+    ),
+)(landscape_batch_cells)
 
 
 @dg.asset(
