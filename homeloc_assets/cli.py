@@ -203,7 +203,10 @@ def cmd_run(args) -> int:
     input_path = Path(args.input)
     if not input_path.is_file():
         raise CliError(f"input file not found: {input_path}", EXIT_USAGE)
-    base = Settings.from_env()
+    try:
+        base = Settings.from_env()
+    except ValueError as exc:  # e.g. a bad HOMELOC_DASK_SCHEDULER: one line, not a traceback
+        raise CliError(str(exc), EXIT_USAGE) from None
     out = Path(args.out or base.output_dir)
     try:
         settings = base.with_(

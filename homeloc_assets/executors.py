@@ -34,9 +34,9 @@ from homeloc_assets.catalog import BatchRef
 
 DASK_ENV = "HOMELOC_DASK_SCHEDULER"
 WAIT_ENV = "HOMELOC_DASK_WAIT"
-#: seconds to wait for the first worker (SLURM/Kubernetes workers may still be queued)
+#: seconds to wait for the scheduler and then for a first worker (SLURM/Kubernetes
+#: workers may still be queued)
 DEFAULT_WAIT = 120.0
-CONNECT_TIMEOUT = 30.0
 PROBE_PREFIX = ".homeloc-probe-"
 
 
@@ -64,7 +64,7 @@ def validate_address(address: str) -> str:
 
 
 def worker_wait(env: dict[str, str] | None = None) -> float:
-    """Seconds to wait for the first worker, from ``HOMELOC_DASK_WAIT`` (default 120)."""
+    """Seconds to wait for the scheduler, then for a first worker: ``HOMELOC_DASK_WAIT`` (120)."""
     raw = (os.environ if env is None else env).get(WAIT_ENV, "")
     try:
         value = float(raw) if raw else DEFAULT_WAIT
@@ -85,12 +85,13 @@ def code_digest() -> str:
     return h.hexdigest()[:12]
 
 
-def connect(address: str, timeout: float = CONNECT_TIMEOUT):
+def connect(address: str, timeout: float | None = None):
     """A ``distributed.Client`` on ``address`` (URL or scheduler file); ClusterError if none."""
     try:
         from distributed import Client
     except ImportError:  # pragma: no cover - dask is a dependency
         raise ClusterError("Dask scheduler given but dask[distributed] is not installed") from None
+    timeout = worker_wait() if timeout is None else timeout
     try:
         if is_scheduler_file(address):
             if not Path(address).is_file():
@@ -213,12 +214,12 @@ def iter_dask(refs: Sequence[BatchRef], setup: batch_runner.WorkerSetup,
     from distributed.scheduler import KilledWorker
 
     refs, setup = _absolute(refs, setup)
-    client = connect(address)
+    wait = worker_wait() if wait is None else wait
+    client = connect(address, wait)
     futures = []
     try:
         storage = str(Path(setup.stats_dir).parent)
-        check_workers(client, sorted({r.path for r in refs}), storage,
-                      worker_wait() if wait is None else wait)
+        check_workers(client, sorted({r.path for r in refs}), storage, wait)
         token = secrets.token_hex(8)
         [shared] = client.scatter([setup], broadcast=True, hash=False)
         futures = [
