@@ -52,6 +52,8 @@ def _add_run(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     p.add_argument("--max-reject-share", type=float, default=None,
                    help="fail when more than this share of rows is rejected (default 0.01)")
+    p.add_argument("--max-no-country-share", type=float, default=None,
+                   help="fail when more than this share of points is in no country (default 0.2)")
     p.add_argument("--dask", default=None, metavar="SCHEDULER",
                    help="run the batches on this Dask cluster, tcp://host:8786 or a scheduler "
                         "file (default: HOMELOC_DASK_SCHEDULER, else a local process pool)")
@@ -76,7 +78,8 @@ def _instance(home: Path):
 
 
 #: errors that mean "the input (or a choice of the user) is wrong": exit 2
-_USAGE_ERRORS = {"InputError", "RejectShareError", "CountryError", "LayerError"}
+_USAGE_ERRORS = {"InputError", "RejectShareError", "CountryError", "LayerError",
+                 "ImplausibleInputError"}
 
 
 def _failure(result) -> tuple[str, int]:
@@ -211,6 +214,7 @@ def cmd_run(args) -> int:
             batch_users=args.batch_users,
             workers=args.workers,
             max_reject_share=args.max_reject_share,
+            max_no_country_share=args.max_no_country_share,
             dask_scheduler=args.dask,
         )
     except ValueError as exc:

@@ -163,6 +163,33 @@ def write_exports(
     return paths
 
 
+def write_rejects(
+    out_dir: str | Path, rejects: PartitionedTables, line_offsets: dict[str, int], top: int = 3
+) -> tuple[Path, list[tuple[str, int]]]:
+    """Write ``<out_dir>/rejected_rows.csv`` alone (before a threshold stops the run).
+
+    Same format as the full export; returns its path and the ``top`` most
+    common reasons with their counts, so that the stopping message can name them.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reasons: list[pa.Array] = []
+
+    def tables() -> Iterator[pa.Table]:
+        for t in _global_rejects(rejects, line_offsets):
+            reasons.append(pc.value_counts(t.column("reason")))
+            yield t
+
+    target = out_dir / "rejected_rows.csv"
+    with exports_lock(out_dir), atomic_path(target) as tmp:
+        _stream_csv(tmp, tables(), REJECTS_SCHEMA)
+    counts: dict[str, int] = {}
+    for vc in reasons:
+        for item in vc.to_pylist():
+            counts[item["values"]] = counts.get(item["values"], 0) + int(item["counts"])
+    return target, sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+
+
 def _global_rejects(rejects: PartitionedTables, offsets: dict[str, int]) -> Iterator[pa.Table]:
     for key, t in rejects.iter_tables():
         line = pc.add(t.column("line").cast(pa.int64()), pa.scalar(offsets[key], pa.int64()))

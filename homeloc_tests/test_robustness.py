@@ -325,5 +325,8 @@ def test_above_max_reject_share_the_run_fails_without_exports(damaged_case, tmp_
     assert res.returncode != 0
     msg = one_error_line(res)
     assert "rejected" in msg and "limit" in msg and "--max-reject-share" in msg, msg
-    assert not any((out / n).exists() for n in EXPORTS), export_files(out).keys()
-    assert not export_files(out)
+    # the rejects are written before the stop (the message names the file), nothing else
+    assert str(out / "rejected_rows.csv") in msg, msg
+    assert set(export_files(out)) == {"rejected_rows.csv"}, export_files(out).keys()
+    rej = pd.read_csv(out / "rejected_rows.csv")
+    assert list(rej.columns) == ["line", "reason", "raw", "batch"] and len(rej) > 0
