@@ -296,6 +296,7 @@ def cmd_run(args) -> int:
         if not res.success:
             msg, code = _failure(res)
             raise CliError(f"batches: {msg}", code)
+        _print_check_failures(res)
     from homeloc_assets.defs.reports import REPORT_ASSETS
 
     final = ["user_classification", "homeloc_exports"]
@@ -307,10 +308,20 @@ def cmd_run(args) -> int:
                          raise_on_error=False)
     if not res.success:
         raise CliError(*_failure(res))
+    _print_check_failures(res)
     summary = json.loads((out / "summary.json").read_text())
     elapsed = time.monotonic() - t0
     _print_summary(summary, out, elapsed)
     return EXIT_OK
+
+
+def _print_check_failures(res) -> None:
+    """One ``homeloc: warning:`` line per asset check of ``res`` that did not pass (even --quiet)."""
+    for ev in res.get_asset_check_evaluations():
+        if not ev.passed:
+            meta = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in sorted(ev.metadata.items()))
+            print(f"homeloc: warning: check {ev.asset_key.to_user_string()}/{ev.check_name} "
+                  f"did not pass{': ' + meta if meta else ''}", file=sys.stderr, flush=True)
 
 
 def _check_layers(settings) -> None:

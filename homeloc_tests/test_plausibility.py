@@ -77,11 +77,16 @@ def test_swapped_latitude_longitude_stops_naming_the_cause(synth, tmp_path):
     assert "in no country" in msg and "--max-no-country-share" in msg, msg
     assert "latitude and longitude look swapped" in msg, msg
     assert not (out / "user_home_locations.csv").exists()
-    # the same file passes when the user accepts the share (and the message said how)
-    res = run("run", "--input", str(src), "--out", str(out), "--workers", "1", "--quiet",
+    # the same file passes when the user accepts the share; the failed WARN check of the
+    # batches reaches the user as one warning line, even with --quiet
+    out2 = tmp_path / "out2"
+    res = run("run", "--input", str(src), "--out", str(out2), "--workers", "1", "--quiet",
               "--no-figures", "--max-no-country-share", "1", *accept)
     assert res.returncode == 0, res.stderr
-    assert (out / "user_home_locations.csv").exists()
+    assert (out2 / "user_home_locations.csv").exists()
+    warn = [ln for ln in res.stderr.splitlines() if ln.startswith("homeloc: warning:")]
+    assert any("user_locations/points_in_a_country did not pass" in ln
+               and "share_in_no_country=" in ln for ln in warn), res.stderr
 
 
 def test_max_no_country_share_setting():
