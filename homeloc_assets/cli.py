@@ -54,6 +54,8 @@ def _add_run(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     p.add_argument("--max-reject-share", type=float, default=None,
                    help="fail when more than this share of rows is rejected (default 0.01)")
+    p.add_argument("--max-no-country-share", type=float, default=None,
+                   help="fail when more than this share of points is in no country (default 0.2)")
     p.add_argument("--dask", default=None, metavar="SCHEDULER",
                    help="run the batches on this Dask cluster, tcp://host:8786 or a scheduler "
                         "file (default: HOMELOC_DASK_SCHEDULER, else a local process pool)")
@@ -84,7 +86,8 @@ def _instance(home: Path):
 
 
 #: errors that mean "the input (or a choice of the user) is wrong": exit 2
-_USAGE_ERRORS = {"DsnError", "InputError", "RejectShareError", "CountryError", "LayerError"}
+_USAGE_ERRORS = {"DsnError", "InputError", "RejectShareError", "CountryError", "LayerError",
+                 "ImplausibleInputError"}
 
 
 def _failure(result) -> tuple[str, int]:
@@ -224,6 +227,7 @@ def cmd_run(args) -> int:
             max_reject_share=args.max_reject_share,
             cell_resolution=args.cell_resolution,
             cell_ring=args.cell_ring,
+            max_no_country_share=args.max_no_country_share,
             dask_scheduler=args.dask,
         )
     except ValueError as exc:
@@ -308,6 +312,7 @@ def cmd_run(args) -> int:
         if not res.success:
             msg, code = _failure(res)
             raise CliError(f"batches: {msg}", code)
+        _print_check_failures(res)
     from homeloc_assets.defs.reports import REPORT_ASSETS
 
     final = ["user_classification", "homeloc_exports"]
@@ -319,6 +324,7 @@ def cmd_run(args) -> int:
                          raise_on_error=False)
     if not res.success:
         raise CliError(*_failure(res))
+    _print_check_failures(res)
     if not args.no_landscape:
         from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS
 
@@ -335,6 +341,15 @@ def cmd_run(args) -> int:
     elapsed = time.monotonic() - t0
     _print_summary(summary, out, elapsed)
     return EXIT_OK
+
+
+def _print_check_failures(res) -> None:
+    """One ``homeloc: warning:`` line per asset check of ``res`` that did not pass (even --quiet)."""
+    for ev in res.get_asset_check_evaluations():
+        if not ev.passed:
+            meta = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in sorted(ev.metadata.items()))
+            print(f"homeloc: warning: check {ev.asset_key.to_user_string()}/{ev.check_name} "
+                  f"did not pass{': ' + meta if meta else ''}", file=sys.stderr, flush=True)
 
 
 def _check_layers(settings) -> None:

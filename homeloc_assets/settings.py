@@ -38,6 +38,8 @@ class Settings:
     batch_users: int = DEFAULT_BATCH_USERS
     workers: int = 0
     max_reject_share: float = 0.01
+    #: stop above this share of points in no country (likely swapped or wrong coordinates)
+    max_no_country_share: float = 0.2
     countries_path: str = ""
     countries_name_column: str = "ADMIN"
     countries_code_column: str = "ISO_A3_EH"
@@ -78,6 +80,7 @@ class Settings:
             batch_users=get("HOMELOC_BATCH_USERS", d.batch_users),
             workers=get("HOMELOC_WORKERS", d.workers),
             max_reject_share=get("HOMELOC_MAX_REJECT_SHARE", d.max_reject_share),
+            max_no_country_share=get("HOMELOC_MAX_NO_COUNTRY_SHARE", d.max_no_country_share),
             countries_path=get("HOMELOC_COUNTRIES_PATH", d.countries_path),
             countries_name_column=get("HOMELOC_COUNTRIES_NAME_COLUMN", d.countries_name_column),
             countries_code_column=get("HOMELOC_COUNTRIES_CODE_COLUMN", d.countries_code_column),
@@ -112,6 +115,9 @@ class Settings:
                 f"max reject share {self.max_reject_share}: must be between 0 and 1"
             )
         self.landscape_params.validated()
+        if not 0 <= self.max_no_country_share <= 1:
+            raise ValueError(f"HOMELOC_MAX_NO_COUNTRY_SHARE={self.max_no_country_share}: "
+                             "must be between 0 and 1")
         if self.dask_scheduler:
             from homeloc_assets.executors import validate_address
 

@@ -33,6 +33,10 @@ class RejectShareError(Exception):
     """Too many rows were rejected to trust the result."""
 
 
+class ImplausibleInputError(Exception):
+    """Too many points fall in no country: the coordinates are likely wrong."""
+
+
 def classification_path(config: HomelocConfig) -> Path:
     """Where ``user_classification`` keeps its table (the IO manager's file)."""
     return tables_dir(config) / "user_classification.parquet"
@@ -84,6 +88,7 @@ def user_classification(
             f"{homeloc.max_reject_share:.2%}; most common reasons: {top}; all rejected rows: "
             f"{where} (raise --max-reject-share to accept)"
         )
+    check_no_country_share(homeloc, stats, countries)
     check_input_grouping(homeloc, stats)
     settings = homeloc.settings
     region = settings.study_region_spec
@@ -260,6 +265,71 @@ def check_input_grouping(homeloc: HomelocConfig, stats: dict[str, dict]) -> None
         plan = catalog.load_plan(plan_id)
         check_grouped(plan.path, (pq.read_table(users_path(stats_dir(homeloc), s["key"]))
                                   for s in items))
+
+
+#: rows sampled from the batches' user_locations to try the coordinates swapped
+SWAP_SAMPLE = 20_000
+
+
+def check_no_country_share(
+    homeloc: HomelocConfig, stats: dict[str, dict], countries: gpd.GeoDataFrame
+) -> None:
+    """Stop (ImplausibleInputError) when more points than allowed fall in no country.
+
+    The likely cause is named: when a sample of the points, swapped, lands in
+    a country far more often, the latitude and longitude columns are swapped.
+    """
+    rows = sum(int(s["rows"]) for s in stats.values())
+    none = sum(int(s["points_in_no_country"]) for s in stats.values())
+    share = none / rows if rows else 0.0
+    limit = homeloc.max_no_country_share
+    if share <= limit:
+        return
+    head = (f"{none} of {rows} points ({share:.1%}) fall in no country — above the limit of "
+            f"{limit:.0%} (--max-no-country-share)")
+    in_orig, in_swapped = swapped_sample_shares(homeloc, list(stats), countries)
+    if in_swapped >= 0.5 and in_swapped >= 2 * in_orig:
+        cause = (f"latitude and longitude look swapped ({in_swapped:.0%} of points fall in a "
+                 "country when swapped); swap the two columns of the input")
+    else:
+        cause = ("check that latitude and longitude are WGS84 degrees and that the countries "
+                 "file (HOMELOC_COUNTRIES_PATH) covers the study area; raise "
+                 "--max-no-country-share to accept")
+    raise ImplausibleInputError(f"{head}; {cause}")
+
+
+def swapped_sample_shares(
+    homeloc: HomelocConfig, keys: list[str], countries: gpd.GeoDataFrame
+) -> tuple[float, float]:
+    """(share in a country, share in a country with lat/lon swapped) of up to SWAP_SAMPLE points."""
+    import numpy as np
+
+    from homeloc_assets.defs.batches import country_lookup
+
+    files = [p for k in keys
+             if (p := tables_dir(homeloc) / "user_locations" / f"{k}.parquet").exists()]
+    if not files:
+        return 0.0, 0.0
+    per_file = max(1, -(-SWAP_SAMPLE // len(files)))
+    parts = []
+    for path in files:
+        pf = pq.ParquetFile(path)
+        n = 0
+        for rb in pf.iter_batches(batch_size=per_file, columns=["latitude", "longitude", "country"]):
+            parts.append(rb.slice(0, per_file - n))
+            n += min(rb.num_rows, per_file - n)
+            if n >= per_file:
+                break
+        if sum(p.num_rows for p in parts) >= SWAP_SAMPLE:
+            break
+    t = pa.Table.from_batches(parts) if parts else None
+    if t is None or t.num_rows == 0:
+        return 0.0, 0.0
+    lat = t.column("latitude").to_numpy().astype(np.float64)
+    lon = t.column("longitude").to_numpy().astype(np.float64)
+    in_orig = float(pc.mean(pc.is_valid(t.column("country")).cast(pa.float64())).as_py())
+    swapped = country_lookup(countries, homeloc.storage_dir).lookup(lat, lon)
+    return in_orig, float(np.mean(swapped >= 0))
 
 
 def _as_partitioned(value) -> PartitionedTables:

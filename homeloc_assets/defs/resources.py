@@ -27,6 +27,9 @@ class HomelocConfig(dg.ConfigurableResource):
     batch_users: int = Field(default=50_000, description="Users per batch partition.")
     workers: int = Field(default=0, description="Worker processes (0 = one per core).")
     max_reject_share: float = Field(default=0.01, description="Fail above this share of rejected rows.")
+    max_no_country_share: float = Field(
+        default=0.2, description="Fail above this share of points in no country "
+                                 "(HOMELOC_MAX_NO_COUNTRY_SHARE).")
     countries_path: str = Field(default="", description="Own countries file (default: Natural Earth).")
     countries_name_column: str = "ADMIN"
     countries_code_column: str = "ISO_A3_EH"
