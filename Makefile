@@ -7,7 +7,7 @@ DATA   ?= data/sample_userdays.csv
 OUT    ?= out
 USERS  ?= 20000
 
-.PHONY: setup run test test-fast lint pg-setup browser-setup bench bench-hll clean
+.PHONY: setup run test test-all test-fast lint pg-setup browser-setup bench bench-hll clean
 
 setup: $(STAMP)  ## create .venv with .venv/bin/homeloc (idempotent)
 
@@ -30,7 +30,10 @@ browser-setup:  ## Debian's Chromium for the browser test
 lint: setup
 	$(BIN)/ruff check homeloc_assets homeloc_tests benchmarks
 
-test: setup pg-setup browser-setup lint  ## everything the tests need, then the whole suite
+test: setup pg-setup browser-setup lint  ## everything the tests need, then the suite (CI: under 15 min)
+	$(BIN)/python -m pytest homeloc_tests -m "not heavy"
+
+test-all: setup pg-setup browser-setup lint  ## the suite plus the long fault-injection runs (marker heavy)
 	$(BIN)/python -m pytest homeloc_tests
 
 test-fast: setup

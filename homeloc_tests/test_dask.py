@@ -26,6 +26,9 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 USERS, BATCH_USERS = 4000, "250"  # 16 batches
 
+#: long fault-injection runs: `make test-all` (not `make test`)
+pytestmark = pytest.mark.heavy
+
 
 def _env() -> dict:
     return env_for({"PYTHONPATH": str(ROOT), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"})

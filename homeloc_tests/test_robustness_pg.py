@@ -94,6 +94,7 @@ def _wait_stats(proc, out, n: int, timeout: float = 300) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.heavy
 def test_restart_mid_run_is_retried(case, tmp_path):
     src, ref = case
     out = tmp_path / "out"
@@ -111,6 +112,7 @@ def test_restart_mid_run_is_retried(case, tmp_path):
     assert export_files(out) == ref
 
 
+@pytest.mark.heavy
 def test_server_gone_for_good_fails_clearly_then_resumes(case, tmp_path):
     src, ref = case
     out = tmp_path / "out"

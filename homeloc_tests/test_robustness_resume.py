@@ -99,6 +99,7 @@ def _check_kept(before: dict[str, int], out: Path, stderr: str) -> None:
         assert f"resuming: {len(before)} finished batch(es) kept" in stderr, stderr
 
 
+@pytest.mark.heavy
 def test_kill_9_at_several_moments_then_resume(case, tmp_path):
     src, ref = case
     out = tmp_path / "out"
@@ -143,6 +144,7 @@ def test_kill_9_right_after_the_first_batches(case, tmp_path):
     assert not stray_files(out), stray_files(out)
 
 
+@pytest.mark.heavy
 def test_two_runs_at_once_on_the_same_batches(case, tmp_path):
     src, ref = case
     out = tmp_path / "out"

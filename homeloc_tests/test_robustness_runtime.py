@@ -33,6 +33,9 @@ from homeloc_tests.test_robustness_resume import _stats
 
 BATCH_USERS = "100"
 
+#: long fault-injection runs: `make test-all` (not `make test`)
+pytestmark = pytest.mark.heavy
+
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):

@@ -26,7 +26,7 @@ from homeloc_tests.test_robustness import (
     write_lines,
 )
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.heavy, pytest.mark.postgres]
 
 ROLE = "homeloc_pw"
 SECRET = "Hq7ZwK@Wk3Rtp/Pz8Xvq:Jm2Qcd Lb9Tyu"
