@@ -31,6 +31,7 @@ def _rows(path: Path, key: str, value: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_daemon_turns_a_dropped_file_into_exports(tmp_path):
     from homeloc_assets.synth import generate
 

@@ -130,6 +130,7 @@ def test_kill_9_at_several_moments_then_resume(case, tmp_path):
     assert not stray_files(out), stray_files(out)
 
 
+@pytest.mark.heavy
 def test_kill_9_right_after_the_first_batches(case, tmp_path):
     """Killed while workers are writing: the next command keeps what finished, redoes the rest."""
     src, ref = case
