@@ -262,6 +262,7 @@ def test_a_wrong_study_region_or_layer_stops_before_the_batches(small_input, hal
     assert not (tmp_path / "o" / "user_classification.csv").exists()
 
 
+@pytest.mark.heavy
 def test_sensitivity_counts_equal_separate_runs_and_validate_reports_accuracy(small_input, tmp_path):
     base, strict = tmp_path / "base", tmp_path / "strict"
     for out, extra in ((base, []), (strict, ["--min-userdays", "3", "--min-share", "0.6",

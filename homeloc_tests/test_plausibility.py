@@ -62,6 +62,7 @@ def test_reject_share_stop_writes_rejected_rows_and_names_reasons(synth, tmp_pat
     assert not (out / "summary.json").exists()
 
 
+@pytest.mark.heavy
 def test_swapped_latitude_longitude_stops_naming_the_cause(synth, tmp_path):
     df = pd.read_csv(synth, dtype=str, keep_default_na=False)
     src = tmp_path / "swapped.csv"

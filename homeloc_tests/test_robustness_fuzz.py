@@ -104,6 +104,7 @@ def check_file(path) -> None:
         assert set(seen) == nonblank
 
 
+@pytest.mark.heavy
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(_line_ops, max_size=6), st.lists(_byte_ops, max_size=6))

@@ -19,7 +19,7 @@ import pytest
 
 from homeloc_tests.test_robustness import base_rows, export_files, homeloc, write_lines
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.heavy, pytest.mark.postgres]
 
 SECRET = "S3cr3t-xyz"
 ROLE = "homeloc_t"
