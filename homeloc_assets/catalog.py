@@ -202,6 +202,56 @@ class Catalog:
                 cache[plan_id] = None
         return cache[plan_id]
 
+    # ------------------------------------------------------------ the data set
+    # Which plans the results describe. ``homeloc run --input F`` makes it F's
+    # plan; the input sensor makes it the plans of every registered file of
+    # the watched folder. The classification reads only these plans' batches,
+    # whatever else the Dagster instance holds from earlier inputs.
+
+    @property
+    def dataset_path(self) -> Path:
+        """``<storage>/dataset.json``: the plans the next classification covers."""
+        return self.root / "dataset.json"
+
+    def set_dataset(self, plan_ids: Iterable[str], source: str) -> None:
+        """Make ``plan_ids`` the data set (atomically; ``source`` says who chose it)."""
+        doc = {"plans": sorted(set(plan_ids)), "source": source}
+        if self.dataset() != doc["plans"] or self.dataset_source() != source:
+            write_text_atomic(self.dataset_path, json.dumps(doc, indent=1, sort_keys=True))
+
+    def dataset(self) -> list[str] | None:
+        """The plans of the data set, or None when nothing chose one yet."""
+        try:
+            return list(json.loads(self.dataset_path.read_text())["plans"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def dataset_source(self) -> str | None:
+        """Who chose the data set (``homeloc run``, the input sensor), or None."""
+        try:
+            return json.loads(self.dataset_path.read_text()).get("source")
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+
+    def dataset_keys(self, available: Sequence[str], plan_ids: Sequence[str] | None) -> list[str]:
+        """The keys of ``available`` that belong to ``plan_ids`` (all of them when None).
+
+        Every batch of every plan must be available, else :class:`KeyError`
+        names the first missing one: a result never covers part of an input.
+        """
+        if plan_ids is None:
+            return list(available)
+        have = set(available)
+        for plan_id in plan_ids:
+            missing = [k for k in self.keys(plan_id) if k not in have]
+            if missing:
+                path = self._plan_path(plan_id, {}) or plan_id
+                raise KeyError(f"batch {missing[0]} of {path} is not a materialized partition "
+                               f"({len(missing)} of {len(self.keys(plan_id))} missing): "
+                               "materialize the batches first")
+        wanted = set(plan_ids)
+        return [k for k in available if split_key(k)[0] in wanted]
+
     def plan_ids(self) -> list[str]:
         """All stored plan ids."""
         if not self.plans_dir.exists():

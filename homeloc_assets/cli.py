@@ -251,6 +251,8 @@ def cmd_run(args) -> int:
     except InputError as exc:
         raise CliError(f"{input_path}: {exc}", EXIT_USAGE) from None
     _sync_partitions(instance, catalog, user_batches.name, input_path, plan_id, keys)
+    # this run's result describes this input only, whatever else the instance holds
+    catalog.set_dataset([plan_id], source="homeloc run")
 
     defs = build_definitions(settings)
     assets = defs.assets
@@ -313,15 +315,22 @@ def cmd_run(args) -> int:
             msg, code = _failure(res)
             raise CliError(f"batches: {msg}", code)
         _print_check_failures(res)
+    from homeloc_assets.defs.classification import DATASET_TAG
     from homeloc_assets.defs.reports import REPORT_ASSETS
 
     final = ["user_classification", "homeloc_exports"]
     if not args.no_figures:
         final += [k.to_user_string() for a in REPORT_ASSETS for k in a.keys]
         final.append("home_rule_sensitivity")
+    publish_cfg = dict(log_cfg)
+    publish_cfg["ops"] = {"homeloc_published": {"config": {
+        "figures": not args.no_figures, "landscape": not args.no_landscape}}}
+    if args.no_landscape:
+        final.append("homeloc_published")  # else after the landscape: all switch together
     res = dg.materialize(assets, selection=final,
-                         instance=instance, resources=resources, run_config=log_cfg,
-                         raise_on_error=False)
+                         instance=instance, resources=resources,
+                         run_config=publish_cfg if args.no_landscape else log_cfg,
+                         tags={DATASET_TAG: plan_id}, raise_on_error=False)
     if not res.success:
         raise CliError(*_failure(res))
     _print_check_failures(res)
@@ -330,17 +339,30 @@ def cmd_run(args) -> int:
 
         for sel, t in ((["landscape_batch_cells"], tags_all),
                        ([k.to_user_string() for a in LANDSCAPE_ASSETS[1:] for k in a.keys
-                         if args.no_figures is False or k.to_user_string() == "landscape_cells"],
-                        None)):
+                         if args.no_figures is False or k.to_user_string() == "landscape_cells"]
+                        + ["homeloc_published"], None)):
             res = dg.materialize(assets, selection=sel, instance=instance, resources=resources,
-                                 run_config=log_cfg, tags=t, raise_on_error=False)
+                                 run_config=log_cfg if t else publish_cfg, tags=t,
+                                 raise_on_error=False)
             if not res.success:
                 msg, code = _failure(res)
                 raise CliError(f"landscape: {msg}", code)
+    _check_published(settings)
     summary = json.loads((out / "summary.json").read_text())
     elapsed = time.monotonic() - t0
     _print_summary(summary, out, elapsed)
     return EXIT_OK
+
+
+def _check_published(settings) -> None:
+    """The run's own classification is the published set (else one error line, exit 1)."""
+    from homeloc_assets.provenance import read_run_info
+    from homeloc_assets.publish import current_generation
+
+    gen = read_run_info(settings.tables_path / "user_classification.parquet").generation
+    if current_generation(settings.output_dir) != gen:
+        raise CliError(f"{settings.output_dir}: the new set {gen} is incomplete and was not "
+                       "published; the previous one stays")
 
 
 def _print_check_failures(res) -> None:

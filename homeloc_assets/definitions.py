@@ -14,6 +14,7 @@ from homeloc_assets.defs.countries import countries, world_countries
 from homeloc_assets.defs.io_managers import HomelocIOManager
 from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS
 from homeloc_assets.defs.operations import JOBS, SCHEDULES, SENSORS
+from homeloc_assets.defs.publishing import homeloc_published
 from homeloc_assets.defs.reports import REPORT_ASSETS
 from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
 from homeloc_assets.defs.rules import home_rule_sensitivity
@@ -28,6 +29,7 @@ ASSETS = [
     *REPORT_ASSETS,
     *LANDSCAPE_ASSETS,
     home_rule_sensitivity,
+    homeloc_published,
 ]
 
 

@@ -247,13 +247,20 @@ def user_map(
 
 # ------------------------------------------------------------------- output
 def save_figure(fig: Figure, out_dir: str | Path, name: str, dpi: int = 150) -> dict[str, Path]:
-    """Write ``fig`` as ``<out_dir>/<name>.png`` and ``.svg``, each atomically."""
+    """Write ``fig`` as ``<out_dir>/<name>.png`` and ``.svg``, each atomically.
+
+    The same figure gives the same bytes (no date in the files, SVG ids salted
+    by ``name``), so a rerun's published set has the same manifest.
+    """
+    import matplotlib
+
     out_dir = Path(out_dir)
     paths = {}
     for fmt in ("png", "svg"):
         target = out_dir / f"{name}.{fmt}"
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi)
+        meta = {"Date": None} if fmt == "svg" else {"Software": None}
+        with atomic_path(target) as tmp, matplotlib.rc_context({"svg.hashsalt": name}):
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta)
         paths[fmt] = target
     return paths
 

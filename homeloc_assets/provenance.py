@@ -50,6 +50,13 @@ class RunInfo:
     layers: tuple[str, ...] = ()  # NAME=SPEC of each extra region layer
     hll_log2m: int = 11
     hll_explicit_max: int = 160
+    #: the output generation this classification's files go to (``publish``)
+    generation: str = ""
+
+    @property
+    def plan_ids(self) -> tuple[str, ...]:
+        """The batch plans (input file versions) this classification covers."""
+        return tuple(i.plan_id for i in self.inputs)
 
     @property
     def study_label(self) -> str:

@@ -37,6 +37,10 @@ class SensitivityResult:
     figure_path: Path | None
 
 
+#: ``homeloc sensitivity`` / ``validate`` write here, beside (not into) the published set
+ANALYSIS_DIR = "analysis"
+
+
 def read_homes(out_dir: str | Path) -> pa.Table:
     """The columns of the run's homes that the rules need; a clear error when there is no run."""
     path = Path(out_dir) / HOMES_FILE
@@ -124,6 +128,9 @@ def _floats(text: str) -> list[float]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The sweep's flags, shared by ``sensitivity`` and ``validate``."""
     p.add_argument("--out", default="out", help="output folder of a finished `homeloc run`")
+    p.add_argument("--to", default=None,
+                   help="where the table and figure go (default: OUT/analysis; the published "
+                        "set under OUT is never changed)")
     p.add_argument("--study-country", default=None, help="name or ISO code (default: the run's)")
     p.add_argument("--min-userdays", type=float, default=0.0, help="chosen setting")
     p.add_argument("--min-share", type=float, default=0.0, help="chosen setting")
@@ -172,7 +179,7 @@ def main(args: argparse.Namespace, *, validate: bool = False) -> int:
     truth = read_truth(args.truth) if validate else None
     run = _summary(args.out)
     result = run_sensitivity(
-        homes, _study_code(args), chosen, args.out,
+        homes, _study_code(args), chosen, args.to or Path(args.out) / ANALYSIS_DIR,
         log2m=int(run.get("hll_log2m", 11)), explicit_max=int(run.get("hll_explicit_max", 160)),
         grid={"min_userdays": args.grid_userdays, "min_share": args.grid_share,
               "min_margin": args.grid_margin},

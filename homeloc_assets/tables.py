@@ -121,3 +121,8 @@ class PartitionedTables:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def subset(self, keys: Sequence[str]) -> PartitionedTables:
+        """The partitions ``keys`` only (in this view's order)."""
+        wanted = set(keys)
+        return PartitionedTables({k: p for k, p in self.files.items() if k in wanted})

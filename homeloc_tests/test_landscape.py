@@ -37,11 +37,13 @@ def _run(root, csv, batch_users: int, resolution: int = 7, min_userdays: float =
     instance.add_dynamic_partitions("user_batches", keys)
     tags = {"dagster/asset_partition_range_start": keys[0],
             "dagster/asset_partition_range_end": keys[-1]}
+    publish = {"ops": {"homeloc_published": {"config": {"figures": False}}}}
     for selection, t in ((["world_countries", "countries"], None), (BATCH_ASSETS, tags),
                          (["user_classification"], None), (LANDSCAPE[:1], tags),
-                         (LANDSCAPE[1:], None)):
+                         ([*LANDSCAPE[1:], "homeloc_exports", "homeloc_published"], None)):
         res = dg.materialize(defs.assets, selection=selection, instance=instance,
-                             resources=defs.resources, tags=t)
+                             resources=defs.resources, tags=t,
+                             run_config=publish if "homeloc_published" in selection else None)
         assert res.success
     return settings, keys, res
 

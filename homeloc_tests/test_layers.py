@@ -273,7 +273,7 @@ def test_sensitivity_counts_equal_separate_runs_and_validate_reports_accuracy(sm
     r = _homeloc("sensitivity", "--out", str(base), "--grid-userdays", "0,3", "--grid-share",
                  "0,0.6", "--grid-margin", "0,1", "--no-figures")
     assert r.returncode == 0, r.stderr
-    table = pd.read_csv(base / "sensitivity.csv")
+    table = pd.read_csv(base / "analysis" / "sensitivity.csv")
     assert len(table) == 8
     row = table[(table.min_userdays == 3) & (table.min_share == 0.6) & (table.min_margin == 1)].iloc[0]
     cls = pd.read_csv(strict / "user_classification.csv").classification.value_counts()
@@ -286,7 +286,7 @@ def test_sensitivity_counts_equal_separate_runs_and_validate_reports_accuracy(sm
     r = _homeloc("validate", "--out", str(base), "--truth", f"{small_input}.truth.csv",
                  "--no-figures")
     assert r.returncode == 0 and "accuracy" in r.stdout, r.stderr
-    v = pd.read_csv(base / "validation.csv")
+    v = pd.read_csv(base / "analysis" / "validation.csv")
     chosen = v[(v.min_userdays == 0) & (v.min_share == 0) & (v.min_margin == 0)].iloc[0]
     truth = pd.read_csv(f"{small_input}.truth.csv")
     assert chosen.truth_Local_as_Local + chosen.truth_Local_as_Tourist + chosen.truth_Local_as_undetermined \

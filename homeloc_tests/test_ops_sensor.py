@@ -207,6 +207,44 @@ def test_removed_file_retires_batches_and_refreshes_results(env):
     assert "b.csv" not in json.loads(res.cursor)["files"]
 
 
+def test_the_folder_is_one_data_set_of_its_registered_files(env):
+    """The results describe every registered file of the folder together, and only them."""
+    from homeloc_assets.catalog import Catalog
+
+    inbox, cfg, instance = env
+    catalog = Catalog(cfg.storage_dir)
+    catalog.set_dataset(["earlier_run-0000abcd"], source="homeloc run")
+    write_csv(inbox / "a.csv", users=30)
+    b = write_csv(inbox / "b.csv", users=20, start=500)
+    t = Ticker(instance, cfg)
+    t.tick()
+    assert catalog.dataset() == ["earlier_run-0000abcd"]  # nothing registered yet: unchanged
+    t.tick()
+    plans = sorted({k.rpartition("-")[0] for k in t.keys})
+    assert len(plans) == 2 and catalog.dataset() == plans
+    assert catalog.dataset_source() == f"input sensor ({inbox})"
+    b.unlink()
+    t.tick()
+    assert catalog.dataset() == [p for p in plans if p.startswith("a-")]
+
+
+def test_a_compressed_file_is_refused_once_with_what_to_do(env, capfd):
+    import gzip
+
+    inbox, cfg, instance = env
+    src = write_csv(inbox / "raw.csv", users=20)
+    gz = inbox / "big.csv.gz"
+    gz.write_bytes(gzip.compress(src.read_bytes()))
+    set_age(gz, 3600)
+    src.unlink()
+    t = Ticker(instance, cfg)
+    for _ in range(3):
+        t.tick()
+    warned = [ln for ln in capfd.readouterr().err.splitlines() if "big.csv.gz:" in ln]
+    assert len(warned) == 1 and "gunzip -k big.csv.gz" in warned[0], warned
+    assert json.loads(t.cursor)["files"]["big.csv.gz"]["state"] == "rejected" and not t.keys
+
+
 def test_symlink_escaping_the_folder_is_ignored(env, tmp_path):
     inbox, cfg, instance = env
     outside = write_csv(tmp_path / "secret.csv", users=20)

@@ -59,7 +59,12 @@ def test_reports_materialise_with_figures_and_previews(pipeline):
     assert res.success
     cls = pq.read_table(settings.storage_path / "assets" / "user_classification.parquet")
     counts = {r["values"]: r["counts"] for r in pc.value_counts(cls["classification"]).to_pylist()}
-    figures = settings.storage_path.parent / "figures"
+    from homeloc_assets.provenance import read_run_info
+    from homeloc_assets.publish import generation_dir
+
+    # not published yet (no exports here): the figures are in the classification's generation
+    generation = read_run_info(settings.storage_path / "assets" / "user_classification.parquet")
+    figures = generation_dir(settings.output_dir, generation.generation) / "figures"
     seen = set()
     for event in res.get_asset_materialization_events():
         name = event.asset_key.to_user_string()

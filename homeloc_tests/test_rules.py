@@ -171,13 +171,13 @@ def test_sensitivity_command_writes_the_table_and_figure(tmp_path, random_homes,
     args = _args(tmp_path, "--min-userdays", "3", "--grid-userdays", "0,3", "--grid-share", "0,0.5",
                  "--grid-margin", "0")
     assert sens.main(args) == 0
-    table = pacsv.read_csv(tmp_path / "sensitivity.csv").to_pylist()
+    table = pacsv.read_csv(tmp_path / "analysis" / "sensitivity.csv").to_pylist()
     assert len(table) == 4
     chosen = next(r for r in table if r["min_userdays"] == 3 and r["min_share"] == 0)
     assert chosen["changed_share"] == 0
     cls = apply_rule(random_homes, HomeRule(min_userdays=3), "DEU").column("classification")
     assert chosen["locals"] == cls.to_pylist().count("Local")
-    assert (tmp_path / "figures" / "sensitivity.png").stat().st_size > 0
+    assert (tmp_path / "analysis" / "figures" / "sensitivity.png").stat().st_size > 0
     assert "table:" in capsys.readouterr().out
 
 
@@ -195,7 +195,7 @@ def test_validate_command_reads_a_synth_truth_file(tmp_path, random_homes, capsy
     args = _args(tmp_path, "--truth", str(tmp_path / "t.csv"), "--study-country", "germany",
                  "--no-figures", "--grid-userdays", "0", "--grid-share", "0", "--grid-margin", "0")
     assert sens.main(args, validate=True) == 0
-    row = pacsv.read_csv(tmp_path / "validation.csv").to_pylist()[0]
+    row = pacsv.read_csv(tmp_path / "analysis" / "validation.csv").to_pylist()[0]
     cls = apply_rule(random_homes, HomeRule(), "DEU").column("classification").to_pylist()
     assert row["accuracy"] == pytest.approx(cls.count("Tourist") / len(cls))
     assert row["truth_Tourist_as_Local"] == cls.count("Local")

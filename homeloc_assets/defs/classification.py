@@ -26,6 +26,7 @@ from homeloc_assets.inference.rules import (
     with_evidence,
 )
 from homeloc_assets.provenance import InputInfo, RunInfo, read_run_info
+from homeloc_assets.publish import generation_dir, new_generation_id
 from homeloc_assets.tables import PARQUET_COMPRESSION, PartitionedTables
 
 
@@ -40,6 +41,44 @@ class ImplausibleInputError(Exception):
 def classification_path(config: HomelocConfig) -> Path:
     """Where ``user_classification`` keeps its table (the IO manager's file)."""
     return tables_dir(config) / "user_classification.parquet"
+
+
+#: run tag of ``homeloc run``: the plans (comma-separated) its classification covers
+DATASET_TAG = "homeloc/plans"
+
+
+def dataset_plans(context: dg.AssetExecutionContext, config: HomelocConfig) -> list[str] | None:
+    """The plans a new classification covers: the run's tag, else the catalog's data set."""
+    tag = context.run.tags.get(DATASET_TAG)
+    if tag:
+        return [p for p in tag.split(",") if p]
+    return Catalog(config.storage_dir).dataset()
+
+
+def select_batches(config: HomelocConfig, parts: PartitionedTables,
+                   plan_ids: list[str] | tuple[str, ...] | None) -> PartitionedTables:
+    """The partitions of ``parts`` that belong to ``plan_ids`` (Failure when one is missing)."""
+    try:
+        keys = Catalog(config.storage_dir).dataset_keys(parts.keys(), plan_ids)
+    except KeyError as exc:
+        raise dg.Failure(str(exc).strip("'\"")) from None
+    if not keys:
+        raise dg.Failure("no user batches to classify")
+    return parts.subset(keys)
+
+
+def classified_batches(config: HomelocConfig, value) -> PartitionedTables:
+    """The partitions of ``value`` that the current classification covers (its RunInfo)."""
+    info = read_run_info(classification_path(config))
+    return select_batches(config, _as_partitioned(value), info.plan_ids)
+
+
+def publication_dir(config: HomelocConfig) -> Path:
+    """The generation folder the current classification's files go to (not yet published)."""
+    info = read_run_info(classification_path(config))
+    if not info.generation:
+        raise dg.Failure("user_classification was made by an older homeloc: materialize it again")
+    return generation_dir(config.output_dir, info.generation)
 
 
 def batch_stats(config: HomelocConfig, keys: list[str]) -> dict[str, dict]:
@@ -76,7 +115,8 @@ def user_classification(
     countries: gpd.GeoDataFrame,
 ):
     """Classify each user's home against the study country, batch by batch."""
-    homes = _as_partitioned(user_home_locations)
+    homes = select_batches(homeloc, _as_partitioned(user_home_locations),
+                           dataset_plans(context, homeloc))
     stats = batch_stats(homeloc, homes.keys())
     rows = sum(s["rows"] for s in stats.values())
     rejected = sum(s["rejected"] for s in stats.values())
@@ -94,7 +134,7 @@ def user_classification(
     region = settings.study_region_spec
     study = region[1] if region and region[0] == "country" else homeloc.study_country
     name, code = resolve_country(countries, study)
-    info = run_info(homeloc, name, code, stats)
+    info = run_info(homeloc, name, code, stats, new_generation_id(context.run.run_id))
     target = classification_path(homeloc)
     counts = {CLASS_LOCAL: 0, CLASS_TOURIST: 0, CLASS_UNDETERMINED: 0, CLASS_DOMESTIC: 0,
               CLASS_INTERNATIONAL: 0}
@@ -192,7 +232,8 @@ def write_stopped_rejects(homeloc: HomelocConfig, keys: list[str],
     return target.resolve(), ", ".join(f"\"{r}\" ({n:,})" for r, n in top) or "none recorded"
 
 
-def run_info(homeloc: HomelocConfig, name: str, code: str, stats: dict[str, dict]) -> RunInfo:
+def run_info(homeloc: HomelocConfig, name: str, code: str, stats: dict[str, dict],
+             generation: str = "") -> RunInfo:
     """The settings this classification is made with, as stored in its table."""
     catalog = Catalog(homeloc.storage_dir)
     inputs = []
@@ -215,6 +256,7 @@ def run_info(homeloc: HomelocConfig, name: str, code: str, stats: dict[str, dict
         layers=tuple(str(s) for s in settings.layer_specs),
         hll_log2m=log2m,
         hll_explicit_max=explicit_max,
+        generation=generation,
     )
 
 
@@ -362,7 +404,7 @@ def homeloc_exports(
     rejected_rows: PartitionedTables,
 ) -> dg.MaterializeResult:
     """Stream every batch into the export files."""
-    homes = _as_partitioned(user_home_locations)
+    homes = classified_batches(homeloc, user_home_locations)
     keys = homes.keys()
     stats = batch_stats(homeloc, keys)
     offsets = line_offsets(homeloc, keys, stats)
@@ -401,12 +443,13 @@ def homeloc_exports(
         layer_parts[name] = tuple(
             PartitionedTables({k: tables_dir(homeloc) / asset / f"{k}.parquet" for k in keys})
             for asset in layer_assets(name))
+    target = publication_dir(homeloc)
     paths = write_exports(
-        homeloc.output_dir,
+        target,
         homes,
-        _as_partitioned(user_country_userdays),
+        _as_partitioned(user_country_userdays).subset(keys),
         cls_path,
-        _as_partitioned(rejected_rows),
+        _as_partitioned(rejected_rows).subset(keys),
         offsets,
         summary,
         home_evidence=lambda t: with_evidence(t, info),
@@ -416,6 +459,7 @@ def homeloc_exports(
     return dg.MaterializeResult(
         metadata={
             "output_dir": dg.MetadataValue.path(str(Path(homeloc.output_dir).resolve())),
+            "generation": info.generation,
             "files": ", ".join(sorted(paths)),
             **{k: v for k, v in summary.items() if isinstance(v, int)},
         }

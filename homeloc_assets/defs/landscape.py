@@ -21,7 +21,11 @@ import pyarrow.parquet as pq
 from homeloc_assets import plots
 from homeloc_assets.atomic import atomic_path
 from homeloc_assets.defs.batches import BACKFILL_BATCHES_PER_RUN, tables_dir, user_batches
-from homeloc_assets.defs.classification import classification_path
+from homeloc_assets.defs.classification import (
+    classification_path,
+    publication_dir,
+    select_batches,
+)
 from homeloc_assets.defs.reports import _publish
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.exports import exports_lock
@@ -110,6 +114,7 @@ def landscape_cells(
     parts = landscape_batch_cells if isinstance(landscape_batch_cells, PartitionedTables) else None
     if parts is None:
         raise dg.Failure("expected all user batches as input")
+    parts = select_batches(homeloc, parts, info.plan_ids)
     want = f"{p.resolution},{p.ring},{info.study_country_code}".encode()
     for key, path in parts.files.items():
         got = (pq.read_schema(path).metadata or {}).get(_PARAMS_KEY)
@@ -117,7 +122,7 @@ def landscape_cells(
             raise dg.Failure(f"landscape_batch_cells {key} was made with other settings "
                              f"({got!r}, now {want!r}): materialize it again")
     table, summary = landscape_table(combine(t for _, t in parts.iter_tables()), p)
-    paths = write_landscape(homeloc.output_dir, table)
+    paths = write_landscape(publication_dir(homeloc), table)
     context.log.info(f"wrote {', '.join(str(x) for x in paths.values())}")
     return dg.Output(table, metadata={
         "study_country": info.study_label, "resolution": p.resolution, "ring": p.ring,

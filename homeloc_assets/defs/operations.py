@@ -157,7 +157,7 @@ def _not_an_input_name(name: str) -> bool:
     return (
         name.startswith((".", "~", "#"))
         or low.endswith((".tmp", ".part", ".partial", ".crdownload", ".swp", "~"))
-        or not low.endswith(".csv")
+        or not low.endswith((".csv", ".csv.gz"))
     )
 
 
@@ -313,6 +313,13 @@ def evaluate_input_folder(
         if now - cand.mtime_ns / 1e9 < SETTLE_SECONDS:
             new_files[name] = entry
             continue
+        if name.lower().endswith(".gz"):
+            # decompressing gigabytes does not fit in a sensor tick: say what to do, once
+            msg = (f"compressed inputs are not watched: decompress it into the folder "
+                   f"(gunzip -k {name}), or run `homeloc run --input {cand.path}`")
+            context.log.warning(f"{name}: {msg}")
+            new_files[name] = {**entry, "state": "rejected", "error": msg}
+            continue
         try:
             plan_id, keys = catalog.register(cand.path, homeloc.batch_users)
         except (InputError, OSError, ValueError) as exc:
@@ -369,6 +376,11 @@ def evaluate_input_folder(
                 job_name=homeloc_results_job.name,
             ))
 
+    # the folder is one data set: the results describe every registered file of it together
+    plans = sorted({e["plan_id"] for e in new_files.values() if e.get("state") == "registered"})
+    source = f"input sensor ({homeloc.input_dir})"
+    if plans or catalog.dataset_source() == source:
+        catalog.set_dataset(plans, source)
     cursor.files = new_files
     requests: list = []
     if retire:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from homeloc_assets import plots
-from homeloc_assets.defs.classification import classification_path
+from homeloc_assets.defs.classification import classification_path, publication_dir
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inference import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
 from homeloc_assets.inference.rules import CLASS_DOMESTIC, CLASS_INTERNATIONAL
@@ -44,8 +44,9 @@ def _study(config: HomelocConfig) -> tuple[str, str]:
 
 
 def figures_dir(config: HomelocConfig) -> Path:
-    """Where the report figures go: ``<output_dir>/figures``."""
-    return Path(config.output_dir) / FIGURES_DIR
+    """Where the report figures go: ``figures/`` of the classification's generation folder
+    (published as ``<output_dir>/figures``)."""
+    return publication_dir(config) / FIGURES_DIR
 
 
 def home_counts(path: str | Path) -> pd.DataFrame:

@@ -10,7 +10,11 @@ import dagster as dg
 import pyarrow as pa
 
 from homeloc_assets import plots
-from homeloc_assets.defs.classification import _as_partitioned, classification_path
+from homeloc_assets.defs.classification import (
+    classification_path,
+    classified_batches,
+    publication_dir,
+)
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inference.rules import rule_of
 from homeloc_assets.provenance import read_run_info
@@ -35,10 +39,10 @@ def home_rule_sensitivity(context: dg.AssetExecutionContext, homeloc: HomelocCon
                           user_home_locations: PartitionedTables) -> dg.MaterializeResult:
     """Sweep the default grid around the classification's own rule."""
     info = read_run_info(classification_path(homeloc))
-    homes = _as_partitioned(user_home_locations)
+    homes = classified_batches(homeloc, user_home_locations)
     table = pa.concat_tables([t for _, t in homes.iter_tables(HOMES_COLUMNS)])
     chosen = rule_of(info)
-    result = run_sensitivity(table, info.study_country_code, chosen, homeloc.output_dir,
+    result = run_sensitivity(table, info.study_country_code, chosen, publication_dir(homeloc),
                              log2m=info.hll_log2m, explicit_max=info.hll_explicit_max)
     rows = result.table.to_pylist()
     lines = ["| min userdays | min share | min margin | classified | Locals | Tourists | changed |",
