@@ -1,8 +1,12 @@
-"""Report assets materialise on a small run: PNG + SVG files and a Markdown preview."""
+"""Report assets materialise on a small run: PNG + SVG files and the figure for the UI.
+
+The browser test (``test_ui_browser.py``) checks that the UI really shows it.
+"""
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import dagster as dg
 import pyarrow.compute as pc
@@ -12,6 +16,7 @@ import pytest
 from homeloc_assets import plots
 from homeloc_assets.catalog import Catalog
 from homeloc_assets.definitions import build_definitions
+from homeloc_assets.defs import reports
 from homeloc_assets.defs.reports import REPORT_ASSETS, home_counts
 from homeloc_assets.settings import Settings
 
@@ -42,6 +47,38 @@ def pipeline(tmp_path_factory):
     return settings, defs, instance
 
 
+def _png_width(png: bytes) -> int:
+    assert png[12:16] == b"IHDR"
+    return int.from_bytes(png[16:20], "big")
+
+
+def test_reports_on_a_local_instance_serve_the_figure_to_the_ui(pipeline, tmp_path):
+    """With the instance's local compute-log folder the figure is a short Markdown image.
+
+    It points at the webserver's ``/logs/`` route for a PNG written in that
+    folder; under 1,000 characters, so the UI shows it inline.
+    """
+    settings, defs, _ = pipeline
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
+    res = dg.materialize(defs.assets, selection=["classification_report"], instance=instance,
+                         resources=defs.resources)
+    assert res.success
+    (event,) = res.get_asset_materialization_events()
+    md = event.materialization.metadata["figure"].value
+    assert len(md) < reports.INLINE_MARKDOWN_LIMIT
+    url = md.split("](", 1)[1].rstrip(")")
+    assert url.startswith(f"/logs/{reports.UI_FIGURES}/classification_report-") and url.endswith("/png")
+    namespace, stem, ext = url.removeprefix("/logs/").split("/")
+    served = Path(instance.compute_log_manager.get_captured_local_path([namespace, stem], ext))
+    png = served.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and _png_width(png) >= 800
+    # materialised again: still one copy per content, at most UI_FIGURES_KEPT kept
+    for _ in range(2):
+        assert dg.materialize(defs.assets, selection=["classification_report"], instance=instance,
+                              resources=defs.resources).success
+    assert 1 <= len(list(served.parent.glob("classification_report-*.png"))) <= reports.UI_FIGURES_KEPT
+
+
 def test_report_assets_are_wired():
     for a in REPORT_ASSETS:
         spec = next(iter(a.specs))
@@ -53,6 +90,7 @@ def test_report_assets_are_wired():
 
 
 def test_reports_materialise_with_figures_and_previews(pipeline):
+    """Without a local compute-log folder (an ephemeral instance) the figure is a data-URI image."""
     settings, defs, instance = pipeline
     res = dg.materialize(defs.assets, selection=REPORTS, instance=instance,
                          resources=defs.resources)
@@ -65,11 +103,13 @@ def test_reports_materialise_with_figures_and_previews(pipeline):
         name = event.asset_key.to_user_string()
         seen.add(name)
         md = event.materialization.metadata
-        preview = md["preview"].value
+        preview = md["figure"].value
         assert preview.startswith("![") and "(data:image/png;base64," in preview
         b64 = preview.split("base64,", 1)[1].split(")", 1)[0]
-        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
-        assert len(preview) < 200_000  # small enough for the event log
+        png = base64.b64decode(b64)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert _png_width(png) >= 800  # readable, not a thumbnail
+        assert len(preview) < 400_000  # small enough for the event log
         png, svg = figures / f"{name}.png", figures / f"{name}.svg"
         assert md["png"].value == str(png.resolve()) and md["svg"].value == str(svg.resolve())
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -81,7 +121,9 @@ def test_reports_materialise_with_figures_and_previews(pipeline):
             assert md["undetermined"].value == counts.get("undetermined", 0)
         if name == "tourist_origins_map":
             assert md["tourists"].value == counts.get("Tourist", 0)
-            assert "Top home countries" in preview
+            table = md["table"].value
+            assert "Top home countries" in table
+            assert len(table) < reports.INLINE_MARKDOWN_LIMIT  # shown inline, no click
         if name == "study_country_share_map":
             assert md["users_with_home"].value == cls.num_rows
             local_share = counts.get("Local", 0) / cls.num_rows

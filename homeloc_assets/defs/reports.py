@@ -1,12 +1,14 @@
 """Report assets: the seed notebook's pictures, in the UI and next to the exports.
 
 Each report reads ``user_classification`` (only the columns it needs, batch by
-batch, so it scales with the number of users) and ``countries``, shows a small
-PNG in its materialisation metadata and writes the full figure as PNG and SVG
-to ``<output_dir>/figures/`` (atomically). They update when
+batch, so it scales with the number of users) and ``countries``, writes the
+figure as PNG and SVG to ``<output_dir>/figures/`` (atomically) and shows it on
+the asset's page in the UI without a click (metadata entry ``figure``, see
+:func:`ui_figure_markdown`). They update when
 ``user_classification`` does (eager automation) and can be materialised by hand.
 """
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -76,16 +78,83 @@ def _top_table(df: pd.DataFrame, value: str, n: int = 10, fmt: str = "{:,}") -> 
     return "\n".join(lines)
 
 
+#: where the UI copies of the figures go, inside the instance's local compute-log folder
+UI_FIGURES = "homeloc_figures"
+#: UI copies kept per figure (older materialisations' pictures are removed)
+UI_FIGURES_KEPT = 10
+#: Dagster shows a Markdown metadata value inline only when it is shorter than this
+#: (``MetadataEntry.tsx``: ``expandSmallValues && entry.mdStr.length < 1000``), else behind
+#: "[Show Markdown]".
+INLINE_MARKDOWN_LIMIT = 1000
+#: pixels across of the UI copy of a figure (the files in ``figures/`` are 150 dpi)
+UI_WIDTH_PX = 1000
+
+
+def _local_log_manager(instance):
+    """The instance's local compute-log manager (the one the webserver's ``/logs/`` route reads)."""
+    manager = getattr(instance, "compute_log_manager", None)
+    if manager is not None and not hasattr(manager, "get_captured_local_path"):
+        manager = getattr(manager, "local_manager", None)  # cloud managers keep a local one
+    return manager if hasattr(manager, "get_captured_local_path") else None
+
+
+def ui_figure_markdown(instance, png: bytes, name: str, alt: str) -> str | None:
+    """A short Markdown image the Dagster UI shows inline, or None where it cannot be served.
+
+    The Dagster webserver serves files of the local compute-log folder at
+    ``/logs/<namespace>/<name>/<extension>`` (its captured-log download route,
+    which reads them through the instance's compute-log manager): the PNG is
+    written there under a name with its content hash (no stale browser cache)
+    and the Markdown refers to that URL, well under
+    :data:`INLINE_MARKDOWN_LIMIT` characters. Only the newest
+    :data:`UI_FIGURES_KEPT` copies of each figure are kept.
+    """
+    import hashlib
+
+    from homeloc_assets.atomic import atomic_path
+
+    manager = _local_log_manager(instance)
+    if manager is None:
+        return None
+    stem = f"{name}-{hashlib.sha256(png).hexdigest()[:16]}"
+    try:
+        target = Path(manager.get_captured_local_path([UI_FIGURES, stem], "png"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            Path(tmp).write_bytes(png)
+        os.utime(target)  # an unchanged figure is the newest copy again
+        old = sorted(target.parent.glob(f"{name}-*.png"), key=lambda q: q.stat().st_mtime_ns)
+        for stale in old[:-UI_FIGURES_KEPT]:
+            stale.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        return None
+    md = f"![{alt}](/logs/{UI_FIGURES}/{stem}/png)"
+    return md if len(md) < INLINE_MARKDOWN_LIMIT else None
+
+
 def _publish(context, config: HomelocConfig, fig, name: str, alt: str, extra_md: str = "",
              metadata: dict | None = None) -> dg.MaterializeResult:
+    """Write the figure files and show the figure in the UI.
+
+    ``figure``: the PNG shown inline on the asset's page (see
+    :func:`ui_figure_markdown`); where it cannot be served (no local compute-log
+    folder), the figure as a data-URI image instead, one click away behind
+    "[Show Markdown]". ``extra_md`` (a table) is its own entry, inline when short.
+    """
     paths = plots.save_figure(fig, figures_dir(config), name)
-    md = plots.figure_markdown(fig, alt)
-    if extra_md:
-        md = f"{md}\n\n{extra_md}"
+    width_in = fig.get_size_inches()[0]
+    png = plots.png_bytes(fig, dpi=min(100, UI_WIDTH_PX / width_in))
+    md = ui_figure_markdown(context.instance, png, name, alt)
+    if md is None:
+        import base64
+
+        md = f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
     context.log.info(f"{name}: wrote {paths['png']} and {paths['svg']}")
+    extra = {"table": dg.MetadataValue.md(extra_md)} if extra_md else {}
     return dg.MaterializeResult(
         metadata={
-            "preview": dg.MetadataValue.md(md),
+            "figure": dg.MetadataValue.md(md),
+            **extra,
             "png": dg.MetadataValue.path(str(paths["png"].resolve())),
             "svg": dg.MetadataValue.path(str(paths["svg"].resolve())),
             **(metadata or {}),
@@ -123,7 +192,9 @@ def classification_report(
     description=(
         "World map (Mollweide) of the Tourists' home countries: number of Tourists per home "
         "country on a log colour scale; the study country outlined in red (it has no Tourists "
-        "by definition; filled blue). Figure: `<output_dir>/figures/tourist_origins_map.png|svg`."
+        "by definition; filled blue); beside it the study country and its neighbours, framed on "
+        "them, each labelled with its number of Tourists. "
+        "Figure: `<output_dir>/figures/tourist_origins_map.png|svg`."
     ),
 )
 def tourist_origins_map(
@@ -161,8 +232,9 @@ def tourist_origins_map(
     description=(
         "World map (Mollweide) of the share of all users with a home whose home is each country "
         "(log colour scale). The study country's own share is the share of Locals; it is outlined "
-        "in red and its share named in the legend. Undetermined users count with their home "
-        "country. Figure: `<output_dir>/figures/study_country_share_map.png|svg`."
+        "in red and its share named in the legend; beside it the study country and its "
+        "neighbours, framed on them, each labelled with its share. Undetermined users count "
+        "with their home country. Figure: `<output_dir>/figures/study_country_share_map.png|svg`."
     ),
 )
 def study_country_share_map(
@@ -185,6 +257,7 @@ def study_country_share_map(
         cmap="viridis",
         highlight=code,
         highlight_label=f"{name}: {own_share:.1%} of users (Locals)",
+        value_format=lambda v: f"{plots.format_number(v)}%",
     )
     return _publish(
         context, homeloc, fig, "study_country_share_map", "Share of users per home country",
