@@ -154,10 +154,10 @@ def log_ticks(vmin: float, vmax: float, max_ticks: int = 6) -> list[float]:
         ticks = [d * m for i, d in enumerate(decades) if i % every == 0 for m in subs]
         ticks = [t for t in ticks if vmin * (1 - eps) <= t <= vmax * (1 + eps)]
         if 2 <= len(ticks) <= max_ticks:
-            return ticks
+            return [float(t) for t in ticks]
         if len(ticks) < 2:
             break
-    return [vmin, vmax]
+    return [float(vmin), float(vmax)]
 
 
 def _colorbar(fig: Figure, norm, cmap: str, label: str, axes, log: bool):
@@ -282,13 +282,13 @@ def choropleth(
     with_region = bool(study_region and highlight is not None
                        and (countries["country_code"] == highlight).any())
     if with_region:
-        fig = _figure(15.0, 6.4)
+        fig = _figure(12.0, 5.4)
         grid = fig.add_gridspec(1, 2, width_ratios=[2.0, 1.0])
         ax = _map_axes(fig, grid[0, 0])
         rax = _map_axes(fig, grid[0, 1])
         axes = [ax, rax]
     else:
-        fig = _figure(11.0, 6.4)
+        fig = _figure(11.0, 6.2)
         ax = _map_axes(fig)
         rax, axes = None, [ax]
     world.plot(ax=ax, color=NO_DATA_COLOR, edgecolor=EDGE_COLOR, linewidth=0.2)

@@ -59,6 +59,7 @@ def test_reports_on_a_local_instance_serve_the_figure_to_the_ui(pipeline, tmp_pa
     folder; under 1,000 characters, so the UI shows it inline.
     """
     settings, defs, _ = pipeline
+    (tmp_path / "home").mkdir()
     instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
     res = dg.materialize(defs.assets, selection=["classification_report"], instance=instance,
                          resources=defs.resources)
@@ -177,3 +178,95 @@ def test_homeloc_run_draws_the_figures(small_input, tmp_path):
     chosen = table[(table.min_userdays == 0) & (table.min_share == 0) & (table.min_margin == 0)]
     assert chosen.locals.iloc[0] == (pd.read_csv(out / "user_classification.csv").classification
                                      == "Local").sum()
+
+
+# ------------------------------------------------------------ figure details
+@pytest.fixture(scope="module")
+def countries():
+    from homeloc_assets.explain import load_countries
+
+    return load_countries(Settings())
+
+
+def _draw(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _colorbar_axes(fig):
+    return [a for a in fig.axes if a.get_label() == "<colorbar>"]
+
+
+@pytest.mark.parametrize("vmin,vmax", [(0.004, 0.03), (0.001, 80.0), (1.0, 20_000.0),
+                                       (3.0, 75_000.0), (2.0, 3.0), (1.0, 1_000_000.0)])
+def test_log_colour_bar_labels_are_written_out_and_never_overlap(countries, vmin, vmax):
+    """The old labels ran together (``0.0050.01``, ``5,0001e+04``)."""
+    vals = {"FRA": vmin, "USA": vmax, "BRA": (vmin * vmax) ** 0.5}
+    fig = plots.choropleth(countries, vals, "title", "label", log=True, highlight="DEU")
+    renderer = _draw(fig)
+    (cax,) = _colorbar_axes(fig)
+    lo, hi = sorted(cax.get_xlim())
+    labels = [t for t, v in zip(cax.get_xticklabels(), cax.get_xticks(), strict=True)
+              if t.get_text() and lo <= v <= hi]
+    assert len(labels) >= 2
+    texts = [t.get_text() for t in labels]
+    assert not any("e+" in t or "e-" in t for t in texts), texts
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+    for a, b in zip(boxes, boxes[1:], strict=False):
+        assert a.x1 + 4 <= b.x0, texts  # at least 4 px between two labels
+
+
+def test_format_number_and_log_ticks():
+    assert [plots.format_number(v) for v in (5000, 10_000, 0.005, 0.01, 2.5, 0.25, 1e6)] == [
+        "5,000", "10,000", "0.005", "0.01", "2.5", "0.25", "1,000,000"]
+    assert plots.log_ticks(0.004, 0.03) == pytest.approx([0.005, 0.01, 0.02])
+    assert plots.log_ticks(1, 100) == pytest.approx([1, 3, 10, 30, 100])  # 1-2-5 would be 7
+    assert plots.log_ticks(1, 20_000) == pytest.approx([1, 10, 100, 1000, 10_000])
+    for lo, hi in ((0.001, 50), (1, 1e7), (2, 3)):
+        ticks = plots.log_ticks(lo, hi)
+        assert 2 <= len(ticks) <= 6 and all(lo * 0.999 <= t <= hi * 1.001 for t in ticks)
+
+
+def test_study_region_view_frames_the_study_country_and_its_neighbours(countries):
+    import geopandas as gpd
+
+    crs, xlim, ylim, neighbours = plots.region_frame(countries, "DEU")
+    assert set(neighbours) == {"AUT", "BEL", "CHE", "CZE", "DNK", "FRA", "LUX", "NLD", "POL"}
+    geoms = countries.set_index("country_code").geometry
+    germany = gpd.GeoSeries([geoms["DEU"]], crs="EPSG:4326").to_crs(crs).total_bounds
+    assert xlim[0] < germany[0] and germany[2] < xlim[1]
+    assert ylim[0] < germany[1] and germany[3] < ylim[1]
+    # framed on Europe, not on France's overseas parts: Paris and Warsaw in, Cayenne out
+    pts = gpd.GeoSeries(gpd.points_from_xy([2.35, 21.0, -52.3], [48.86, 52.23, 4.9]),
+                        crs="EPSG:4326").to_crs(crs)
+    inside = [(xlim[0] < p.x < xlim[1]) and (ylim[0] < p.y < ylim[1]) for p in pts]
+    assert inside == [True, True, False]
+    assert xlim[1] - xlim[0] < 3_000_000  # metres: a regional view, not a continent
+
+    fig = plots.choropleth(countries, {"AUT": 40, "FRA": 12, "USA": 300}, "t", "Tourists",
+                           log=True, highlight="DEU", highlight_label="study country")
+    maps = [a for a in fig.axes if a not in _colorbar_axes(fig)]
+    assert len(maps) == 2  # the world and, beside it, the study region
+    region = maps[1]
+    assert region.get_xlim() == pytest.approx(xlim) and region.get_ylim() == pytest.approx(ylim)
+    labels = {t.get_text() for t in region.texts}
+    assert {"AUT\n40", "FRA\n12", "DEU", "POL"} <= labels
+
+
+@pytest.mark.parametrize("figure", ["bar", "map"])
+def test_text_is_readable_in_the_ui_copy(countries, figure):
+    """Every text of the figure is at least 10 px high in the PNG the UI shows."""
+    if figure == "bar":
+        fig = plots.classification_bar({"Local": 3, "Tourist": 1}, "Germany")
+    else:
+        fig = plots.choropleth(countries, {"AUT": 40, "FRA": 12}, "t", "Tourists", log=True,
+                               highlight="DEU", highlight_label="study country")
+    dpi = reports.ui_dpi(fig)
+    _draw(fig)
+    sizes = [t.get_fontsize() for t in fig.findobj(lambda a: hasattr(a, "get_fontsize")
+                                                   and hasattr(a, "get_text"))
+             if t.get_text().strip() and t.get_visible()]
+    assert sizes and min(sizes) * dpi / 72 >= 10, (min(sizes), dpi)

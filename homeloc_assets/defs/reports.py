@@ -86,8 +86,15 @@ UI_FIGURES_KEPT = 10
 #: (``MetadataEntry.tsx``: ``expandSmallValues && entry.mdStr.length < 1000``), else behind
 #: "[Show Markdown]".
 INLINE_MARKDOWN_LIMIT = 1000
-#: pixels across of the UI copy of a figure (the files in ``figures/`` are 150 dpi)
-UI_WIDTH_PX = 1000
+#: pixels across of the UI copy of a figure (the files in ``figures/`` are 150 dpi): the width
+#: of the Metadata section of an asset's overview in a 1600 px wide window, which does not
+#: scale images down (they would be cut off at its right edge)
+UI_WIDTH_PX = 870
+
+
+def ui_dpi(fig) -> float:
+    """Resolution of a figure's UI copy: :data:`UI_WIDTH_PX` wide, at most 100 dpi."""
+    return min(100.0, UI_WIDTH_PX / float(fig.get_size_inches()[0]))
 
 
 def _local_log_manager(instance):
@@ -142,8 +149,7 @@ def _publish(context, config: HomelocConfig, fig, name: str, alt: str, extra_md:
     "[Show Markdown]". ``extra_md`` (a table) is its own entry, inline when short.
     """
     paths = plots.save_figure(fig, figures_dir(config), name)
-    width_in = fig.get_size_inches()[0]
-    png = plots.png_bytes(fig, dpi=min(100, UI_WIDTH_PX / width_in))
+    png = plots.png_bytes(fig, dpi=ui_dpi(fig))
     md = ui_figure_markdown(context.instance, png, name, alt)
     if md is None:
         import base64
