@@ -38,6 +38,7 @@ CLASS_COLORS = {"Local": "#1f77b4", "Tourist": "#ff7f0e", "undetermined": "#9e9e
 NO_DATA_COLOR = "#eeeeee"
 EDGE_COLOR = "#9a9a9a"
 HIGHLIGHT_COLOR = "#d62728"
+HOME_OUTLINE = "#000000"
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -423,7 +424,7 @@ def user_map(
 
     ``country_userdays`` (country code -> distinct userdays of the user there)
     colours each of the user's countries on a ``Reds`` scale, as the seed
-    notebook's per-user choropleth does; the home country is outlined in red.
+    notebook's per-user choropleth does; the home country is outlined in black.
     Point size follows ``userdays`` (distinct days at the location) when
     given; points where ``in_country`` is false (in no country) are hollow.
     The colour of each shaded country is kept in ``fig.homeloc_country_colours``.
@@ -432,8 +433,7 @@ def user_map(
     lat = np.asarray(lat, dtype=np.float64)
     fig = _figure(10.0, 7.5)
     ax = _map_axes(fig)
-    map_aspect = 10.0 / 5.6  # the map's share of the figure (title and colour bar take the rest)
-    crs, xlim, ylim = user_frame(lon, lat, map_aspect)
+    crs, xlim, ylim = user_frame(lon, lat, 10.0 / 5.6)
     world = _local_map(countries, crs, xlim, ylim)
     world.plot(ax=ax, color=NO_DATA_COLOR, edgecolor=EDGE_COLOR, linewidth=0.5)
     fig.homeloc_country_colours = {}
@@ -459,7 +459,7 @@ def user_map(
     if home_code is not None:
         home = world[world["country_code"] == home_code]
         if len(home):
-            home.plot(ax=ax, facecolor="none", edgecolor=HIGHLIGHT_COLOR, linewidth=2.0)
+            home.plot(ax=ax, facecolor="none", edgecolor=HOME_OUTLINE, linewidth=2.0)
     if len(lon):
         pts = gpd.GeoSeries(gpd.points_from_xy(lon, lat), crs="EPSG:4326").to_crs(crs)
         x, y = pts.x.to_numpy(), pts.y.to_numpy()
@@ -481,11 +481,23 @@ def user_map(
 
         handles, _ = ax.get_legend_handles_labels()
         if home_code is not None:
-            handles.append(Line2D([], [], color=HIGHLIGHT_COLOR, lw=2.0, label=home_label))
-        ax.legend(handles=handles, loc="lower left", framealpha=0.85)
+            handles.append(Line2D([], [], color=HOME_OUTLINE, lw=2.0, label=home_label))
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles),
+                   frameon=False)  # outside the map: it never hides a point
+    ax.set_title(title)
+    # Frame on the box the layout gives the map (title, legend and colour bar placed), so
+    # that equal scales fill it: nothing framed is cut off and no band stays empty.
+    ax.set_aspect("auto")
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
-    ax.set_title(title)
+    fig.draw_without_rendering()
+    pos = ax.get_position()
+    w_in, h_in = fig.get_size_inches()
+    xlim, ylim = _fit_aspect(*xlim, *ylim, (pos.width * w_in) / (pos.height * h_in))
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal", adjustable="box")
+    fig.set_layout_engine("none")  # keep that box: a second layout pass would move it
     return fig
 
 
