@@ -501,6 +501,74 @@ def user_map(
     return fig
 
 
+@readable
+def region_layer_map(
+    countries: gpd.GeoDataFrame,
+    regions: gpd.GeoDataFrame,
+    values: Mapping[str, float] | pd.Series,
+    study_code: str,
+    title: str,
+    label: str,
+    *,
+    highlight: str | None = None,
+    highlight_label: str | None = None,
+    cmap: str = "viridis",
+) -> Figure:
+    """Regions of a layer (``region_code``, ``geometry`` in EPSG:4326) coloured by ``values``.
+
+    Framed on the study country's main part (equal-area projection centred on
+    it), log colour scale; regions without a value are not filled. The study
+    country is outlined in black, ``highlight`` (a region code, e.g. the study
+    region) in red and, with ``highlight_label``, named in the legend.
+    """
+    fig = _figure(9.0, 8.0)
+    ax = _map_axes(fig)
+    geoms = countries.set_index("country_code").geometry
+    main = _largest_part(geoms[study_code])
+    c = main.centroid
+    crs = _laea(c.x, c.y)
+    mx0, my0, mx1, my1 = gpd.GeoSeries([main], crs="EPSG:4326").to_crs(crs).total_bounds
+    pad = 0.06 * max(mx1 - mx0, my1 - my0)
+    xlim, ylim = _fit_aspect(mx0 - pad, mx1 + pad, my0 - pad, my1 + pad, 1.0)
+    base = _local_map(countries, crs, xlim, ylim)
+    base.plot(ax=ax, color=NO_DATA_COLOR, edgecolor=EDGE_COLOR, linewidth=0.5)
+    vals = pd.Series(values, dtype="float64")
+    reg = regions.assign(value=regions["region_code"].astype(str).map(vals))
+    reg = reg[reg["value"].notna() & (reg["value"] > 0)]
+    if len(reg):
+        reg = reg.to_crs(crs)
+        vmin, vmax = float(reg["value"].min()), float(reg["value"].max())
+        norm = mcolors.LogNorm(vmin=vmin, vmax=max(vmax, vmin * 10))
+        reg.plot(ax=ax, column="value", cmap=cmap, norm=norm, edgecolor="white", linewidth=0.2)
+        _colorbar(fig, norm, cmap, label, [ax], True)
+    study = base[base["country_code"] == study_code]
+    study.plot(ax=ax, facecolor="none", edgecolor=HOME_OUTLINE, linewidth=1.2)
+    if highlight is not None:
+        hl = regions[regions["region_code"].astype(str) == str(highlight)]
+        if len(hl):
+            hl.to_crs(crs).plot(ax=ax, facecolor="none", edgecolor=HIGHLIGHT_COLOR, linewidth=1.8)
+            if highlight_label:
+                from matplotlib.lines import Line2D
+
+                ax.legend(handles=[Line2D([], [], color=HIGHLIGHT_COLOR, lw=1.8,
+                                          label=highlight_label)], loc="lower left",
+                          framealpha=0.85)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_title(title)
+    return fig
+
+
+def h3_cells_frame(codes) -> gpd.GeoDataFrame:
+    """H3 cells (index strings) as hexagon polygons in EPSG:4326: ``region_code``, ``geometry``."""
+    import h3
+    from shapely.geometry import Polygon
+
+    codes = [str(c) for c in codes]
+    polys = [Polygon([(lng, lat) for lat, lng in h3.cell_to_boundary(c)]) for c in codes]
+    return gpd.GeoDataFrame({"region_code": codes}, geometry=polys, crs="EPSG:4326")
+
+
 # ------------------------------------------------------------------- output
 def save_figure(fig: Figure, out_dir: str | Path, name: str, dpi: int = 150) -> dict[str, Path]:
     """Write ``fig`` as ``<out_dir>/<name>.png`` and ``.svg``, each atomically."""

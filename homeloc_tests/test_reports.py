@@ -9,6 +9,7 @@ import base64
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -270,3 +271,68 @@ def test_text_is_readable_in_the_ui_copy(countries, figure):
                                                    and hasattr(a, "get_text"))
              if t.get_text().strip() and t.get_visible()]
     assert sizes and min(sizes) * dpi / 72 >= 10, (min(sizes), dpi)
+
+
+# ------------------------------------------------------------- region layers
+@pytest.fixture(scope="module")
+def layered(tmp_path_factory):
+    """A run with an H3 layer and a polygon layer (Germany cut in two, study region West)."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from homeloc_assets.synth import generate
+
+    root = tmp_path_factory.mktemp("layer_reports")
+    csv = root / "in" / "userdays.csv"
+    csv.parent.mkdir()
+    generate(1_500, csv, seed=23)
+    halves = root / "halves.gpkg"
+    gpd.GeoDataFrame({"name": ["West", "East"], "code": ["W", "E"]},
+                     geometry=[box(5.0, 47.0, 10.5, 55.5), box(10.5, 47.0, 15.5, 55.5)],
+                     crs="EPSG:4326").to_file(halves)
+    settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "out"), workers=1,
+                        layers=f"cells=h3:3;halves={halves}#name,code", study_region="halves=W")
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
+    instance.add_dynamic_partitions("user_batches", keys)
+    layer_assets = [f"{a}_{n}" for n in ("cells", "halves")
+                    for a in ("user_region_userdays", "user_home")]
+    for selection, key in ((["world_countries", "countries"], None),
+                           (BATCH_ASSETS + layer_assets, keys[0]),
+                           (["user_classification"], None)):
+        assert dg.materialize(defs.assets, selection=selection, partition_key=key,
+                              instance=instance, resources=defs.resources).success
+    return settings, defs, instance, keys
+
+
+def test_each_layer_gets_a_map_of_the_locals_home_regions(layered):
+    settings, defs, instance, keys = layered
+    names = ["local_home_regions_cells", "local_home_regions_halves"]
+    assert set(names) <= {k.to_user_string() for a in defs.assets for k in a.keys}
+    res = dg.materialize(defs.assets, selection=names, instance=instance,
+                         resources=defs.resources)
+    assert res.success
+    cls = pq.read_table(settings.storage_path / "assets" / "user_classification.parquet",
+                        columns=["user_guid", "classification"])
+    residents = cls.filter(pc.is_in(cls["classification"],
+                                    value_set=pa.array(["Local", "Domestic tourist"])))
+    figures = settings.storage_path.parent / "figures"
+    for event in res.get_asset_materialization_events():
+        name = event.asset_key.to_user_string()
+        layer = name.removeprefix("local_home_regions_")
+        homes = pq.read_table(settings.storage_path / "assets" / f"user_home_{layer}"
+                              / f"{keys[0]}.parquet", columns=["user_guid", "region_code"])
+        want = homes.join(residents, "user_guid", join_type="inner")
+        md = event.materialization.metadata
+        assert md["users"].value == want.num_rows > 0
+        assert md["regions"].value == len(set(want["region_code"].to_pylist()))
+        top = want.group_by("region_code").aggregate([([], "count_all")]).sort_by(
+            [("count_all", "descending")]).to_pylist()[0]
+        assert f"({top['region_code']}) | {top['count_all']:,} |" in md["table"].value
+        assert (figures / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # in the polygon layer the residents' homes split between the two halves, West the study region
+    halves = pq.read_table(settings.storage_path / "assets" / "user_home_halves"
+                           / f"{keys[0]}.parquet", columns=["user_guid", "region_code"])
+    assert set(halves.join(residents, "user_guid", join_type="inner")["region_code"]
+               .to_pylist()) == {"W", "E"}

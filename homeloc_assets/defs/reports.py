@@ -15,6 +15,7 @@ import dagster as dg
 import geopandas as gpd
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from homeloc_assets import plots
@@ -275,3 +276,105 @@ def study_country_share_map(
 
 
 REPORT_ASSETS: list = [classification_report, tourist_origins_map, study_country_share_map]
+
+
+# ------------------------------------------------------------- region layers
+def layer_report_name(layer: str) -> str:
+    """The report asset (and figure file) of region layer ``layer``."""
+    return f"local_home_regions_{layer}"
+
+
+def local_home_region_counts(homeloc: HomelocConfig, region_homes) -> tuple[pd.DataFrame, object]:
+    """Users whose home country is the study country (not undetermined), per home region.
+
+    Batch by batch: each batch's classification is made again from its
+    ``user_home_locations`` file with the classification's own settings
+    (``classify_batch``, the same function ``user_classification`` uses) and
+    joined to the batch's homes in the layer. Returns ``(counts, info)``,
+    ``counts`` with ``region_code, region, users``.
+    """
+    from homeloc_assets.defs.batches import tables_dir
+    from homeloc_assets.defs.classification import _as_partitioned
+    from homeloc_assets.inference.rules import classify_batch
+
+    info = read_run_info(classification_path(homeloc))
+    parts = []
+    homes_dir = tables_dir(homeloc)
+    for key, table in _as_partitioned(region_homes).iter_tables(
+            ["user_guid", "region", "region_code"]):
+        homes = pq.read_table(homes_dir / "user_home_locations" / f"{key}.parquet")
+        cls = classify_batch(homes, info, lambda asset, k=key: homes_dir / asset / f"{k}.parquet")
+        keep = pc.and_(pc.equal(cls["country_code"], info.study_country_code),
+                   pc.not_equal(cls["classification"], CLASS_UNDETERMINED))
+        users = cls.filter(keep).select(["user_guid"])
+        joined = table.join(users, "user_guid", join_type="inner")
+        if joined.num_rows:
+            parts.append(joined.group_by(["region_code", "region"])
+                         .aggregate([([], "count_all")]).to_pandas())
+    if not parts:
+        return pd.DataFrame({"region_code": [], "region": [], "users": []}), info
+    df = pd.concat(parts, ignore_index=True).rename(columns={"count_all": "users"})
+    return df.groupby(["region_code", "region"], as_index=False)["users"].sum(), info
+
+
+def make_layer_reports(specs) -> list:
+    """Per extra region layer one map: the home regions of the study country's residents.
+
+    Only the Locals' side makes sense here: a Tourist's home is abroad, so the
+    region where a Tourist spent most days inside a layer of the study country
+    is where they travelled, not where they live (that is the landscape's job).
+    """
+    return [_layer_report(spec) for spec in specs]
+
+
+def _layer_report(spec):
+    """The report asset of one region layer (a closure over its spec)."""
+    from homeloc_assets.geo.layers import layer_assets, load_regions
+
+    _, home_asset = layer_assets(spec.name)
+    name = layer_report_name(spec.name)
+
+    @dg.asset(
+        name=name,
+        group_name="reports",
+        kinds=_KINDS,
+        deps=["user_classification"],
+        ins={"countries": dg.AssetIn("countries"), "region_homes": dg.AssetIn(home_asset)},
+        automation_condition=dg.AutomationCondition.eager(),
+        description=(
+            f"Map of the study country in layer `{spec.name}` ({spec.spec}): users whose home "
+            "country is the study country (Locals, with a study region also the Domestic "
+            "tourists; undetermined users left out) per home region in the layer, log colour "
+            "scale; the study region, if it is in this layer, outlined in red. "
+            f"Figure: `<output_dir>/figures/{name}.png|svg`."
+        ),
+    )
+    def _report(context: dg.AssetExecutionContext, homeloc: HomelocConfig,
+                countries: gpd.GeoDataFrame, region_homes):
+        counts, info = local_home_region_counts(homeloc, region_homes)
+        if spec.kind == "h3":
+            regions = plots.h3_cells_frame(counts["region_code"])
+        else:
+            regions = load_regions(spec).rename(columns={"country": "region",
+                                                          "country_code": "region_code"})
+        layer, _, code = info.study_region.partition("=")
+        highlight = code if layer == spec.name else None
+        total = int(counts["users"].sum())
+        fig = plots.region_layer_map(
+            countries, regions, counts.set_index("region_code")["users"],
+            info.study_country_code,
+            title=f"Home regions ({spec.name}) of {total:,} users living in "
+                  f"{info.study_country}",
+            label="users with their home here (log scale)",
+            highlight=highlight,
+            highlight_label=f"study region {code}" if highlight else None,
+        )
+        top = counts.rename(columns={"region": "country", "region_code": "country_code"})
+        return _publish(
+            context, homeloc, fig, name, f"Home regions in layer {spec.name}",
+            extra_md=f"**Largest home regions ({spec.name})**\n\n"
+            + _top_table(top, "users"),
+            metadata={"users": total, "regions": len(counts), "layer": str(spec)},
+        )
+
+    return _report
