@@ -235,11 +235,13 @@ def test_report_figure_is_displayed_on_the_asset_page(planned, webserver, page):
     for key in keys:
         assert dg.materialize(defs.assets, selection=batch, partition_key=key, instance=instance,
                               resources=defs.resources).success
-    reports = ["classification_report", "tourist_origins_map", "study_country_share_map"]
+    reports = ["classification_report", "tourist_origins_map", "study_country_share_map",
+               "home_rule_sensitivity"]
     assert dg.materialize(defs.assets, selection=["user_classification", *reports],
                           instance=instance, resources=defs.resources).success
     for name, alt in (("tourist_origins_map", "Tourists' home countries"),
-                      ("classification_report", "Locals and Tourists")):
+                      ("classification_report", "Locals and Tourists"),
+                      ("home_rule_sensitivity", "sensitivity")):
         page.goto(f"{webserver}/assets/{name}", timeout=60_000)
         _skip_community_dialog(page)
         img = page.locator(f'img[alt="{alt}"]')
@@ -260,8 +262,8 @@ def test_report_figure_is_displayed_on_the_asset_page(planned, webserver, page):
                         right: r.right, clip: clip, src: i.getAttribute('src')};
             }""")
         assert shown["src"].startswith("/logs/homeloc_figures/"), shown
-        assert shown["natural"] >= 800, shown
-        assert shown["width"] >= 800 and shown["height"] >= 300, shown  # drawn, not a thumbnail
+        assert shown["natural"] >= 700, shown
+        assert shown["width"] >= 700 and shown["height"] >= 250, shown  # drawn, not a thumbnail
         assert shown["right"] <= shown["clip"] + 1, shown  # whole, not cut off at the right
         if name == "tourist_origins_map":  # the top-10 table is inline too
             assert page.get_by_text("Top home countries of Tourists").first.is_visible()
