@@ -1,11 +1,16 @@
 """Figures for the researcher: the seed notebook's pictures, as plain matplotlib (no Dagster).
 
 Every function returns a :class:`matplotlib.figure.Figure` drawn with the Agg
-backend (no display needed). :func:`save_figure` writes a figure as PNG and
-SVG atomically; :func:`figure_markdown` makes a small base64 PNG as a Markdown
-image for Dagster's ``MetadataValue.md``.
+backend (no display needed), with text sizes readable at the size the UI shows
+them (:data:`FONT_SIZES`). :func:`save_figure` writes a figure as PNG and SVG
+atomically; :func:`png_bytes` and :func:`figure_markdown` make the copies for
+Dagster's metadata.
 
-Maps use the Mollweide projection (``ESRI:54009``), as the seed notebook did.
+World maps use the Mollweide projection (``ESRI:54009``), as the seed notebook
+did; regional views (the study country and its neighbours, one user's points,
+a layer's regions) a Lambert azimuthal equal-area projection centred on what
+they show. Log colour bars get 1-2-5 ticks thinned so labels never touch,
+written out (``10,000``, ``0.005``).
 """
 
 from __future__ import annotations

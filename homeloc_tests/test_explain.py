@@ -269,3 +269,14 @@ def gpd_points(lon, lat, crs) -> np.ndarray:
 
     g = gpd.GeoSeries(gpd.points_from_xy(lon, lat), crs="EPSG:4326").to_crs(crs)
     return np.column_stack([g.x.to_numpy(), g.y.to_numpy()])
+
+
+def test_cli_min_share_makes_the_user_undetermined_with_the_rules_reason(run_out, capsys):
+    csv, out = run_out
+    homes = pq.read_table(out / "user_home_locations.parquet")
+    row = homes.filter(pc.less(homes["home_share"], 0.9)).to_pylist()[0]
+    above = f"{min(row['home_share'] + 0.05, 1.0):.3f}"
+    assert main(["explain", row["user_guid"], "--input", str(csv), "--min-share", above]) == 0
+    text = capsys.readouterr().out
+    assert "status: undetermined (home_share_below_min)" in text
+    assert "undetermined: the home's share of the distinct userdays below --min-share" in text
