@@ -208,8 +208,9 @@ def _local_map(countries: gpd.GeoDataFrame, crs: str, xlim, ylim) -> gpd.GeoData
     frame = gpd.GeoSeries([box(xlim[0], ylim[0], xlim[1], ylim[1])], crs=crs)
     edge = frame.segmentize(max(xlim[1] - xlim[0], ylim[1] - ylim[0]) / 50).to_crs("EPSG:4326")
     minx, miny, maxx, maxy = edge.total_bounds
-    span = max(maxx - minx, maxy - miny)
-    tol = float(np.clip(span / 1500, 0.002, WORLD_SIMPLIFY_DEG))
+    # simplify in proportion to the view (metres across / ~111 km per degree)
+    tol = float(np.clip(max(xlim[1] - xlim[0], ylim[1] - ylim[0]) / 111_000 / 1500, 0.002,
+                        WORLD_SIMPLIFY_DEG))
     minx, maxx = max(minx - 5, -180), min(maxx + 5, 180)
     miny, maxy = max(miny - 5, -89.9), min(maxy + 5, 89.9)
     out = countries[["country", "country_code", "geometry"]]
@@ -399,7 +400,7 @@ def user_frame(lon: np.ndarray, lat: np.ndarray, aspect: float, *, pad: float = 
                                        np.cos(np.radians(lon)).mean())))
     rel = (lon - clon + 180.0) % 360.0 - 180.0
     if np.ptp(rel) > USER_MAP_WORLD_SPAN_DEG or np.ptp(lat) > USER_MAP_WORLD_SPAN_DEG / 2:
-        crs = f"+proj=moll +lon_0={clon:.4f} +datum=WGS84 +units=m +no_defs"
+        crs = MOLLWEIDE
     else:
         crs = _laea(clon + float(rel.min() + rel.max()) / 2, float(lat.min() + lat.max()) / 2)
     pts = gpd.GeoSeries(gpd.points_from_xy(lon, lat), crs="EPSG:4326").to_crs(crs)
@@ -439,7 +440,7 @@ def user_map(
     fig = _figure(10.0, 7.5)
     ax = _map_axes(fig)
     crs, xlim, ylim = user_frame(lon, lat, 10.0 / 5.6)
-    world = _local_map(countries, crs, xlim, ylim)
+    world = world_outlines(countries) if crs == MOLLWEIDE else _local_map(countries, crs, xlim, ylim)
     world.plot(ax=ax, color=NO_DATA_COLOR, edgecolor=EDGE_COLOR, linewidth=0.5)
     fig.homeloc_country_colours = {}
     ud = pd.Series(dict(country_userdays or {}), dtype="float64")
