@@ -268,3 +268,22 @@ def test_report_figure_is_displayed_on_the_asset_page(planned, webserver, page):
         if name == "tourist_origins_map":  # the top-10 table is inline too
             assert page.get_by_text("Top home countries of Tourists").first.is_visible()
         page.screenshot(path=str(ARTIFACTS / f"report_{name}.png"), full_page=True)
+    # a narrower window: the column is narrower than the picture, which then scrolls sideways
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{webserver}/assets/tourist_origins_map", timeout=60_000)
+    img = page.locator('img[alt="Tourists\' home countries"]').first
+    img.wait_for(state="visible", timeout=30_000)
+    narrow = img.evaluate(
+        """i => {
+            for (let el = i.parentElement; el; el = el.parentElement) {
+                const o = getComputedStyle(el).overflowX;
+                if (o !== 'visible') {
+                    return {overflow: o, width: el.clientWidth, scroll: el.scrollWidth,
+                            img: i.getBoundingClientRect().width};
+                }
+            }
+            return null;
+        }""")
+    assert narrow is not None
+    if narrow["scroll"] > narrow["width"] + 1:  # cut by the column: it must scroll
+        assert narrow["overflow"] in ("auto", "scroll"), narrow
