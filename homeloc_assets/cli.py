@@ -316,11 +316,13 @@ def cmd_run(args) -> int:
             raise CliError(f"batches: {msg}", code)
         _print_check_failures(res)
     from homeloc_assets.defs.classification import DATASET_TAG
-    from homeloc_assets.defs.reports import REPORT_ASSETS
+    from homeloc_assets.defs.reports import REPORT_ASSETS, make_layer_reports
 
     final = ["user_classification", "homeloc_exports"]
     if not args.no_figures:
-        final += [k.to_user_string() for a in REPORT_ASSETS for k in a.keys]
+        final += [k.to_user_string() for a in (*REPORT_ASSETS,
+                                                *make_layer_reports(settings.layer_specs))
+                  for k in a.keys]
         final.append("home_rule_sensitivity")
     publish_cfg = dict(log_cfg)
     publish_cfg["ops"] = {"homeloc_published": {"config": {

@@ -15,7 +15,7 @@ from homeloc_assets.defs.io_managers import HomelocIOManager
 from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS
 from homeloc_assets.defs.operations import JOBS, SCHEDULES, SENSORS
 from homeloc_assets.defs.publishing import homeloc_published
-from homeloc_assets.defs.reports import REPORT_ASSETS
+from homeloc_assets.defs.reports import REPORT_ASSETS, make_layer_reports
 from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
 from homeloc_assets.defs.rules import home_rule_sensitivity
 from homeloc_assets.settings import Settings
@@ -34,10 +34,11 @@ ASSETS = [
 
 
 def build_assets(settings: Settings) -> list:
-    """The assets for ``settings``: the batch step gains two assets per region layer."""
+    """The assets for ``settings``: per region layer the batch step gains two assets, and a report."""
     if not settings.layer_specs:
         return ASSETS
-    return [make_batch_assets(settings.layer_specs) if a is user_batch_assets else a for a in ASSETS]
+    return [make_batch_assets(settings.layer_specs) if a is user_batch_assets else a
+            for a in ASSETS] + make_layer_reports(settings.layer_specs)
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

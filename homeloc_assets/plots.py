@@ -1,11 +1,16 @@
 """Figures for the researcher: the seed notebook's pictures, as plain matplotlib (no Dagster).
 
 Every function returns a :class:`matplotlib.figure.Figure` drawn with the Agg
-backend (no display needed). :func:`save_figure` writes a figure as PNG and
-SVG atomically; :func:`figure_markdown` makes a small base64 PNG as a Markdown
-image for Dagster's ``MetadataValue.md``.
+backend (no display needed), with text sizes readable at the size the UI shows
+them (:data:`FONT_SIZES`). :func:`save_figure` writes a figure as PNG and SVG
+atomically; :func:`png_bytes` and :func:`figure_markdown` make the copies for
+Dagster's metadata.
 
-Maps use the Mollweide projection (``ESRI:54009``), as the seed notebook did.
+World maps use the Mollweide projection (``ESRI:54009``), as the seed notebook
+did; regional views (the study country and its neighbours, one user's points,
+a layer's regions) a Lambert azimuthal equal-area projection centred on what
+they show. Log colour bars get 1-2-5 ticks thinned so labels never touch,
+written out (``10,000``, ``0.005``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ CLASS_COLORS = {"Local": "#1f77b4", "Tourist": "#ff7f0e", "undetermined": "#9e9e
 NO_DATA_COLOR = "#eeeeee"
 EDGE_COLOR = "#9a9a9a"
 HIGHLIGHT_COLOR = "#d62728"
+HOME_OUTLINE = "#000000"
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -45,7 +51,25 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+#: Text sizes (points) of every figure here: readable at the size the UI shows them.
+FONT_SIZES = {"font.size": 12, "axes.titlesize": 14, "axes.labelsize": 12,
+              "xtick.labelsize": 11, "ytick.labelsize": 11, "legend.fontsize": 11}
+
+
+def readable(func):
+    """Draw ``func``'s figure with :data:`FONT_SIZES` (fonts are fixed when artists are made)."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(FONT_SIZES):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 # ----------------------------------------------------------------- bar chart
+@readable
 def classification_bar(
     counts: Mapping[str, int], study_country: str = "", title: str | None = None
 ) -> Figure:
@@ -59,7 +83,7 @@ def classification_bar(
     labels = order + sorted(k for k in counts if k not in order and k != "Tourist")
     values = [int(counts.get(k, 0)) for k in labels]
     total = sum(values)
-    fig = _figure(6.0, 4.0)
+    fig = _figure(9.0, 5.0)
     ax = fig.add_subplot()
     bars = ax.bar(labels, values, color=[CLASS_COLORS.get(k, "#777777") for k in labels])
     for bar, v in zip(bars, values, strict=True):
@@ -105,13 +129,134 @@ def _world_outlines(countries: gpd.GeoDataFrame, tolerance: float) -> gpd.GeoDat
     return out.to_crs(MOLLWEIDE)
 
 
-def _map_axes(fig: Figure):
-    ax = fig.add_subplot()
+def _map_axes(fig: Figure, spec=None):
+    ax = fig.add_subplot() if spec is None else fig.add_subplot(spec)
     ax.set_axis_off()
     ax.set_aspect("equal")
     return ax
 
 
+def format_number(v: float) -> str:
+    """A colour-bar label: ``5,000``, ``10,000``, ``0.005``, ``0.01``, ``2.5`` (never ``1e+04``)."""
+    v = float(v)
+    if v == 0 or not np.isfinite(v):
+        return f"{v:g}"
+    if abs(v) >= 1:
+        return f"{v:,.0f}" if v == round(v) else f"{v:,.3g}"
+    decimals = int(-np.floor(np.log10(abs(v)))) + 1
+    return f"{v:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def log_ticks(vmin: float, vmax: float, max_ticks: int = 6) -> list[float]:
+    """1-2-5 ticks between ``vmin`` and ``vmax`` (log scale), thinned to at most ``max_ticks``.
+
+    Falls back to powers of ten only, then every other power, so labels never crowd;
+    a range inside one step gets its two ends.
+    """
+    lo, hi = np.floor(np.log10(vmin)) - 1, np.ceil(np.log10(vmax)) + 1
+    decades = 10.0 ** np.arange(lo, hi + 1)
+    eps = 1e-9
+    for subs, every in (((1, 2, 5), 1), ((1, 3), 1), ((1,), 1), ((1,), 2), ((1,), 3), ((1,), 5)):
+        ticks = [d * m for i, d in enumerate(decades) if i % every == 0 for m in subs]
+        ticks = [t for t in ticks if vmin * (1 - eps) <= t <= vmax * (1 + eps)]
+        if 2 <= len(ticks) <= max_ticks:
+            return [float(t) for t in ticks]
+        if len(ticks) < 2:
+            break
+    return [float(vmin), float(vmax)]
+
+
+def _colorbar(fig: Figure, norm, cmap: str, label: str, axes, log: bool):
+    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+    cbar = fig.colorbar(sm, ax=axes, orientation="horizontal", shrink=0.55, pad=0.03,
+                        aspect=40, label=label)
+    if log:
+        cbar.set_ticks(log_ticks(norm.vmin, norm.vmax))
+        cbar.ax.xaxis.set_minor_locator(mticker.NullLocator())
+    else:
+        cbar.ax.xaxis.set_major_locator(mticker.MaxNLocator(5))
+    cbar.ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: format_number(v)))
+    return cbar
+
+
+def _laea(lon: float, lat: float) -> str:
+    """Lambert azimuthal equal-area centred on ``(lon, lat)``: true shapes around the centre."""
+    return f"+proj=laea +lat_0={lat:.4f} +lon_0={lon:.4f} +datum=WGS84 +units=m +no_defs"
+
+
+def _largest_part(geom):
+    parts = getattr(geom, "geoms", [geom])
+    return max(parts, key=lambda g: g.area * max(np.cos(np.radians(g.centroid.y)), 0.05))
+
+
+def _fit_aspect(x0: float, x1: float, y0: float, y1: float, aspect: float):
+    """Grow the shorter side of the box so that width / height == ``aspect`` (centred)."""
+    w, h = x1 - x0, y1 - y0
+    if w / h < aspect:
+        grow = (h * aspect - w) / 2
+        x0, x1 = x0 - grow, x1 + grow
+    else:
+        grow = (w / aspect - h) / 2
+        y0, y1 = y0 - grow, y1 + grow
+    return (x0, x1), (y0, y1)
+
+
+def _local_map(countries: gpd.GeoDataFrame, crs: str, xlim, ylim) -> gpd.GeoDataFrame:
+    """The countries inside a projected frame, clipped in lon/lat first (LAEA explodes far away)."""
+    from shapely.geometry import box
+
+    frame = gpd.GeoSeries([box(xlim[0], ylim[0], xlim[1], ylim[1])], crs=crs)
+    edge = frame.segmentize(max(xlim[1] - xlim[0], ylim[1] - ylim[0]) / 50).to_crs("EPSG:4326")
+    minx, miny, maxx, maxy = edge.total_bounds
+    # simplify in proportion to the view (metres across / ~111 km per degree)
+    tol = float(np.clip(max(xlim[1] - xlim[0], ylim[1] - ylim[0]) / 111_000 / 1500, 0.002,
+                        WORLD_SIMPLIFY_DEG))
+    minx, maxx = max(minx - 5, -180), min(maxx + 5, 180)
+    miny, maxy = max(miny - 5, -89.9), min(maxy + 5, 89.9)
+    out = countries[["country", "country_code", "geometry"]]
+    out = out[out.intersects(box(minx, miny, maxx, maxy))].copy()
+    out["geometry"] = out.geometry.clip_by_rect(minx, miny, maxx, maxy)
+    out = out[~out.geometry.is_empty]
+    out["geometry"] = out.geometry.simplify(tol, preserve_topology=True)
+    return out.to_crs(crs)
+
+
+def region_frame(countries: gpd.GeoDataFrame, code: str, aspect: float = 1.0,
+                 max_reach: float = 1.5):
+    """``(crs, xlim, ylim, neighbours)``: a frame on the study country and its neighbours.
+
+    Neighbours are the countries touching the study country's main part (its
+    largest polygon, with its parts less than 2 degrees away; overseas parts
+    are left out); only their polygons that
+    touch it set the frame, and the frame reaches at most ``max_reach`` times
+    the main part's size beyond it (so Russia does not swallow Finland's view).
+    """
+    geoms = countries.set_index("country_code").geometry
+    main = _largest_part(geoms[code])
+    c = main.centroid
+    crs = _laea(c.x, c.y)
+    near = main.buffer(0.05)
+    home = geoms[code]
+    parts = [main] + [g for g in getattr(home, "geoms", [home])
+                      if g is not main and g.distance(main) < 2.0]  # islands nearby, not overseas
+    neighbours = []
+    for other, geom in geoms.items():
+        if other == code or not geom.intersects(near):
+            continue
+        neighbours.append(other)
+        parts += [g for g in getattr(geom, "geoms", [geom]) if g.intersects(near)]
+    proj = gpd.GeoSeries(parts, crs="EPSG:4326").to_crs(crs)
+    mx0, my0, mx1, my1 = proj.iloc[0].bounds
+    reach = max_reach * max(mx1 - mx0, my1 - my0)
+    x0, y0, x1, y1 = proj.total_bounds
+    x0, x1 = max(x0, mx0 - reach), min(x1, mx1 + reach)
+    y0, y1 = max(y0, my0 - reach), min(y1, my1 + reach)
+    pad = (0.04 if neighbours else 0.25) * max(x1 - x0, y1 - y0)  # an island: its surroundings
+    xlim, ylim = _fit_aspect(x0 - pad, x1 + pad, y0 - pad, y1 + pad, aspect)
+    return crs, xlim, ylim, neighbours
+
+
+@readable
 def choropleth(
     countries: gpd.GeoDataFrame,
     values: Mapping[str, float] | pd.Series,
@@ -124,36 +269,47 @@ def choropleth(
     highlight_label: str | None = None,
     highlight_fill: str | None = None,
     outlines: gpd.GeoDataFrame | None = None,
+    study_region: bool = True,
+    value_format=format_number,
 ) -> Figure:
-    """World map (Mollweide) coloured by ``values`` keyed by ``country_code``.
+    """World map (Mollweide) coloured by ``values`` keyed by ``country_code``, and a study-region view.
 
     Countries without a value are light grey. ``highlight`` (a country code) is
     outlined in red (and filled with ``highlight_fill`` if given) and, with
-    ``highlight_label``, named in the legend. Pass
-    ``outlines`` (from :func:`world_outlines`) to reuse a projected world.
+    ``highlight_label``, named in the legend. With ``study_region`` (and a
+    ``highlight``), a second panel beside the world shows the highlighted
+    country and its neighbours framed on them (:func:`region_frame`, equal-area
+    projection centred on the country), same colours, each country there
+    labelled with its value. Pass ``outlines`` (from :func:`world_outlines`)
+    to reuse a projected world.
     """
     world = outlines if outlines is not None else world_outlines(countries)
     vals = pd.Series(values, dtype="float64")
     world = world.assign(value=world["country_code"].map(vals))
-    fig = _figure(10.0, 5.6)
-    ax = _map_axes(fig)
+    with_region = bool(study_region and highlight is not None
+                       and (countries["country_code"] == highlight).any())
+    if with_region:
+        fig = _figure(12.0, 5.4)
+        grid = fig.add_gridspec(1, 2, width_ratios=[2.0, 1.0])
+        ax = _map_axes(fig, grid[0, 0])
+        rax = _map_axes(fig, grid[0, 1])
+        axes = [ax, rax]
+    else:
+        fig = _figure(11.0, 6.2)
+        ax = _map_axes(fig)
+        rax, axes = None, [ax]
     world.plot(ax=ax, color=NO_DATA_COLOR, edgecolor=EDGE_COLOR, linewidth=0.2)
     have = world[world["value"].notna() & (world["value"] > (0 if log else -np.inf))]
+    norm = None
     if len(have):
         vmin, vmax = float(have["value"].min()), float(have["value"].max())
         if log:
             norm = mcolors.LogNorm(vmin=vmin, vmax=max(vmax, vmin * 10))
         else:
             norm = mcolors.Normalize(vmin=min(vmin, 0.0), vmax=vmax if vmax > vmin else vmin + 1)
-        have.plot(
-            ax=ax, column="value", cmap=cmap, norm=norm, edgecolor=EDGE_COLOR, linewidth=0.2
-        )
-        sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
-        cbar = fig.colorbar(sm, ax=ax, orientation="horizontal", shrink=0.5, pad=0.02, label=label)
-        if log:  # 1, 2, 5, 10, 20, 50 ... written out, not only the powers of ten
-            cbar.ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            cbar.ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:,.4g}"))
-            cbar.ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+        have.plot(ax=ax, column="value", cmap=cmap, norm=norm, edgecolor=EDGE_COLOR,
+                  linewidth=0.2)
+        _colorbar(fig, norm, cmap, label, axes, log)
     if highlight is not None:
         hl = world[world["country_code"] == highlight]
         if len(hl):
@@ -169,8 +325,47 @@ def choropleth(
                     frameon=False,
                 )
     _world_frame(ax)
-    ax.set_title(title)
+    if rax is not None:
+        _region_panel(rax, countries, vals, highlight, norm, cmap, highlight_fill, log,
+                      value_format)
+        fig.suptitle(title, fontsize=FONT_SIZES["axes.titlesize"] + 1)
+        ax.set_title("world (Mollweide)")
+    else:
+        ax.set_title(title)
     return fig
+
+
+def _region_panel(ax, countries, vals, code, norm, cmap, fill, log, value_format) -> None:
+    """The study country and its neighbours, labelled with their values."""
+    crs, xlim, ylim, neighbours = region_frame(countries, code, aspect=1.0)
+    local = _local_map(countries, crs, xlim, ylim)
+    local = local.assign(value=local["country_code"].map(vals))
+    local.plot(ax=ax, color=NO_DATA_COLOR, edgecolor=EDGE_COLOR, linewidth=0.5)
+    have = local[local["value"].notna() & (local["value"] > (0 if log else -np.inf))]
+    if norm is not None and len(have):
+        have.plot(ax=ax, column="value", cmap=cmap, norm=norm, edgecolor=EDGE_COLOR,
+                  linewidth=0.5)
+    study = local[local["country_code"] == code]
+    study.plot(ax=ax, facecolor=fill or "none", edgecolor=HIGHLIGHT_COLOR, linewidth=1.6)
+    from shapely.geometry import box
+
+    view = box(xlim[0], ylim[0], xlim[1], ylim[1])
+    shown = local[local["country_code"].isin([code, *neighbours])]
+    for row in shown.itertuples():
+        part = row.geometry.intersection(view)
+        if part.is_empty:
+            continue
+        pt = _largest_part(part).representative_point()
+        value = vals.get(row.country_code)
+        text = row.country_code if value is None or pd.isna(value) else \
+            f"{row.country_code}\n{value_format(value)}"
+        ax.annotate(text, (pt.x, pt.y), ha="center", va="center", fontsize=10,
+                    color="#222222", bbox={"boxstyle": "round,pad=0.15", "fc": "white",
+                                           "ec": "none", "alpha": 0.75})
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    name = study["country"].iloc[0] if len(study) else code
+    ax.set_title(f"{name} and its neighbours")
 
 
 def _world_frame(ax) -> None:
@@ -182,6 +377,43 @@ def _world_frame(ax) -> None:
     ax.set_ylim(-r / 2 * 1.02, r / 2 * 1.02)
 
 
+#: a user whose points spread wider than this (degrees of longitude or latitude) gets the world
+USER_MAP_WORLD_SPAN_DEG = 120.0
+
+
+def user_frame(lon: np.ndarray, lat: np.ndarray, aspect: float, *, pad: float = 0.12,
+               min_span_m: float = 300_000.0):
+    """``(crs, xlim, ylim)`` framing a user's points: their extent plus ``pad`` on each side.
+
+    An equal-area projection centred on the points (Mollweide for the whole
+    world when they span more than :data:`USER_MAP_WORLD_SPAN_DEG`); the
+    frame is at least ``min_span_m`` across and has the axes' ``aspect``
+    (width / height), so nothing is cut off and no side is mostly empty.
+    """
+    lon = np.asarray(lon, dtype=np.float64)
+    lat = np.asarray(lat, dtype=np.float64)
+    if len(lon) == 0:
+        r = 18_040_095.7
+        return MOLLWEIDE, *_fit_aspect(-r, r, -r / 2, r / 2, aspect)
+    # the centre of the points' longitudes on the circle (a user on both sides of 180°)
+    clon = float(np.degrees(np.arctan2(np.sin(np.radians(lon)).mean(),
+                                       np.cos(np.radians(lon)).mean())))
+    rel = (lon - clon + 180.0) % 360.0 - 180.0
+    if np.ptp(rel) > USER_MAP_WORLD_SPAN_DEG or np.ptp(lat) > USER_MAP_WORLD_SPAN_DEG / 2:
+        crs = MOLLWEIDE
+    else:
+        crs = _laea(clon + float(rel.min() + rel.max()) / 2, float(lat.min() + lat.max()) / 2)
+    pts = gpd.GeoSeries(gpd.points_from_xy(lon, lat), crs="EPSG:4326").to_crs(crs)
+    x, y = pts.x.to_numpy(), pts.y.to_numpy()
+    x0, x1, y0, y1 = x.min(), x.max(), y.min(), y.max()
+    w, h = max(x1 - x0, min_span_m), max(y1 - y0, min_span_m)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    box_ = (cx - w / 2 * (1 + 2 * pad), cx + w / 2 * (1 + 2 * pad),
+            cy - h / 2 * (1 + 2 * pad), cy + h / 2 * (1 + 2 * pad))
+    return crs, *_fit_aspect(*box_, aspect)
+
+
+@readable
 def user_map(
     countries: gpd.GeoDataFrame,
     lon: np.ndarray,
@@ -190,59 +422,157 @@ def user_map(
     title: str = "",
     *,
     userdays: np.ndarray | None = None,
-    in_home: np.ndarray | None = None,
+    country_userdays: Mapping[str, float] | None = None,
+    in_country: np.ndarray | None = None,
     home_label: str = "home country",
-    pad: float = 0.25,
-    min_span_m: float = 400_000.0,
 ) -> Figure:
-    """One user's points (Mollweide), zoomed to their extent, home country filled.
+    """One user's points, framed on them (:func:`user_frame`), their countries shaded.
 
-    Point size follows ``userdays`` (distinct days at the location) when given;
-    points where ``in_home`` is true are red, the others blue.
-    The view covers all points plus ``pad`` of their span on each side, and at
-    least ``min_span_m`` metres, so a single point still shows its surroundings.
+    ``country_userdays`` (country code -> distinct userdays of the user there)
+    colours each of the user's countries on a ``Reds`` scale, as the seed
+    notebook's per-user choropleth does; the home country is outlined in black.
+    Point size follows ``userdays`` (distinct days at the location) when
+    given; points where ``in_country`` is false (in no country) are hollow.
+    The colour of each shaded country is kept in ``fig.homeloc_country_colours``.
     """
     lon = np.asarray(lon, dtype=np.float64)
     lat = np.asarray(lat, dtype=np.float64)
-    pts = gpd.GeoSeries(gpd.points_from_xy(lon, lat), crs="EPSG:4326").to_crs(MOLLWEIDE)
-    x, y = pts.x.to_numpy(), pts.y.to_numpy()
-    fig = _figure(8.0, 6.0)
+    fig = _figure(10.0, 7.5)
     ax = _map_axes(fig)
-    if len(x):
-        x0, x1, y0, y1 = x.min(), x.max(), y.min(), y.max()
-        span = max(x1 - x0, y1 - y0, min_span_m)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        half = span * (0.5 + pad)
-        xlim, ylim = (cx - half * 4 / 3, cx + half * 4 / 3), (cy - half, cy + half)
-    else:
-        r = 18_040_095.7
-        xlim, ylim = (-r, r), (-r / 2, r / 2)
-    # Simplify in proportion to the view: fine detail when zoomed in.
-    tol = float(np.clip((xlim[1] - xlim[0]) / 111_000 / 2000, 0.001, WORLD_SIMPLIFY_DEG))
-    world = world_outlines(countries, tol)
-    world.plot(ax=ax, color=NO_DATA_COLOR, edgecolor=EDGE_COLOR, linewidth=0.4)
+    crs, xlim, ylim = user_frame(lon, lat, 10.0 / 5.6)
+    world = world_outlines(countries) if crs == MOLLWEIDE else _local_map(countries, crs, xlim, ylim)
+    world.plot(ax=ax, color=NO_DATA_COLOR, edgecolor=EDGE_COLOR, linewidth=0.5)
+    fig.homeloc_country_colours = {}
+    ud = pd.Series(dict(country_userdays or {}), dtype="float64")
+    ud = ud[ud > 0]
+    if len(ud):
+        vmax = float(ud.max())
+        norm = mcolors.Normalize(vmin=0.0, vmax=vmax)
+        cmap = matplotlib.colormaps["Reds"]
+        mine = world[world["country_code"].isin(ud.index)].copy()
+        colours = [cmap(0.15 + 0.85 * norm(ud[c])) for c in mine["country_code"]]
+        if len(mine):
+            mine.plot(ax=ax, color=colours, edgecolor=EDGE_COLOR, linewidth=0.6,
+                      gid="user-countries")
+        fig.homeloc_country_colours = dict(zip(mine["country_code"], colours, strict=True))
+        sm = matplotlib.cm.ScalarMappable(
+            norm=mcolors.Normalize(vmin=-0.15 / 0.85 * vmax, vmax=vmax), cmap=cmap)
+        cbar = fig.colorbar(sm, ax=ax, orientation="horizontal", shrink=0.6, pad=0.02,
+                            aspect=40, label="distinct userdays of this user in the country")
+        cbar.ax.set_xlim(0, vmax)
+        cbar.ax.xaxis.set_major_locator(mticker.MaxNLocator(6, integer=True))
+        cbar.ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: format_number(v)))
     if home_code is not None:
         home = world[world["country_code"] == home_code]
         if len(home):
-            home.plot(ax=ax, color="#fbd3b0", edgecolor=HIGHLIGHT_COLOR, linewidth=1.0)
-    if len(x):
+            home.plot(ax=ax, facecolor="none", edgecolor=HOME_OUTLINE, linewidth=2.0)
+    if len(lon):
+        pts = gpd.GeoSeries(gpd.points_from_xy(lon, lat), crs="EPSG:4326").to_crs(crs)
+        x, y = pts.x.to_numpy(), pts.y.to_numpy()
         if userdays is not None:
-            ud = np.asarray(userdays, dtype=np.float64)
-            sizes = 20 + 80 * np.sqrt(np.maximum(ud, 0) / max(float(np.max(ud)), 1.0))
+            days = np.asarray(userdays, dtype=np.float64)
+            sizes = 25 + 120 * np.sqrt(np.maximum(days, 0) / max(float(np.max(days)), 1.0))
         else:
-            sizes = np.full(len(x), 30.0)
-        mask = np.zeros(len(x), bool) if in_home is None else np.asarray(in_home, bool)
-        for sel, color, label in ((~mask, "#1f77b4", "elsewhere"), (mask, HIGHLIGHT_COLOR,
-                                                                     home_label)):
-            if sel.any():
-                ax.scatter(x[sel], y[sel], s=sizes[sel], c=color, edgecolors="white",
-                           linewidths=0.6, zorder=3, alpha=0.85,
-                           label=f"{label} ({int(sel.sum())} location(s))")
-        ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
+            sizes = np.full(len(x), 40.0)
+        inside = np.ones(len(x), bool) if in_country is None else np.asarray(in_country, bool)
+        if inside.any():
+            ax.scatter(x[inside], y[inside], s=sizes[inside], c="#08306b", edgecolors="white",
+                       linewidths=0.8, zorder=3, alpha=0.85,
+                       label=f"locations ({int(inside.sum())}; size: distinct days there)")
+        if (~inside).any():
+            ax.scatter(x[~inside], y[~inside], s=sizes[~inside], facecolors="none",
+                       edgecolors="#08306b", linewidths=1.2, zorder=3,
+                       label=f"in no country ({int((~inside).sum())})")
+        from matplotlib.lines import Line2D
+
+        handles, _ = ax.get_legend_handles_labels()
+        if home_code is not None:
+            handles.append(Line2D([], [], color=HOME_OUTLINE, lw=2.0, label=home_label))
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles),
+                   frameon=False)  # outside the map: it never hides a point
+    ax.set_title(title)
+    # Frame on the box the layout gives the map (title, legend and colour bar placed), so
+    # that equal scales fill it: nothing framed is cut off and no band stays empty.
+    ax.set_aspect("auto")
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    fig.draw_without_rendering()
+    pos = ax.get_position()
+    w_in, h_in = fig.get_size_inches()
+    xlim, ylim = _fit_aspect(*xlim, *ylim, (pos.width * w_in) / (pos.height * h_in))
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal", adjustable="box")
+    fig.set_layout_engine("none")  # keep that box: a second layout pass would move it
+    return fig
+
+
+@readable
+def region_layer_map(
+    countries: gpd.GeoDataFrame,
+    regions: gpd.GeoDataFrame,
+    values: Mapping[str, float] | pd.Series,
+    study_code: str,
+    title: str,
+    label: str,
+    *,
+    highlight: str | None = None,
+    highlight_label: str | None = None,
+    cmap: str = "viridis",
+) -> Figure:
+    """Regions of a layer (``region_code``, ``geometry`` in EPSG:4326) coloured by ``values``.
+
+    Framed on the study country's main part (equal-area projection centred on
+    it), log colour scale; regions without a value are not filled. The study
+    country is outlined in black, ``highlight`` (a region code, e.g. the study
+    region) in red and, with ``highlight_label``, named in the legend.
+    """
+    fig = _figure(9.0, 8.0)
+    ax = _map_axes(fig)
+    geoms = countries.set_index("country_code").geometry
+    main = _largest_part(geoms[study_code])
+    c = main.centroid
+    crs = _laea(c.x, c.y)
+    mx0, my0, mx1, my1 = gpd.GeoSeries([main], crs="EPSG:4326").to_crs(crs).total_bounds
+    pad = 0.06 * max(mx1 - mx0, my1 - my0)
+    xlim, ylim = _fit_aspect(mx0 - pad, mx1 + pad, my0 - pad, my1 + pad, 1.0)
+    base = _local_map(countries, crs, xlim, ylim)
+    base.plot(ax=ax, color=NO_DATA_COLOR, edgecolor=EDGE_COLOR, linewidth=0.5)
+    vals = pd.Series(values, dtype="float64")
+    reg = regions.assign(value=regions["region_code"].astype(str).map(vals))
+    reg = reg[reg["value"].notna() & (reg["value"] > 0)]
+    if len(reg):
+        reg = reg.to_crs(crs)
+        vmin, vmax = float(reg["value"].min()), float(reg["value"].max())
+        norm = mcolors.LogNorm(vmin=vmin, vmax=max(vmax, vmin * 10))
+        reg.plot(ax=ax, column="value", cmap=cmap, norm=norm, edgecolor="white", linewidth=0.2)
+        _colorbar(fig, norm, cmap, label, [ax], True)
+    study = base[base["country_code"] == study_code]
+    study.plot(ax=ax, facecolor="none", edgecolor=HOME_OUTLINE, linewidth=1.2)
+    if highlight is not None:
+        hl = regions[regions["region_code"].astype(str) == str(highlight)]
+        if len(hl):
+            hl.to_crs(crs).plot(ax=ax, facecolor="none", edgecolor=HIGHLIGHT_COLOR, linewidth=1.8)
+            if highlight_label:
+                from matplotlib.lines import Line2D
+
+                ax.legend(handles=[Line2D([], [], color=HIGHLIGHT_COLOR, lw=1.8,
+                                          label=highlight_label)], loc="lower left",
+                          framealpha=0.85)
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     ax.set_title(title)
     return fig
+
+
+def h3_cells_frame(codes) -> gpd.GeoDataFrame:
+    """H3 cells (index strings) as hexagon polygons in EPSG:4326: ``region_code``, ``geometry``."""
+    import h3
+    from shapely.geometry import Polygon
+
+    codes = [str(c) for c in codes]
+    polys = [Polygon([(lng, lat) for lat, lng in h3.cell_to_boundary(c)]) for c in codes]
+    return gpd.GeoDataFrame({"region_code": codes}, geometry=polys, crs="EPSG:4326")
 
 
 # ------------------------------------------------------------------- output

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -73,7 +74,7 @@ def test_explain_matches_run_exports(run_out, countries):
         assert got == want, guid
         home = homes.filter(pc.equal(homes["user_guid"], guid)).to_pylist()[0]
         for col in ("country", "country_code", "userdays", "total_userdays", "runner_up",
-                    "runner_up_userdays", "margin", "tie"):
+                    "runner_up_userdays", "margin", "tie", "status", "reason"):
             assert ex.home[col] == home[col], (guid, col)
         assert ex.total_userdays == home["total_userdays"]
         want_cls = cls.filter(pc.equal(cls["user_guid"], guid))["classification"][0].as_py()
@@ -130,3 +131,152 @@ def test_explain_seeks_instead_of_reading_the_file(run_out, countries):
         assert ex.found
         # a few probes of 8 KiB and two 64 KiB windows, not the 4 MB file
         assert used < size / 4, (guid, used, size)
+
+
+# ------------------------------------------------------------------ layers
+@pytest.fixture(scope="module")
+def layered_run(tmp_path_factory):
+    """``homeloc run`` with an H3 layer and a polygon layer (Germany cut in two) as study region."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from homeloc_assets.synth import generate
+
+    root = tmp_path_factory.mktemp("explain_layers")
+    csv = root / "userdays.csv"
+    generate(1_500, csv, seed=12)
+    halves = root / "halves.gpkg"
+    gpd.GeoDataFrame({"name": ["West", "East"], "code": ["W", "E"]},
+                     geometry=[box(5.0, 47.0, 10.5, 55.5), box(10.5, 47.0, 15.5, 55.5)],
+                     crs="EPSG:4326").to_file(halves)
+    out = root / "out"
+    layers = ["cells=h3:4", f"halves={halves}#name,code"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOMELOC_", "DAGSTER_"))}
+    env.update(HOMELOC_WORKERS="1", DAGSTER_HOME=str(root / "dagster_home"))
+    cmd = [sys.executable, "-m", "homeloc_assets.cli", "run", "--input", str(csv), "--out",
+           str(out), "--quiet", "--no-figures", "--no-landscape", "--study-region", "halves=W"]
+    for layer in layers:
+        cmd += ["--layer", layer]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return csv, out, layers
+
+
+def test_explain_reports_every_layer_as_the_run_does(layered_run, countries):
+    from homeloc_assets.geo.layers import parse_layers
+    from homeloc_assets.inference.rules import HomeRule
+
+    csv, out, layers = layered_run
+    specs = parse_layers(layers)
+    cls = pacsv.read_csv(out / "user_classification.csv")
+    region_ud = {s.name: pq.read_table(out / f"user_region_userdays_{s.name}.parquet")
+                 for s in specs}
+    region_home = {s.name: pq.read_table(out / f"user_home_{s.name}.parquet") for s in specs}
+    guids = _users_with_countries(out, 6)
+    halves_homes = region_home["halves"]
+    guids += halves_homes.filter(pc.equal(halves_homes["region_code"], "E"))["user_guid"][:2] \
+        .to_pylist()  # Domestic tourists (home in the study country, not in the study region)
+    seen_classes = set()
+    for guid in guids:
+        ex = explain_user(csv, guid, countries, "Germany", rule=HomeRule(), layers=specs,
+                          study_region=("halves", "W"))
+        assert [lx.name for lx in ex.layers] == ["cells", "halves"]
+        for lx in ex.layers:
+            want = region_ud[lx.name].filter(pc.equal(region_ud[lx.name]["user_guid"], guid))
+            assert {(r["region_code"], r["userdays"], r["locations"]) for r in want.to_pylist()} \
+                == {(r["region_code"], r["userdays"], r["locations"])
+                    for r in lx.per_region.to_pylist()}, (guid, lx.name)
+            home = region_home[lx.name].filter(pc.equal(region_home[lx.name]["user_guid"], guid))
+            if home.num_rows == 0:
+                assert lx.home is None and lx.status is None
+                continue
+            home = home.to_pylist()[0]
+            for col in ("region", "region_code", "userdays", "total_userdays", "margin", "tie",
+                        "status", "reason"):
+                assert lx.home[col] == home[col], (guid, lx.name, col)
+            assert lx.status in lx.reason() and str(home["region_code"]) in lx.reason()
+        row = cls.filter(pc.equal(cls["user_guid"], guid))
+        if row.num_rows:
+            assert ex.classification == row["classification"][0].as_py(), guid
+            seen_classes.add(ex.classification)
+    assert "Domestic tourist" in seen_classes and "International tourist" in seen_classes
+
+
+def test_cli_prints_each_layer(layered_run, capsys):
+    csv, out, layers = layered_run
+    guid = _users_with_countries(out, 1)[0]
+    home = pq.read_table(out / "user_home_cells.parquet")
+    home = home.filter(pc.equal(home["user_guid"], guid)).to_pylist()[0]
+    argv = ["explain", guid, "--input", str(csv)]
+    for layer in layers:
+        argv += ["--layer", layer]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "layer cells (h3:4): distinct userdays per region" in text
+    assert f"layer cells: home region {home['region_code']}:" in text
+    assert f"; {home['status']}" in text
+    assert "layer halves" in text
+
+
+# --------------------------------------------------------------------- map
+def test_map_is_framed_on_the_points_and_shades_the_countries(countries):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from homeloc_assets import plots
+
+    # Berlin, Munich, Hamburg and one point in Vienna: a regional view, not the world
+    lon = np.array([13.40, 11.58, 9.99, 16.37])
+    lat = np.array([52.52, 48.14, 53.55, 48.21])
+    fig = plots.user_map(countries, lon, lat, "DEU", "t", userdays=np.array([5, 3, 2, 1.0]),
+                         country_userdays={"DEU": 9.0, "AUT": 1.0})
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    crs, _, _ = plots.user_frame(lon, lat, 1.0)
+    pts = gpd_points(lon, lat, crs)
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert (pts[:, 0] > x0).all() and (pts[:, 0] < x1).all()  # every point in view ...
+    assert (pts[:, 1] > y0).all() and (pts[:, 1] < y1).all()
+    span_x = np.ptp(pts[:, 0]) / (x1 - x0)
+    span_y = np.ptp(pts[:, 1]) / (y1 - y0)
+    assert max(span_x, span_y) > 0.6  # ... and they fill the frame: little white space
+    box = ax.get_position()
+    assert box.y0 >= 0 and box.y1 <= 1 and box.height > 0.6  # the map is not cut off
+    # the legend sits outside the map (it hid points at the lower left before)
+    legend = fig.legends[0].get_window_extent()
+    assert legend.y1 <= ax.get_window_extent().y0 + 1
+    # countries shaded by distinct userdays: the home darker than Austria, both on the map
+    colours = fig.homeloc_country_colours
+    assert set(colours) == {"DEU", "AUT"}
+    assert sum(colours["DEU"][:3]) < sum(colours["AUT"][:3])
+    shaded = [c for c in ax.collections if c.get_gid() == "user-countries"]
+    assert len(shaded) == 1
+
+
+def test_map_of_a_user_on_two_continents_shows_both(countries):
+    from homeloc_assets import plots
+
+    lon, lat = np.array([13.4, 139.7]), np.array([52.5, 35.7])  # Berlin and Tokyo
+    fig = plots.user_map(countries, lon, lat, "DEU", "t", country_userdays={"DEU": 3, "JPN": 2})
+    ax = fig.axes[0]
+    crs, _, _ = plots.user_frame(lon, lat, 1.0)
+    pts = gpd_points(lon, lat, crs)
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert ((pts[:, 0] > x0) & (pts[:, 0] < x1) & (pts[:, 1] > y0) & (pts[:, 1] < y1)).all()
+
+
+def gpd_points(lon, lat, crs) -> np.ndarray:
+    import geopandas as gpd
+
+    g = gpd.GeoSeries(gpd.points_from_xy(lon, lat), crs="EPSG:4326").to_crs(crs)
+    return np.column_stack([g.x.to_numpy(), g.y.to_numpy()])
+
+
+def test_cli_min_share_makes_the_user_undetermined_with_the_rules_reason(run_out, capsys):
+    csv, out = run_out
+    homes = pq.read_table(out / "user_home_locations.parquet")
+    row = homes.filter(pc.less(homes["home_share"], 0.9)).to_pylist()[0]
+    above = f"{min(row['home_share'] + 0.05, 1.0):.3f}"
+    assert main(["explain", row["user_guid"], "--input", str(csv), "--min-share", above]) == 0
+    text = capsys.readouterr().out
+    assert "status: undetermined (home_share_below_min)" in text
+    assert "undetermined: the home's share of the distinct userdays below --min-share" in text

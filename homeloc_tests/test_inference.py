@@ -10,10 +10,10 @@ from homeloc_assets.inference import (
     CLASS_LOCAL,
     CLASS_TOURIST,
     CLASS_UNDETERMINED,
-    classify_homes,
     country_userdays,
     pick_homes,
 )
+from homeloc_assets.inference.rules import HomeRule, apply_rule
 
 NAMES = np.array(["France", "Germany", "Japan", "United Kingdom"], dtype=object)
 CODES = np.array(["FRA", "DEU", "JPN", "GBR"], dtype=object)
@@ -97,10 +97,10 @@ def test_classification_with_min_userdays():
         ("c", 1, days(1)),
     ]
     _, _, homes = run(rows)
-    cls = classify_homes(homes, "DEU", min_userdays=2)
+    cls = apply_rule(homes, HomeRule(min_userdays=2), "DEU")
     assert dict(zip(cls.column("user_guid").to_pylist(), cls.column("classification").to_pylist(),
                     strict=True)) == {"a": CLASS_LOCAL, "b": CLASS_TOURIST, "c": CLASS_UNDETERMINED}
-    cls0 = classify_homes(homes, "DEU")
+    cls0 = apply_rule(homes, HomeRule(), "DEU")
     assert cls0.column("classification").to_pylist() == [CLASS_LOCAL, CLASS_TOURIST, CLASS_LOCAL]
 
 

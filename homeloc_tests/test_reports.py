@@ -1,10 +1,15 @@
-"""Report assets materialise on a small run: PNG + SVG files and a Markdown preview."""
+"""Report assets materialise on a small run: PNG + SVG files and the figure for the UI.
+
+The browser test (``test_ui_browser.py``) checks that the UI really shows it.
+"""
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -12,6 +17,7 @@ import pytest
 from homeloc_assets import plots
 from homeloc_assets.catalog import Catalog
 from homeloc_assets.definitions import build_definitions
+from homeloc_assets.defs import reports
 from homeloc_assets.defs.reports import REPORT_ASSETS, home_counts
 from homeloc_assets.settings import Settings
 
@@ -42,6 +48,39 @@ def pipeline(tmp_path_factory):
     return settings, defs, instance
 
 
+def _png_width(png: bytes) -> int:
+    assert png[12:16] == b"IHDR"
+    return int.from_bytes(png[16:20], "big")
+
+
+def test_reports_on_a_local_instance_serve_the_figure_to_the_ui(pipeline, tmp_path):
+    """With the instance's local compute-log folder the figure is a short Markdown image.
+
+    It points at the webserver's ``/logs/`` route for a PNG written in that
+    folder; under 1,000 characters, so the UI shows it inline.
+    """
+    settings, defs, _ = pipeline
+    (tmp_path / "home").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
+    res = dg.materialize(defs.assets, selection=["classification_report"], instance=instance,
+                         resources=defs.resources)
+    assert res.success
+    (event,) = res.get_asset_materialization_events()
+    md = event.materialization.metadata["figure"].value
+    assert len(md) < reports.INLINE_MARKDOWN_LIMIT
+    url = md.split("](", 1)[1].rstrip(")")
+    assert url.startswith(f"/logs/{reports.UI_FIGURES}/classification_report-") and url.endswith("/png")
+    namespace, stem, ext = url.removeprefix("/logs/").split("/")
+    served = Path(instance.compute_log_manager.get_captured_local_path([namespace, stem], ext))
+    png = served.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and _png_width(png) >= 800
+    # materialised again: still one copy per content, at most UI_FIGURES_KEPT kept
+    for _ in range(2):
+        assert dg.materialize(defs.assets, selection=["classification_report"], instance=instance,
+                              resources=defs.resources).success
+    assert 1 <= len(list(served.parent.glob("classification_report-*.png"))) <= reports.UI_FIGURES_KEPT
+
+
 def test_report_assets_are_wired():
     for a in REPORT_ASSETS:
         spec = next(iter(a.specs))
@@ -53,6 +92,7 @@ def test_report_assets_are_wired():
 
 
 def test_reports_materialise_with_figures_and_previews(pipeline):
+    """Without a local compute-log folder (an ephemeral instance) the figure is a data-URI image."""
     settings, defs, instance = pipeline
     res = dg.materialize(defs.assets, selection=REPORTS, instance=instance,
                          resources=defs.resources)
@@ -70,11 +110,13 @@ def test_reports_materialise_with_figures_and_previews(pipeline):
         name = event.asset_key.to_user_string()
         seen.add(name)
         md = event.materialization.metadata
-        preview = md["preview"].value
+        preview = md["figure"].value
         assert preview.startswith("![") and "(data:image/png;base64," in preview
         b64 = preview.split("base64,", 1)[1].split(")", 1)[0]
-        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
-        assert len(preview) < 200_000  # small enough for the event log
+        png = base64.b64decode(b64)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert _png_width(png) >= 800  # readable, not a thumbnail
+        assert len(preview) < 400_000  # small enough for the event log
         png, svg = figures / f"{name}.png", figures / f"{name}.svg"
         assert md["png"].value == str(png.resolve()) and md["svg"].value == str(svg.resolve())
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -86,7 +128,9 @@ def test_reports_materialise_with_figures_and_previews(pipeline):
             assert md["undetermined"].value == counts.get("undetermined", 0)
         if name == "tourist_origins_map":
             assert md["tourists"].value == counts.get("Tourist", 0)
-            assert "Top home countries" in preview
+            table = md["table"].value
+            assert "Top home countries" in table
+            assert len(table) < reports.INLINE_MARKDOWN_LIMIT  # shown inline, no click
         if name == "study_country_share_map":
             assert md["users_with_home"].value == cls.num_rows
             local_share = counts.get("Local", 0) / cls.num_rows
@@ -140,3 +184,160 @@ def test_homeloc_run_draws_the_figures(small_input, tmp_path):
     chosen = table[(table.min_userdays == 0) & (table.min_share == 0) & (table.min_margin == 0)]
     assert chosen.locals.iloc[0] == (pd.read_csv(out / "user_classification.csv").classification
                                      == "Local").sum()
+
+
+# ------------------------------------------------------------ figure details
+@pytest.fixture(scope="module")
+def countries():
+    from homeloc_assets.explain import load_countries
+
+    return load_countries(Settings())
+
+
+def _draw(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _colorbar_axes(fig):
+    return [a for a in fig.axes if a.get_label() == "<colorbar>"]
+
+
+@pytest.mark.parametrize("vmin,vmax", [(0.004, 0.03), (0.001, 80.0), (1.0, 20_000.0),
+                                       (3.0, 75_000.0), (2.0, 3.0), (1.0, 1_000_000.0)])
+def test_log_colour_bar_labels_are_written_out_and_never_overlap(countries, vmin, vmax):
+    """The old labels ran together (``0.0050.01``, ``5,0001e+04``)."""
+    vals = {"FRA": vmin, "USA": vmax, "BRA": (vmin * vmax) ** 0.5}
+    fig = plots.choropleth(countries, vals, "title", "label", log=True, highlight="DEU")
+    renderer = _draw(fig)
+    (cax,) = _colorbar_axes(fig)
+    lo, hi = sorted(cax.get_xlim())
+    labels = [t for t, v in zip(cax.get_xticklabels(), cax.get_xticks(), strict=True)
+              if t.get_text() and lo <= v <= hi]
+    assert len(labels) >= 2
+    texts = [t.get_text() for t in labels]
+    assert not any("e+" in t or "e-" in t for t in texts), texts
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+    for a, b in zip(boxes, boxes[1:], strict=False):
+        assert a.x1 + 4 <= b.x0, texts  # at least 4 px between two labels
+
+
+def test_format_number_and_log_ticks():
+    assert [plots.format_number(v) for v in (5000, 10_000, 0.005, 0.01, 2.5, 0.25, 1e6)] == [
+        "5,000", "10,000", "0.005", "0.01", "2.5", "0.25", "1,000,000"]
+    assert plots.log_ticks(0.004, 0.03) == pytest.approx([0.005, 0.01, 0.02])
+    assert plots.log_ticks(1, 100) == pytest.approx([1, 3, 10, 30, 100])  # 1-2-5 would be 7
+    assert plots.log_ticks(1, 20_000) == pytest.approx([1, 10, 100, 1000, 10_000])
+    for lo, hi in ((0.001, 50), (1, 1e7), (2, 3)):
+        ticks = plots.log_ticks(lo, hi)
+        assert 2 <= len(ticks) <= 6 and all(lo * 0.999 <= t <= hi * 1.001 for t in ticks)
+
+
+def test_study_region_view_frames_the_study_country_and_its_neighbours(countries):
+    import geopandas as gpd
+
+    crs, xlim, ylim, neighbours = plots.region_frame(countries, "DEU")
+    assert set(neighbours) == {"AUT", "BEL", "CHE", "CZE", "DNK", "FRA", "LUX", "NLD", "POL"}
+    geoms = countries.set_index("country_code").geometry
+    germany = gpd.GeoSeries([geoms["DEU"]], crs="EPSG:4326").to_crs(crs).total_bounds
+    assert xlim[0] < germany[0] and germany[2] < xlim[1]
+    assert ylim[0] < germany[1] and germany[3] < ylim[1]
+    # framed on Europe, not on France's overseas parts: Paris and Warsaw in, Cayenne out
+    pts = gpd.GeoSeries(gpd.points_from_xy([2.35, 21.0, -52.3], [48.86, 52.23, 4.9]),
+                        crs="EPSG:4326").to_crs(crs)
+    inside = [(xlim[0] < p.x < xlim[1]) and (ylim[0] < p.y < ylim[1]) for p in pts]
+    assert inside == [True, True, False]
+    assert xlim[1] - xlim[0] < 3_000_000  # metres: a regional view, not a continent
+
+    fig = plots.choropleth(countries, {"AUT": 40, "FRA": 12, "USA": 300}, "t", "Tourists",
+                           log=True, highlight="DEU", highlight_label="study country")
+    maps = [a for a in fig.axes if a not in _colorbar_axes(fig)]
+    assert len(maps) == 2  # the world and, beside it, the study region
+    region = maps[1]
+    assert region.get_xlim() == pytest.approx(xlim) and region.get_ylim() == pytest.approx(ylim)
+    labels = {t.get_text() for t in region.texts}
+    assert {"AUT\n40", "FRA\n12", "DEU", "POL"} <= labels
+
+
+@pytest.mark.parametrize("figure", ["bar", "map"])
+def test_text_is_readable_in_the_ui_copy(countries, figure):
+    """Every text of the figure is at least 10 px high in the PNG the UI shows."""
+    if figure == "bar":
+        fig = plots.classification_bar({"Local": 3, "Tourist": 1}, "Germany")
+    else:
+        fig = plots.choropleth(countries, {"AUT": 40, "FRA": 12}, "t", "Tourists", log=True,
+                               highlight="DEU", highlight_label="study country")
+    dpi = reports.ui_dpi(fig)
+    _draw(fig)
+    sizes = [t.get_fontsize() for t in fig.findobj(lambda a: hasattr(a, "get_fontsize")
+                                                   and hasattr(a, "get_text"))
+             if t.get_text().strip() and t.get_visible()]
+    assert sizes and min(sizes) * dpi / 72 >= 10, (min(sizes), dpi)
+
+
+# ------------------------------------------------------------- region layers
+@pytest.fixture(scope="module")
+def layered(tmp_path_factory):
+    """A run with an H3 layer and a polygon layer (Germany cut in two, study region West)."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from homeloc_assets.synth import generate
+
+    root = tmp_path_factory.mktemp("layer_reports")
+    csv = root / "in" / "userdays.csv"
+    csv.parent.mkdir()
+    generate(1_500, csv, seed=23)
+    halves = root / "halves.gpkg"
+    gpd.GeoDataFrame({"name": ["West", "East"], "code": ["W", "E"]},
+                     geometry=[box(5.0, 47.0, 10.5, 55.5), box(10.5, 47.0, 15.5, 55.5)],
+                     crs="EPSG:4326").to_file(halves)
+    settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "out"), workers=1,
+                        layers=f"cells=h3:3;halves={halves}#name,code", study_region="halves=W")
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
+    instance.add_dynamic_partitions("user_batches", keys)
+    layer_assets = [f"{a}_{n}" for n in ("cells", "halves")
+                    for a in ("user_region_userdays", "user_home")]
+    for selection, key in ((["world_countries", "countries"], None),
+                           (BATCH_ASSETS + layer_assets, keys[0]),
+                           (["user_classification"], None)):
+        assert dg.materialize(defs.assets, selection=selection, partition_key=key,
+                              instance=instance, resources=defs.resources).success
+    return settings, defs, instance, keys
+
+
+def test_each_layer_gets_a_map_of_the_locals_home_regions(layered):
+    settings, defs, instance, keys = layered
+    names = ["local_home_regions_cells", "local_home_regions_halves"]
+    assert set(names) <= {k.to_user_string() for a in defs.assets for k in a.keys}
+    res = dg.materialize(defs.assets, selection=names, instance=instance,
+                         resources=defs.resources)
+    assert res.success
+    cls = pq.read_table(settings.storage_path / "assets" / "user_classification.parquet",
+                        columns=["user_guid", "classification"])
+    residents = cls.filter(pc.is_in(cls["classification"],
+                                    value_set=pa.array(["Local", "Domestic tourist"])))
+    figures = settings.storage_path.parent / "figures"
+    for event in res.get_asset_materialization_events():
+        name = event.asset_key.to_user_string()
+        layer = name.removeprefix("local_home_regions_")
+        homes = pq.read_table(settings.storage_path / "assets" / f"user_home_{layer}"
+                              / f"{keys[0]}.parquet", columns=["user_guid", "region_code"])
+        want = homes.join(residents, "user_guid", join_type="inner")
+        md = event.materialization.metadata
+        assert md["users"].value == want.num_rows > 0
+        assert md["regions"].value == len(set(want["region_code"].to_pylist()))
+        top = want.group_by("region_code").aggregate([([], "count_all")]).sort_by(
+            [("count_all", "descending")]).to_pylist()[0]
+        assert f"({top['region_code']}) | {top['count_all']:,} |" in md["table"].value
+        assert (figures / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # in the polygon layer the residents' homes split between the two halves, West the study region
+    halves = pq.read_table(settings.storage_path / "assets" / "user_home_halves"
+                           / f"{keys[0]}.parquet", columns=["user_guid", "region_code"])
+    assert set(halves.join(residents, "user_guid", join_type="inner")["region_code"]
+               .to_pylist()) == {"W", "E"}

@@ -216,3 +216,74 @@ def test_materialise_one_batch_from_the_ui(planned, webserver, page):
     assert (settings.storage_path / "assets" / "user_home_locations" / f"{key}.parquet").exists()
     assert not (settings.storage_path / "assets" / "user_home_locations"
                 / f"{keys[1]}.parquet").exists()
+
+
+def test_report_figure_is_displayed_on_the_asset_page(planned, webserver, page):
+    """The map is a picture on the asset's page as it opens: no "[Show Markdown]" click.
+
+    The reports are materialised into the webserver's instance (every batch,
+    the classification, the three reports); the asset's page must then show an
+    ``<img>`` that loaded (``naturalWidth > 0``) and is drawn at a readable size.
+    """
+    import dagster as dg
+
+    from homeloc_assets.definitions import build_definitions
+
+    env, keys, instance, settings = planned
+    defs = build_definitions(settings)
+    batch = ["user_locations", "user_country_userdays", "user_home_locations", "rejected_rows"]
+    for key in keys:
+        assert dg.materialize(defs.assets, selection=batch, partition_key=key, instance=instance,
+                              resources=defs.resources).success
+    reports = ["classification_report", "tourist_origins_map", "study_country_share_map",
+               "home_rule_sensitivity"]
+    assert dg.materialize(defs.assets, selection=["user_classification", *reports],
+                          instance=instance, resources=defs.resources).success
+    for name, alt in (("tourist_origins_map", "Tourists' home countries"),
+                      ("classification_report", "Locals and Tourists"),
+                      ("home_rule_sensitivity", "sensitivity")):
+        page.goto(f"{webserver}/assets/{name}", timeout=60_000)
+        _skip_community_dialog(page)
+        img = page.locator(f'img[alt="{alt}"]')
+        img.first.wait_for(state="visible", timeout=30_000)
+        img.first.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "(alt) => { const i = document.querySelector(`img[alt=\"${alt}\"]`);"
+            " return i && i.complete && i.naturalWidth > 0; }", arg=alt, timeout=30_000)
+        shown = img.first.evaluate(
+            """i => {
+                const r = i.getBoundingClientRect();
+                let clip = document.documentElement.clientWidth, el = i.parentElement;
+                for (; el; el = el.parentElement) {  // the nearest ancestor that clips
+                    const o = getComputedStyle(el).overflowX;
+                    if (o !== 'visible') { clip = Math.min(clip, el.getBoundingClientRect().right); }
+                }
+                return {natural: i.naturalWidth, width: r.width, height: r.height,
+                        right: r.right, clip: clip, src: i.getAttribute('src')};
+            }""")
+        assert shown["src"].startswith("/logs/homeloc_figures/"), shown
+        assert shown["natural"] >= 700, shown
+        assert shown["width"] >= 700 and shown["height"] >= 250, shown  # drawn, not a thumbnail
+        assert shown["right"] <= shown["clip"] + 1, shown  # whole, not cut off at the right
+        if name == "tourist_origins_map":  # the top-10 table is inline too
+            assert page.get_by_text("Top home countries of Tourists").first.is_visible()
+        page.screenshot(path=str(ARTIFACTS / f"report_{name}.png"), full_page=True)
+    # a narrower window: the column is narrower than the picture, which then scrolls sideways
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{webserver}/assets/tourist_origins_map", timeout=60_000)
+    img = page.locator('img[alt="Tourists\' home countries"]').first
+    img.wait_for(state="visible", timeout=30_000)
+    narrow = img.evaluate(
+        """i => {
+            for (let el = i.parentElement; el; el = el.parentElement) {
+                const o = getComputedStyle(el).overflowX;
+                if (o !== 'visible') {
+                    return {overflow: o, width: el.clientWidth, scroll: el.scrollWidth,
+                            img: i.getBoundingClientRect().width};
+                }
+            }
+            return null;
+        }""")
+    assert narrow is not None
+    if narrow["scroll"] > narrow["width"] + 1:  # cut by the column: it must scroll
+        assert narrow["overflow"] in ("auto", "scroll"), narrow

@@ -1,18 +1,21 @@
 """Report assets: the seed notebook's pictures, in the UI and next to the exports.
 
 Each report reads ``user_classification`` (only the columns it needs, batch by
-batch, so it scales with the number of users) and ``countries``, shows a small
-PNG in its materialisation metadata and writes the full figure as PNG and SVG
-to ``<output_dir>/figures/`` (atomically). They update when
+batch, so it scales with the number of users) and ``countries``, writes the
+figure as PNG and SVG to ``<output_dir>/figures/`` (atomically) and shows it on
+the asset's page in the UI without a click (metadata entry ``figure``, see
+:func:`ui_figure_markdown`). They update when
 ``user_classification`` does (eager automation) and can be materialised by hand.
 """
 
+import os
 from pathlib import Path
 
 import dagster as dg
 import geopandas as gpd
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from homeloc_assets import plots
@@ -77,16 +80,89 @@ def _top_table(df: pd.DataFrame, value: str, n: int = 10, fmt: str = "{:,}") -> 
     return "\n".join(lines)
 
 
+#: where the UI copies of the figures go, inside the instance's local compute-log folder
+UI_FIGURES = "homeloc_figures"
+#: UI copies kept per figure (older materialisations' pictures are removed)
+UI_FIGURES_KEPT = 10
+#: Dagster shows a Markdown metadata value inline only when it is shorter than this
+#: (``MetadataEntry.tsx``: ``expandSmallValues && entry.mdStr.length < 1000``), else behind
+#: "[Show Markdown]".
+INLINE_MARKDOWN_LIMIT = 1000
+#: pixels across of the UI copy of a figure (the files in ``figures/`` are 150 dpi): the width
+#: of the Metadata section of an asset's overview in a 1600 px wide window, which does not
+#: scale images down (they would be cut off at its right edge)
+UI_WIDTH_PX = 870
+
+
+def ui_dpi(fig) -> float:
+    """Resolution of a figure's UI copy: :data:`UI_WIDTH_PX` wide, at most 100 dpi."""
+    return min(100.0, UI_WIDTH_PX / float(fig.get_size_inches()[0]))
+
+
+def _local_log_manager(instance):
+    """The instance's local compute-log manager (the one the webserver's ``/logs/`` route reads)."""
+    manager = getattr(instance, "compute_log_manager", None)
+    if manager is not None and not hasattr(manager, "get_captured_local_path"):
+        manager = getattr(manager, "local_manager", None)  # cloud managers keep a local one
+    return manager if hasattr(manager, "get_captured_local_path") else None
+
+
+def ui_figure_markdown(instance, png: bytes, name: str, alt: str) -> str | None:
+    """A short Markdown image the Dagster UI shows inline, or None where it cannot be served.
+
+    The Dagster webserver serves files of the local compute-log folder at
+    ``/logs/<namespace>/<name>/<extension>`` (its captured-log download route,
+    which reads them through the instance's compute-log manager): the PNG is
+    written there under a name with its content hash (no stale browser cache)
+    and the Markdown refers to that URL, well under
+    :data:`INLINE_MARKDOWN_LIMIT` characters. Only the newest
+    :data:`UI_FIGURES_KEPT` copies of each figure are kept.
+    """
+    import hashlib
+
+    from homeloc_assets.atomic import atomic_path
+
+    manager = _local_log_manager(instance)
+    if manager is None:
+        return None
+    stem = f"{name}-{hashlib.sha256(png).hexdigest()[:16]}"
+    try:
+        target = Path(manager.get_captured_local_path([UI_FIGURES, stem], "png"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            Path(tmp).write_bytes(png)
+        os.utime(target)  # an unchanged figure is the newest copy again
+        old = sorted(target.parent.glob(f"{name}-*.png"), key=lambda q: q.stat().st_mtime_ns)
+        for stale in old[:-UI_FIGURES_KEPT]:
+            stale.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        return None
+    md = f"![{alt}](/logs/{UI_FIGURES}/{stem}/png)"
+    return md if len(md) < INLINE_MARKDOWN_LIMIT else None
+
+
 def _publish(context, config: HomelocConfig, fig, name: str, alt: str, extra_md: str = "",
              metadata: dict | None = None) -> dg.MaterializeResult:
+    """Write the figure files and show the figure in the UI.
+
+    ``figure``: the PNG shown inline on the asset's page (see
+    :func:`ui_figure_markdown`); where it cannot be served (no local compute-log
+    folder), the figure as a data-URI image instead, one click away behind
+    "[Show Markdown]". ``extra_md`` (a table) is its own entry, inline when short.
+    """
     paths = plots.save_figure(fig, figures_dir(config), name)
-    md = plots.figure_markdown(fig, alt)
-    if extra_md:
-        md = f"{md}\n\n{extra_md}"
+    png = plots.png_bytes(fig, dpi=ui_dpi(fig))
+    md = ui_figure_markdown(context.instance, png, name, alt)
+    if md is None:
+        import base64
+
+        md = f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
     context.log.info(f"{name}: wrote {paths['png']} and {paths['svg']}")
+    extra = {"table": dg.MetadataValue.md(extra_md)} if extra_md else {}
     return dg.MaterializeResult(
         metadata={
-            "preview": dg.MetadataValue.md(md),
+            "figure": dg.MetadataValue.md(md),
+            **extra,
             "png": dg.MetadataValue.path(str(paths["png"].resolve())),
             "svg": dg.MetadataValue.path(str(paths["svg"].resolve())),
             **(metadata or {}),
@@ -124,7 +200,9 @@ def classification_report(
     description=(
         "World map (Mollweide) of the Tourists' home countries: number of Tourists per home "
         "country on a log colour scale; the study country outlined in red (it has no Tourists "
-        "by definition; filled blue). Figure: `<output_dir>/figures/tourist_origins_map.png|svg`."
+        "by definition; filled blue); beside it the study country and its neighbours, framed on "
+        "them, each labelled with its number of Tourists. "
+        "Figure: `<output_dir>/figures/tourist_origins_map.png|svg`."
     ),
 )
 def tourist_origins_map(
@@ -162,8 +240,9 @@ def tourist_origins_map(
     description=(
         "World map (Mollweide) of the share of all users with a home whose home is each country "
         "(log colour scale). The study country's own share is the share of Locals; it is outlined "
-        "in red and its share named in the legend. Undetermined users count with their home "
-        "country. Figure: `<output_dir>/figures/study_country_share_map.png|svg`."
+        "in red and its share named in the legend; beside it the study country and its "
+        "neighbours, framed on them, each labelled with its share. Undetermined users count "
+        "with their home country. Figure: `<output_dir>/figures/study_country_share_map.png|svg`."
     ),
 )
 def study_country_share_map(
@@ -186,6 +265,7 @@ def study_country_share_map(
         cmap="viridis",
         highlight=code,
         highlight_label=f"{name}: {own_share:.1%} of users (Locals)",
+        value_format=lambda v: f"{plots.format_number(v)}%",
     )
     return _publish(
         context, homeloc, fig, "study_country_share_map", "Share of users per home country",
@@ -197,3 +277,105 @@ def study_country_share_map(
 
 
 REPORT_ASSETS: list = [classification_report, tourist_origins_map, study_country_share_map]
+
+
+# ------------------------------------------------------------- region layers
+def layer_report_name(layer: str) -> str:
+    """The report asset (and figure file) of region layer ``layer``."""
+    return f"local_home_regions_{layer}"
+
+
+def local_home_region_counts(homeloc: HomelocConfig, region_homes) -> tuple[pd.DataFrame, object]:
+    """Users whose home country is the study country (not undetermined), per home region.
+
+    Batch by batch: each batch's classification is made again from its
+    ``user_home_locations`` file with the classification's own settings
+    (``classify_batch``, the same function ``user_classification`` uses) and
+    joined to the batch's homes in the layer. Returns ``(counts, info)``,
+    ``counts`` with ``region_code, region, users``.
+    """
+    from homeloc_assets.defs.batches import tables_dir
+    from homeloc_assets.defs.classification import _as_partitioned
+    from homeloc_assets.inference.rules import classify_batch
+
+    info = read_run_info(classification_path(homeloc))
+    parts = []
+    homes_dir = tables_dir(homeloc)
+    for key, table in _as_partitioned(region_homes).iter_tables(
+            ["user_guid", "region", "region_code"]):
+        homes = pq.read_table(homes_dir / "user_home_locations" / f"{key}.parquet")
+        cls = classify_batch(homes, info, lambda asset, k=key: homes_dir / asset / f"{k}.parquet")
+        keep = pc.and_(pc.equal(cls["country_code"], info.study_country_code),
+                   pc.not_equal(cls["classification"], CLASS_UNDETERMINED))
+        users = cls.filter(keep).select(["user_guid"])
+        joined = table.join(users, "user_guid", join_type="inner")
+        if joined.num_rows:
+            parts.append(joined.group_by(["region_code", "region"])
+                         .aggregate([([], "count_all")]).to_pandas())
+    if not parts:
+        return pd.DataFrame({"region_code": [], "region": [], "users": []}), info
+    df = pd.concat(parts, ignore_index=True).rename(columns={"count_all": "users"})
+    return df.groupby(["region_code", "region"], as_index=False)["users"].sum(), info
+
+
+def make_layer_reports(specs) -> list:
+    """Per extra region layer one map: the home regions of the study country's residents.
+
+    Only the Locals' side makes sense here: a Tourist's home is abroad, so the
+    region where a Tourist spent most days inside a layer of the study country
+    is where they travelled, not where they live (that is the landscape's job).
+    """
+    return [_layer_report(spec) for spec in specs]
+
+
+def _layer_report(spec):
+    """The report asset of one region layer (a closure over its spec)."""
+    from homeloc_assets.geo.layers import layer_assets, load_regions
+
+    _, home_asset = layer_assets(spec.name)
+    name = layer_report_name(spec.name)
+
+    @dg.asset(
+        name=name,
+        group_name="reports",
+        kinds=_KINDS,
+        deps=["user_classification"],
+        ins={"countries": dg.AssetIn("countries"), "region_homes": dg.AssetIn(home_asset)},
+        automation_condition=dg.AutomationCondition.eager(),
+        description=(
+            f"Map of the study country in layer `{spec.name}` ({spec.spec}): users whose home "
+            "country is the study country (Locals, with a study region also the Domestic "
+            "tourists; undetermined users left out) per home region in the layer, log colour "
+            "scale; the study region, if it is in this layer, outlined in red. "
+            f"Figure: `<output_dir>/figures/{name}.png|svg`."
+        ),
+    )
+    def _report(context: dg.AssetExecutionContext, homeloc: HomelocConfig,
+                countries: gpd.GeoDataFrame, region_homes):
+        counts, info = local_home_region_counts(homeloc, region_homes)
+        if spec.kind == "h3":
+            regions = plots.h3_cells_frame(counts["region_code"])
+        else:
+            regions = load_regions(spec).rename(columns={"country": "region",
+                                                          "country_code": "region_code"})
+        layer, _, code = info.study_region.partition("=")
+        highlight = code if layer == spec.name else None
+        total = int(counts["users"].sum())
+        fig = plots.region_layer_map(
+            countries, regions, counts.set_index("region_code")["users"],
+            info.study_country_code,
+            title=f"Home regions ({spec.name}) of {total:,} users living in "
+                  f"{info.study_country}",
+            label="users with their home here (log scale)",
+            highlight=highlight,
+            highlight_label=f"study region {code}" if highlight else None,
+        )
+        top = counts.rename(columns={"region": "country", "region_code": "country_code"})
+        return _publish(
+            context, homeloc, fig, name, f"Home regions in layer {spec.name}",
+            extra_md=f"**Largest home regions ({spec.name})**\n\n"
+            + _top_table(top, "users"),
+            metadata={"users": total, "regions": len(counts), "layer": str(spec)},
+        )
+
+    return _report

@@ -15,6 +15,7 @@ from homeloc_assets.defs.classification import (
     classified_batches,
     publication_dir,
 )
+from homeloc_assets.defs.reports import ui_dpi, ui_figure_markdown
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inference.rules import rule_of
 from homeloc_assets.provenance import read_run_info
@@ -31,7 +32,7 @@ from homeloc_assets.tables import PartitionedTables
     description=(
         "Home rules swept over the per-user homes (never the input again): per setting of min "
         "userdays / share / margin the users classified, Locals, Tourists, the Local:Tourist ratio "
-        "and the share of users whose class differs from the chosen setting; "
+        "and the share of users whose class differs from the chosen setting (figure shown here); "
         "<output>/sensitivity.csv and figures/sensitivity.png."
     ),
 )
@@ -51,10 +52,14 @@ def home_rule_sensitivity(context: dg.AssetExecutionContext, homeloc: HomelocCon
               f"{r['classified']:,} | {r['locals']:,} | {r['tourists']:,} | {r['changed_share']:.1%} |"
               for r in rows if r["min_margin"] == chosen.min_margin]
     md = "\n".join(lines)
-    md = f"{plots.figure_markdown(sensitivity_figure(result.table, chosen), 'sensitivity', dpi=80)}\n\n{md}"
+    fig = sensitivity_figure(result.table, chosen)
+    figure = ui_figure_markdown(context.instance, plots.png_bytes(fig, dpi=ui_dpi(fig)),
+                                "sensitivity", "sensitivity") \
+        or plots.figure_markdown(fig, "sensitivity", dpi=80)
     context.log.info(f"sensitivity: {len(rows)} settings -> {result.csv_path}")
     return dg.MaterializeResult(metadata={
         "settings": len(rows),
         "table": dg.MetadataValue.path(str(result.csv_path.resolve())),
+        "figure": dg.MetadataValue.md(figure),  # inline on the asset page (see reports)
         "preview": dg.MetadataValue.md(md),
     })

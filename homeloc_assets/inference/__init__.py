@@ -8,7 +8,6 @@ from homeloc_assets.inference.homes import (
     CLASS_LOCAL,
     CLASS_TOURIST,
     CLASS_UNDETERMINED,
-    classify_homes,
     country_userdays,
     pick_homes,
 )
@@ -18,7 +17,6 @@ __all__ = [
     "CLASS_LOCAL",
     "CLASS_TOURIST",
     "CLASS_UNDETERMINED",
-    "classify_homes",
     "country_userdays",
     "pick_homes",
     "process_batch",

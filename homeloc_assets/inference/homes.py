@@ -193,30 +193,3 @@ HOMES_SCHEMA = pa.schema(
 
 def _empty_homes() -> pa.Table:
     return HOMES_SCHEMA.empty_table()
-
-
-def classify_homes(
-    homes: pa.Table, study_country_code: str, min_userdays: float = 0.0
-) -> pa.Table:
-    """Local if the home is the study country, else Tourist.
-
-    Users whose distinct userdays over all countries are below ``min_userdays``
-    are ``undetermined`` (too little activity to say). Returns
-    ``user_guid, country, country_code, total_userdays, classification``.
-    """
-    is_local = pc.equal(homes.column("country_code"), pa.scalar(study_country_code))
-    enough = pc.greater_equal(homes.column("total_userdays"), pa.scalar(float(min_userdays)))
-    cls = pc.if_else(
-        enough,
-        pc.if_else(is_local, pa.scalar(CLASS_LOCAL), pa.scalar(CLASS_TOURIST)),
-        pa.scalar(CLASS_UNDETERMINED),
-    )
-    return pa.table(
-        {
-            "user_guid": homes.column("user_guid"),
-            "country": homes.column("country"),
-            "country_code": homes.column("country_code"),
-            "total_userdays": homes.column("total_userdays"),
-            "classification": cls,
-        }
-    )
