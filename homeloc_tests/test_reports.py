@@ -322,7 +322,11 @@ def test_each_layer_gets_a_map_of_the_locals_home_regions(layered):
                         columns=["user_guid", "classification"])
     residents = cls.filter(pc.is_in(cls["classification"],
                                     value_set=pa.array(["Local", "Domestic tourist"])))
-    figures = settings.storage_path.parent / "figures"
+    from homeloc_assets.provenance import read_run_info
+    from homeloc_assets.publish import generation_dir
+
+    info = read_run_info(settings.storage_path / "assets" / "user_classification.parquet")
+    figures = generation_dir(settings.output_dir, info.generation) / "figures"  # not published
     for event in res.get_asset_materialization_events():
         name = event.asset_key.to_user_string()
         layer = name.removeprefix("local_home_regions_")
