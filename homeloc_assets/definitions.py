@@ -12,7 +12,7 @@ from homeloc_assets.defs.batches import make_batch_assets, user_batch_assets, us
 from homeloc_assets.defs.classification import homeloc_exports, user_classification
 from homeloc_assets.defs.countries import countries, world_countries
 from homeloc_assets.defs.io_managers import HomelocIOManager
-from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS
+from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS, make_landscape_assets
 from homeloc_assets.defs.operations import JOBS, SCHEDULES, SENSORS
 from homeloc_assets.defs.reports import REPORT_ASSETS
 from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
@@ -33,9 +33,12 @@ ASSETS = [
 
 def build_assets(settings: Settings) -> list:
     """The assets for ``settings``: the batch step gains two assets per region layer."""
-    if not settings.layer_specs:
+    layers = settings.layer_specs
+    if not layers:
         return ASSETS
-    return [make_batch_assets(settings.layer_specs) if a is user_batch_assets else a for a in ASSETS]
+    out = [make_batch_assets(layers) if a is user_batch_assets else a for a in ASSETS
+           if a not in LANDSCAPE_ASSETS]
+    return [*out, *make_landscape_assets(layers)]
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
