@@ -40,6 +40,7 @@ from homeloc_assets.inference.landscape import (
     batch_cells,
     batch_regions,
     cell_polygons,
+    cell_wkb,
     combine,
     combine_regions,
     landscape_table,
@@ -247,19 +248,27 @@ def write_landscape(out_dir: str | Path, table: pa.Table) -> dict[str, Path]:
             tmp.unlink()
             with warnings.catch_warnings():  # the temporary name does not end in .gpkg
                 warnings.simplefilter("ignore", RuntimeWarning)
-                _write_gpkg(landscape_frame(table), tmp)
+                _write_gpkg(table, tmp)
     return paths
 
 
-def _write_gpkg(frame: gpd.GeoDataFrame, path: Path) -> None:
-    """GeoPackage with a fixed timestamp, so the same cells give the same bytes."""
+def _write_gpkg(table: pa.Table, path: Path) -> None:
+    """GeoPackage of the cells (hexagons from H3 as WKB, written from Arrow by GDAL) with a
+    fixed timestamp, so the same cells give the same bytes."""
     import pyogrio
 
+    wkb = cell_wkb(table.column("cell"))
+    field = pa.field("geometry", pa.binary(), metadata={b"ARROW:extension:name": b"geoarrow.wkb"})
+    t = table.append_column(field, wkb)
+    # GDAL's Arrow writer takes string, not large_string
+    t = t.cast(pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f
+                          for f in t.schema]))
     key = "OGR_CURRENT_DATE"
     old = pyogrio.get_gdal_config_option(key)
     pyogrio.set_gdal_config_options({key: GPKG_DATE})
     try:
-        frame.to_file(path, driver="GPKG", layer="landscape_cells")
+        pyogrio.write_arrow(t, path, layer="landscape_cells", driver="GPKG",
+                            geometry_name="geometry", geometry_type="Polygon", crs="EPSG:4326")
     finally:
         pyogrio.set_gdal_config_options({key: old})
 

@@ -18,6 +18,7 @@ privacy-preserving analogue of the chapter's posts.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import h3ronpy
@@ -373,17 +374,29 @@ def landscape_table(combined: pa.Table, params: LandscapeParams) -> tuple[pa.Tab
     ok[ok] = cells[npos[ok]] == nbr[ok]
     center, npos = center[ok], npos[ok]
     pooled = {}
-    for c, name in enumerate(_PREFIX):
+
+    def estimates(c: int) -> tuple[pa.Array, np.ndarray, np.ndarray | None]:
+        """The class's own HLL per cell, its estimate and the ring-pooled estimate."""
         rows = np.flatnonzero(present & (cls_all == c))
-        at = ccell[rows]
         blobs = pa.nulls(nc, pa.large_binary())
         if len(rows):
             idx = np.full(nc, -1, np.int64)
-            idx[at] = rows
+            idx[ccell[rows]] = rows
             blobs = hll_all.take(pa.array(idx, mask=idx < 0))
             if isinstance(blobs, pa.ChunkedArray):
                 blobs = blobs.combine_chunks()
-        card, _ = grouped_union(blobs, np.arange(nc), nc)
+        card = grouped_cardinality(blobs, np.arange(nc), nc)
+        pcard = (grouped_cardinality(blobs.take(pa.array(npos)), center, nc)
+                 if _PREFIX[c] != "undetermined" else None)
+        return blobs, card, pcard
+
+    # the classes in threads: the engine's numpy work releases the GIL
+    with ThreadPoolExecutor(max_workers=len(_PREFIX)) as pool:
+        per_class = list(pool.map(estimates, range(len(_PREFIX))))
+    for c, name in enumerate(_PREFIX):
+        blobs, card, pcard = per_class[c]
+        rows = np.flatnonzero(present & (cls_all == c))
+        at = ccell[rows]
         cols[f"{name}_userdays"] = pa.array(np.nan_to_num(card, nan=0.0))
 
         def per_cell(col: str, rows=rows, at=at) -> np.ndarray:
@@ -395,8 +408,7 @@ def landscape_table(combined: pa.Table, params: LandscapeParams) -> tuple[pa.Tab
         cols[f"{name}_hll"] = _hex_column(blobs)
         # ring users of centres: rows of the combined table of cells with own data
         pooled[f"{name}_users"] = per_cell("ring_users")
-        if name != "undetermined":
-            pcard, _ = grouped_union(blobs.take(pa.array(npos)), center, nc)
+        if pcard is not None:
             pooled[f"{name}_userdays"] = np.nan_to_num(pcard, nan=0.0)
     locs = np.zeros(nc, np.int64)
     np.add.at(locs, ccell[present], combined.column("locations").to_numpy()[present])
@@ -441,9 +453,15 @@ def cell_polygons(cells: pa.Array):
     """Hexagon polygons (shapely, EPSG:4326) of H3 index strings."""
     import shapely
 
+    return shapely.from_wkb(np.asarray(cell_wkb(cells).to_pylist(), dtype=object))
+
+
+def cell_wkb(cells: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Hexagon polygons (WKB, EPSG:4326) of H3 index strings, as a binary array."""
+    if isinstance(cells, pa.ChunkedArray):
+        cells = cells.combine_chunks()
     ids = pa.array(h3ronpy.cells_parse(cells.cast(pa.string())))
-    return shapely.from_wkb(np.asarray(pa.array(h3v.cells_to_wkb_polygons(ids)).to_pylist(),
-                                       dtype=object))
+    return pa.array(h3v.cells_to_wkb_polygons(ids)).cast(pa.binary())
 
 
 # ----------------------------------------------------------------- in the batch worker
