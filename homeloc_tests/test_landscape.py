@@ -389,3 +389,70 @@ def test_worker_tables_are_not_used_under_other_settings(run):
     b = BatchLandscapeSpec("DEU", 7, 1, 3.0, layers=("hex=h3:4",))
     assert b.tag() == a.tag()
     assert b.tag("hex") != BatchLandscapeSpec("DEU", 7, 1, 3.0, layers=("hex=h3:5",)).tag("hex")
+
+
+# ------------------------------------------------------------------------------ automation
+def test_landscape_batches_follow_the_batches_and_the_classification_eagerly(data):
+    """The landscape's per-batch assets are automated like the classification downstream of the
+    batches (``AutomationCondition.eager()``, evaluated by ``homeloc_automation``): requested for
+    every batch once the batches and the classification exist, again for every batch when the
+    classification changes; landscape_cells follows once all batches' cells exist."""
+    root, csv = data
+    settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "auto" / "out"),
+                        workers=1, batch_users=900, cell_resolution=7)
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
+    instance.add_dynamic_partitions("user_batches", keys)
+    tags = {"dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1]}
+    batch_cells = dg.AssetKey("landscape_batch_cells")
+    cells = dg.AssetKey("landscape_cells")
+    classification = dg.AssetKey("user_classification")
+    graph = defs.get_repository_def().asset_graph
+    for key in (batch_cells, cells):
+        assert graph.get(key).automation_condition is not None
+
+    def mat(selection, t=None):
+        assert dg.materialize(defs.assets, selection=selection, instance=instance,
+                              resources=defs.resources, tags=t).success
+
+    def tick(cursor=None):
+        res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return res, {k: res.get_requested_partitions(k) for k in (batch_cells, cells,
+                                                                  classification)}
+
+    mat(["world_countries", "countries"])
+    res, _ = tick()  # the sensor's first tick: what exists is its starting point
+    mat(batch_assets(), tags)
+    res, req = tick(res.cursor)
+    # the batches are there, the classification is not: it is requested, the landscape waits
+    assert req[classification] == {None} and not req[batch_cells] and not req[cells]
+    mat(["user_classification"])
+    res, req = tick(res.cursor)
+    assert req[batch_cells] == set(keys) and not req[cells]
+    mat(["landscape_batch_cells"], tags)
+    res, req = tick(res.cursor)
+    assert not req[batch_cells] and req[cells] == {None}
+    mat(["landscape_cells"])
+    res, req = tick(res.cursor)
+    assert not req[batch_cells] and not req[cells]
+    # a new classification (e.g. other rules): every batch's cells again
+    mat(["user_classification"])
+    res, req = tick(res.cursor)
+    assert req[batch_cells] == set(keys)
+
+
+def test_results_job_leaves_the_landscape_to_its_automation(tmp_path):
+    """With layers too, the (unpartitioned) results job holds no landscape asset."""
+    settings = Settings(output_dir=str(tmp_path / "out"), layers="hex=h3:4")
+    with dg.instance_for_test():
+        repo = build_definitions(settings).get_repository_def()
+    job = repo.get_job("homeloc_results_job")
+    keys = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
+    assert "user_classification" in keys and "homeloc_exports" in keys
+    assert not {k for k in keys if k.startswith("landscape")}
+    graph = repo.asset_graph
+    for name in ("landscape_batch_cells", "landscape_batch_layer_hex", "landscape_cells",
+                 "landscape_layer_hex", "landscape_category_map"):
+        assert graph.get(dg.AssetKey(name)).automation_condition is not None, name
