@@ -604,9 +604,10 @@ def _explicit_bytes(p, gx, out, single, multi_res, ug, uv, gcode, hdr) -> None:
     bounds = np.flatnonzero(np.diff(ugm)) + 1
     starts = np.concatenate([[0], bounds]).tolist()
     ends = np.concatenate([bounds, [len(ugm)]]).tolist()
+    heads = {c: pr.header(EXPLICIT) for c, pr in hdr.items()}
     for a, b in zip(starts, ends, strict=True):
         gi = int(ugm[a])
-        out[gi] = hdr[int(gcode[gi])].header(EXPLICIT) + vals[8 * a : 8 * b]
+        out[gi] = heads[int(gcode[gi])] + vals[8 * a : 8 * b]
 
 
 def _packed_regs(dpad: np.ndarray, pstart: np.ndarray, reg: np.ndarray, w: int) -> np.ndarray:

@@ -89,7 +89,7 @@ def cell_ids(lat: np.ndarray, lon: np.ndarray, resolution: int) -> tuple[np.ndar
     pair = np.empty(len(a), np.int64)
     pair[order] = np.cumsum(new) - 1
     cells = pa.array(h3v.coordinates_to_cells(a[new], b[new], resolution)).to_numpy()
-    ucells, inv = np.unique(cells, return_inverse=True)
+    ucells, inv = _unique_inverse(cells)
     return ucells, inv.astype(np.int64)[pair]
 
 
@@ -154,7 +154,7 @@ def batch_cells(
     rep = lens[pc_cell]
     base = np.repeat(starts[pc_cell], rep) + _ranges_within(rep)
     # every cell with rows is a centre of some pair, so the targets are all ring cells
-    tcells = np.unique(nbr)
+    tcells = _sorted_unique(nbr)
     tid = np.searchsorted(tcells, nbr[order])[base]
     tu = np.repeat(pc_user, rep)
     tkey = _sorted_unique(tid.astype(np.int64) * (len(ucls) + 1) + tu)
@@ -188,6 +188,17 @@ def _small_groups(key: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.n
     return present, rank[key], counts[present]
 
 
+def _unique_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(a, return_inverse=True)`` by one argsort (int64 inverse)."""
+    order = np.argsort(a, kind="stable")
+    s = a[order]
+    new = np.ones(len(s), bool)
+    new[1:] = s[1:] != s[:-1]
+    inv = np.empty(len(a), np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return s[new], inv
+
+
 def _sorted_unique(a: np.ndarray) -> np.ndarray:
     """Sorted distinct values (a sort: faster here than numpy's hash-based unique)."""
     a = np.sort(a)
@@ -213,7 +224,7 @@ def _reduce(t: pa.Table) -> pa.Table:
     """
     cell = t.column("cell").to_numpy()
     cls = t.column("cls").to_numpy().astype(np.int64)
-    ucell, cinv = np.unique(cell, return_inverse=True)
+    ucell, cinv = _unique_inverse(cell)
     gkey, ginv, _ = _small_groups(cinv.astype(np.int64) * 3 + cls, 3 * len(ucell))
     blobs = union_groups(t.column("hll"), ginv, len(gkey))
 
@@ -249,7 +260,7 @@ def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups:
     multi = np.flatnonzero(~single)
     if not len(multi):
         return out
-    mg, minv = np.unique(g[multi], return_inverse=True)
+    mg, minv = _unique_inverse(g[multi])
     _, blobs = grouped_union(hlls.take(pa.array(valid[multi])), minv, len(mg))
     idx = np.arange(n_groups, dtype=np.int64)
     src = np.zeros(n_groups, np.int64)  # 0: from out, 1: from the unions
@@ -357,7 +368,7 @@ def landscape_table(combined: pa.Table, params: LandscapeParams) -> tuple[pa.Tab
     """The contract table (one row per cell with rows of its own) and dataset-wide figures."""
     params = params.validated()
     own = combined.filter(pc.is_valid(combined.column("hll")))
-    cells = np.unique(own.column("cell").to_numpy())
+    cells = _sorted_unique(own.column("cell").to_numpy())
     nc = len(cells)
     cols: dict[str, pa.Array] = {
         "cell": pa.array(h3ronpy.cells_to_string(pa.array(cells, pa.uint64()))).cast(pa.string()),
