@@ -1,10 +1,15 @@
-"""Landscape assets: where Locals and Tourists leave their traces, per H3 cell.
+"""Landscape assets: where Locals and Tourists leave their traces, per H3 cell and per region.
 
-``landscape_batch_cells`` (partitioned like the batches) unions each batch's
-userday HLLs per (cell, class); ``landscape_cells`` unions those over all
-batches, tests every cell and writes ``landscape_cells.parquet`` and
-``landscape_cells.gpkg`` to the export folder; two maps show the study country
-by category and by tourist share. The work is in ``inference.landscape``.
+``landscape_batch_cells`` (partitioned like the batches) holds each batch's
+userday HLL unions per (cell, class); the batch workers compute them from the
+rows in memory (``batch_runner``), so this asset only links them into place
+unless the classification's settings changed since. ``landscape_cells`` unions
+those over all batches, tests every cell and writes ``landscape_cells.parquet``
+and ``landscape_cells.gpkg`` to the export folder; two maps show the study
+country by category and by tourist share. Per extra region layer,
+``landscape_batch_layer_<NAME>`` and ``landscape_layer_<NAME>`` do the same per
+(region, class), exported as ``landscape_layer_<NAME>.parquet``. All are eager
+(``homeloc_automation``). The work is in ``inference.landscape``.
 """
 
 
