@@ -227,6 +227,9 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
         files[asset] = str(target)
     write_table(result.users if result.users is not None else USERS_SCHEMA.empty_table(),
                 users_path(setup.stats_dir, ref.key))
+    # the landscape tables of this batch are only ever the ones of its latest computation
+    for old in Path(setup.stats_dir, LANDSCAPE_CACHE).glob(f"{ref.key}.*.parquet"):
+        old.unlink(missing_ok=True)
     if setup.landscape is not None:
         from homeloc_assets.inference.landscape import batch_tables
 

@@ -456,3 +456,33 @@ def test_results_job_leaves_the_landscape_to_its_automation(tmp_path):
     for name in ("landscape_batch_cells", "landscape_batch_layer_hex", "landscape_cells",
                  "landscape_layer_hex", "landscape_category_map"):
         assert graph.get(dg.AssetKey(name)).automation_condition is not None, name
+
+
+def test_a_batch_computed_again_without_the_landscape_drops_its_old_tables(run):
+    """The workers' tables of a batch are only ever those of its latest computation: a batch
+    made again with the workers' landscape off (``--no-landscape``) leaves none, and
+    landscape_batch_cells computes that batch's cells from its files (the same bytes)."""
+    settings, keys, _ = run
+    cache = settings.stats_path / "landscape"
+    tdir = settings.tables_path
+    before = {k: (tdir / "landscape_batch_cells" / f"{k}.parquet").read_bytes() for k in keys}
+    assert len(list(cache.glob(f"{keys[0]}.*.parquet"))) == 1
+    off = settings.with_(landscape=False)
+    defs = build_definitions(off)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("user_batches", keys)
+    assert dg.materialize(defs.assets, selection=batch_assets(), instance=instance,
+                          resources=defs.resources, partition_key=keys[0]).success
+    assert not list(cache.glob(f"{keys[0]}.*.parquet"))
+    assert len(list(cache.glob(f"{keys[1]}.*.parquet"))) == 1  # other batches keep theirs
+    defs = build_definitions(settings)
+    r = dg.materialize(defs.assets, selection=["landscape_batch_cells"], instance=instance,
+                       resources=defs.resources,
+                       tags={"dagster/asset_partition_range_start": keys[0],
+                             "dagster/asset_partition_range_end": keys[-1]})
+    assert r.success
+    md = {e.asset_key.to_user_string(): e.materialization.metadata
+          for e in r.get_asset_materialization_events()}
+    assert md["landscape_batch_cells"]["tables_from_batch_workers"].value == len(keys) - 1
+    for k in keys:
+        assert (tdir / "landscape_batch_cells" / f"{k}.parquet").read_bytes() == before[k], k
