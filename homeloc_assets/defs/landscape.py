@@ -82,14 +82,12 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
     if layers:
         lookup_dir = Path(homeloc.storage_dir) / "lookup"
         located_by = {s.name: load_layer(s, lookup_dir) for s in layers}
-    reused = {"n": 0}
-
     def stage(kind: str, key: str) -> Path:
         target = tdir / kinds[kind] / f".{key}.{time.time_ns()}.staged"
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
-    def one(key: str) -> dict[str, Path]:
+    def one(key: str) -> tuple[dict[str, Path], int]:
         out: dict[str, Path] = {}
         todo = []
         for kind in kinds:
@@ -107,10 +105,10 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
                     todo.append(kind)
                     continue
             out[kind] = target
-            reused["n"] += 1
+        reused = len(out)
         if todo:
             out.update(_compute(key, todo))
-        return out
+        return out, reused
 
     def _compute(key: str, todo: list[str]) -> dict[str, Path]:
         files = [tdir / a / f"{key}.parquet" for a in ("user_locations", "user_home_locations")]
@@ -142,9 +140,10 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
 
     # threads: Arrow and numpy's sorts release the GIL, so batches overlap on all cores
     with ThreadPoolExecutor(max_workers=homeloc.settings.n_workers) as pool:
-        staged = dict(zip(keys, pool.map(one, keys), strict=True))
+        done = dict(zip(keys, pool.map(one, keys), strict=True))
+    staged = {k: v[0] for k, v in done.items()}
     md = {"batches": len(staged), "resolution": p.resolution, "ring": p.ring,
-          "tables_from_batch_workers": reused["n"]}
+          "tables_from_batch_workers": sum(v[1] for v in done.values())}
     for kind, asset in kinds.items():
         yield dg.Output(StagedPartitions({k: v[kind] for k, v in staged.items()}, metadata=md),
                         output_name=asset)
