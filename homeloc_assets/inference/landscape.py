@@ -9,6 +9,11 @@ with its k-ring neighbours (HLL union, users counted distinct), tests the
 pooled tourist share against the dataset-wide share (two-sided binomial test,
 Benjamini–Yekutieli over all tested cells) and gives each cell a category.
 
+:func:`batch_tables` makes a batch's tables in the batch worker from the rows
+it holds (classes from the homes and a :class:`BatchLandscapeSpec`); per
+region layer, :func:`batch_regions`, :func:`combine_regions` and
+:func:`region_table` give the same per-class unions per region.
+
 An *observation* of the test is an estimated distinct userday (a user active
 on a day in the cell) of a classified user: ``n = round(local) +
 round(tourist)`` pooled userdays, ``k = round(tourist)`` — the
