@@ -486,3 +486,44 @@ def test_a_batch_computed_again_without_the_landscape_drops_its_old_tables(run):
     assert md["landscape_batch_cells"]["tables_from_batch_workers"].value == len(keys) - 1
     for k in keys:
         assert (tdir / "landscape_batch_cells" / f"{k}.parquet").read_bytes() == before[k], k
+
+
+def test_worker_tables_with_a_study_region_equal_the_computed_ones(data):
+    """With a study region the classes are nested (Domestic and International tourists count as
+    Tourists): the workers take the region homes from memory, the fallback from the files."""
+    import shutil
+
+    root, csv = data
+    code = h3.latlng_to_cell(51.0, 10.0, 3)
+    settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "sr" / "out"), workers=1,
+                        batch_users=900, cell_resolution=7, layers="hex=h3:3",
+                        study_region=f"hex={code}")
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
+    instance.add_dynamic_partitions("user_batches", keys)
+    tags = {"dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1]}
+    batch = landscape_batch_keys(settings.layer_specs)
+
+    def mat(selection, t=None):
+        r = dg.materialize(defs.assets, selection=selection, instance=instance,
+                           resources=defs.resources, tags=t)
+        assert r.success
+        return {e.asset_key.to_user_string(): e.materialization.metadata
+                for e in r.get_asset_materialization_events()}
+
+    mat(["world_countries", "countries"])
+    mat(batch_assets(("hex",)), tags)
+    mat(["user_classification"])
+    cls = pd.read_parquet(settings.tables_path / "user_classification.parquet").classification
+    assert {"Local", "Domestic tourist", "International tourist"} <= set(cls)
+    md = mat(batch, tags)
+    assert md["landscape_batch_cells"]["tables_from_batch_workers"].value == 2 * len(keys)
+    tdir = settings.tables_path
+    first = {(a, k): (tdir / a / f"{k}.parquet").read_bytes() for a in batch for k in keys}
+    shutil.rmtree(settings.stats_path / "landscape")
+    md = mat(batch, tags)
+    assert md["landscape_batch_cells"]["tables_from_batch_workers"].value == 0
+    for (a, k), raw in first.items():
+        assert (tdir / a / f"{k}.parquet").read_bytes() == raw, (a, k)
