@@ -591,9 +591,11 @@ def _explicit_union(p: _Parsed, gx, kx, sel, n_groups, distinct, want_bytes):
 def _explicit_bytes(p, gx, out, single, multi_res, ug, uv, gcode, hdr) -> None:
     raw = p.data.tobytes()
     pick = single[gx]
-    for r, gi in zip(p.xr[pick].tolist(), gx[pick].tolist(), strict=True):
-        s = int(p.start[r])
-        out[gi] = raw[s : s + int(p.length[r])]
+    rows = p.xr[pick]
+    starts = p.start[rows].astype(np.int64)
+    ends = (starts + p.length[rows]).tolist()
+    for gi, s, e in zip(gx[pick].tolist(), starts.tolist(), ends, strict=True):
+        out[gi] = raw[s:e]
     if not len(ug):
         return
     m = multi_res[ug]
