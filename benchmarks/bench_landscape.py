@@ -1,9 +1,11 @@
 """Time the landscape assets against the batch step on one synthetic file.
 
-``python benchmarks/bench_landscape.py <userdays.csv> <workdir> [workers]``: materialises the
-countries, the batch step (all batches, one run, ``workers`` processes), the classification,
-then ``landscape_batch_cells`` and ``landscape_cells`` (without the maps), each timed
-with ``time.perf_counter`` around ``dagster.materialize``.
+``python benchmarks/bench_landscape.py <userdays.csv> <workdir> [workers] [in_workers]``:
+materialises the countries, the batch step (all batches, one run, ``workers`` processes), the
+classification, then ``landscape_batch_cells`` and ``landscape_cells`` (without the maps), each
+timed with ``time.perf_counter`` around ``dagster.materialize``. ``in_workers`` 0 switches off
+the batch workers' landscape tables (``Settings.landscape``, as ``--no-landscape``), so the
+batch step is timed without them and ``landscape_batch_cells`` computes them itself.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from homeloc_assets.settings import Settings
 BATCH = ["user_locations", "user_country_userdays", "user_home_locations", "rejected_rows"]
 
 
-def main(csv: str, work: str, workers: int = 2) -> None:
+def main(csv: str, work: str, workers: int = 2, in_workers: int = 1) -> None:
     """Print seconds per step."""
-    settings = Settings(input_dir=str(Path(csv).parent), output_dir=work, workers=workers)
+    settings = Settings(input_dir=str(Path(csv).parent), output_dir=work, workers=workers,
+                        landscape=bool(in_workers))
     defs = build_definitions(settings)
     instance = dg.DagsterInstance.ephemeral()
     _, keys = Catalog(settings.storage_path).register(Path(csv), settings.batch_users)

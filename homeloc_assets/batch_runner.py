@@ -62,6 +62,9 @@ class WorkerSetup:
     stats_dir: str
     layers_pickle: bytes = b""  # pickled tuple of extra region layers (geo.layers)
     layer_names: tuple[str, ...] = ()
+    #: inference.landscape.BatchLandscapeSpec: also write the batch's landscape tables
+    #: (from the rows in memory) into the landscape cache; None: not
+    landscape: object = None
 
     @property
     def assets(self) -> list[str]:
@@ -131,7 +134,12 @@ def remove_stale_temporaries(tables_dir: str | os.PathLike[str],
     targets = [Path(tables_dir) / a / f"{key}.parquet" for a in assets]
     targets.append(Path(stats_dir) / f"{key}.json")
     targets.append(users_path(stats_dir, key))
-    return [p for t in targets for p in remove_temporaries(t)]
+    gone = [p for t in targets for p in remove_temporaries(t)]
+    for p in Path(stats_dir, LANDSCAPE_CACHE).glob(f".{key}.*.tmp"):  # landscape tables
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            gone.append(p)
+    return gone
 
 
 class BatchError(RuntimeError):
@@ -219,6 +227,15 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
         files[asset] = str(target)
     write_table(result.users if result.users is not None else USERS_SCHEMA.empty_table(),
                 users_path(setup.stats_dir, ref.key))
+    # the landscape tables of this batch are only ever the ones of its latest computation
+    for old in Path(setup.stats_dir, LANDSCAPE_CACHE).glob(f"{ref.key}.*.parquet"):
+        old.unlink(missing_ok=True)
+    if setup.landscape is not None:
+        from homeloc_assets.inference.landscape import batch_tables
+
+        spec = setup.landscape
+        for kind, table in batch_tables(result, spec, ref.hll_params).items():
+            write_table(table, landscape_cache_path(setup.stats_dir, ref.key, kind, spec.tag(kind)))
     stats = dict(result.stats, key=ref.key, plan_id=ref.plan_id, index=ref.index)
     # written last: a batch is finished exactly when its stats file exists
     write_text_atomic(Path(setup.stats_dir) / f"{ref.key}.json", json.dumps(stats, sort_keys=True))
@@ -301,6 +318,16 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
     for p in procs:
         with contextlib.suppress(Exception):
             p.join(timeout=5)
+
+
+#: folder (under the stats folder) of the landscape tables the batch workers wrote
+LANDSCAPE_CACHE = "landscape"
+
+
+def landscape_cache_path(stats_dir: str | os.PathLike[str], key: str, kind: str, tag: str) -> Path:
+    """Where a worker leaves batch ``key``'s landscape table ``kind`` (``cells`` or a layer
+    name) made with the settings of ``tag`` (``BatchLandscapeSpec.tag``)."""
+    return Path(stats_dir) / LANDSCAPE_CACHE / f"{key}.{kind}.{tag}.parquet"
 
 
 def users_path(stats_dir: str | os.PathLike[str], key: str) -> Path:

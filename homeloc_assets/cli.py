@@ -229,6 +229,7 @@ def cmd_run(args) -> int:
             cell_ring=args.cell_ring,
             max_no_country_share=args.max_no_country_share,
             dask_scheduler=args.dask,
+            landscape=False if args.no_landscape else None,
         )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -337,12 +338,14 @@ def cmd_run(args) -> int:
         raise CliError(*_failure(res))
     _print_check_failures(res)
     if not args.no_landscape:
-        from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS
+        from homeloc_assets.defs.landscape import landscape_batch_keys, make_landscape_assets
 
-        for sel, t in ((["landscape_batch_cells"], tags_all),
-                       ([k.to_user_string() for a in LANDSCAPE_ASSETS[1:] for k in a.keys
-                         if args.no_figures is False or k.to_user_string() == "landscape_cells"]
-                        + ["homeloc_published"], None)):
+        batch_keys = landscape_batch_keys(settings.layer_specs)
+        rest = [k.to_user_string() for a in make_landscape_assets(settings.layer_specs)
+                for k in a.keys if k.to_user_string() not in batch_keys]
+        if args.no_figures:
+            rest = [k for k in rest if not k.endswith("_map")]
+        for sel, t in ((batch_keys, tags_all), ([*rest, "homeloc_published"], None)):
             res = dg.materialize(assets, selection=sel, instance=instance, resources=resources,
                                  run_config=log_cfg if t else publish_cfg, tags=t,
                                  raise_on_error=False)

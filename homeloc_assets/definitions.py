@@ -12,7 +12,7 @@ from homeloc_assets.defs.batches import make_batch_assets, user_batch_assets, us
 from homeloc_assets.defs.classification import homeloc_exports, user_classification
 from homeloc_assets.defs.countries import countries, world_countries
 from homeloc_assets.defs.io_managers import HomelocIOManager
-from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS
+from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS, make_landscape_assets
 from homeloc_assets.defs.operations import JOBS, SCHEDULES, SENSORS
 from homeloc_assets.defs.publishing import homeloc_published
 from homeloc_assets.defs.reports import REPORT_ASSETS, make_layer_reports
@@ -34,11 +34,14 @@ ASSETS = [
 
 
 def build_assets(settings: Settings) -> list:
-    """The assets for ``settings``: per region layer the batch step gains two assets, and a report."""
-    if not settings.layer_specs:
+    """The assets for ``settings``: per region layer the batch step gains two assets, the
+    landscape two, and the reports one."""
+    layers = settings.layer_specs
+    if not layers:
         return ASSETS
-    return [make_batch_assets(settings.layer_specs) if a is user_batch_assets else a
-            for a in ASSETS] + make_layer_reports(settings.layer_specs)
+    out = [make_batch_assets(layers) if a is user_batch_assets else a for a in ASSETS
+           if a not in LANDSCAPE_ASSETS]
+    return [*out, *make_landscape_assets(layers), *make_layer_reports(layers)]
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

@@ -48,6 +48,8 @@ class Settings:
     landscape_min_observations: int = 30
     landscape_min_difference: float = 0.10
     landscape_max_q: float = 0.05
+    #: batch workers also compute each batch's landscape tables (``homeloc run --no-landscape``: off)
+    landscape: bool = True
     #: Dask scheduler (tcp://host:8786 or a scheduler .json file); empty: local process pool
     dask_scheduler: str = ""
 

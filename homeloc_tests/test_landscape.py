@@ -11,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import binomtest, false_discovery_control
 
+from homeloc_assets.batch_runner import batch_assets
 from homeloc_assets.catalog import Catalog
 from homeloc_assets.definitions import build_definitions
+from homeloc_assets.defs.landscape import landscape_batch_keys, make_landscape_assets
 from homeloc_assets.inference.landscape import (
     LandscapeParams,
     binom_two_sided,
@@ -21,26 +23,28 @@ from homeloc_assets.inference.landscape import (
 )
 from homeloc_assets.settings import Settings
 
-BATCH_ASSETS = ["user_locations", "user_country_userdays", "user_home_locations", "rejected_rows"]
-LANDSCAPE = ["landscape_batch_cells", "landscape_cells", "landscape_category_map",
-             "landscape_share_map"]
 CLS = {"Local": "local", "Tourist": "tourist", "undetermined": "undetermined"}
 
 
-def _run(root, csv, batch_users: int, resolution: int = 7, min_userdays: float = 0.0):
+def _run(root, csv, batch_users: int, resolution: int = 7, min_userdays: float = 0.0,
+         layers: str = "", instance=None):
     settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "out"), workers=1,
                         batch_users=batch_users, cell_resolution=resolution,
-                        min_userdays=min_userdays)
+                        min_userdays=min_userdays, layers=layers)
     defs = build_definitions(settings)
-    instance = dg.DagsterInstance.ephemeral()
+    instance = instance or dg.DagsterInstance.ephemeral()
     _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
     instance.add_dynamic_partitions("user_batches", keys)
     tags = {"dagster/asset_partition_range_start": keys[0],
             "dagster/asset_partition_range_end": keys[-1]}
+    batch = landscape_batch_keys(settings.layer_specs)
+    rest = [k.to_user_string() for a in make_landscape_assets(settings.layer_specs)
+            for k in a.keys if k.to_user_string() not in batch]
     publish = {"ops": {"homeloc_published": {"config": {"figures": False}}}}
-    for selection, t in ((["world_countries", "countries"], None), (BATCH_ASSETS, tags),
-                         (["user_classification"], None), (LANDSCAPE[:1], tags),
-                         ([*LANDSCAPE[1:], "homeloc_exports", "homeloc_published"], None)):
+    for selection, t in ((["world_countries", "countries"], None),
+                         (batch_assets(tuple(s.name for s in settings.layer_specs)), tags),
+                         (["user_classification"], None), (batch, tags),
+                         ([*rest, "homeloc_exports", "homeloc_published"], None)):
         res = dg.materialize(defs.assets, selection=selection, instance=instance,
                              resources=defs.resources, tags=t,
                              run_config=publish if "homeloc_published" in selection else None)
@@ -201,7 +205,8 @@ def test_exports_and_figures(run):
         assert path.read_bytes() == (out / name).read_bytes()
     md = {e.asset_key.to_user_string(): e.materialization.metadata
           for e in res.get_asset_materialization_events()}
-    assert "(data:image/png;base64," in md["landscape_category_map"]["preview"].value
+    figure = md["landscape_category_map"]["figure"].value  # served inline, or a data URI
+    assert figure.startswith("![") and ("/logs/" in figure or "(data:image/png;base64," in figure)
     assert md["landscape_cells"]["cells"].value == len(t)
 
 
@@ -224,3 +229,305 @@ def test_a_batch_without_points_in_the_study_country_gives_no_cells():
     assert b.num_rows == 0
     t, info = landscape_table(combine([b]), LandscapeParams())
     assert t.num_rows == 0 and info["cells"] == 0
+
+
+# ------------------------------------------------------------- per-layer landscape unions
+EUROPE = ["Germany", "France", "Poland", "Austria", "Netherlands", "Czechia", "Denmark"]
+
+
+@pytest.fixture(scope="module")
+def regions_file(data):
+    """A polygon layer over some countries (own column names, regions split into parts)."""
+    import geopandas as gpd
+
+    from homeloc_assets.geo import dissolve_countries, load_world_countries
+
+    root, _ = data
+    countries = dissolve_countries(load_world_countries())
+    sub = countries[countries.country.isin(EUROPE)].reset_index(drop=True)
+    parts = sub.explode(index_parts=False).reset_index(drop=True)
+    gdf = gpd.GeoDataFrame({"NAME_X": "R-" + parts.country, "ID_X": "r" + parts.country_code},
+                           geometry=parts.geometry, crs="EPSG:4326")
+    path = root / "regions.gpkg"
+    gdf.to_file(path, driver="GPKG")
+    return path
+
+
+def _layers(regions_file) -> str:
+    return f"regions={regions_file}#NAME_X,ID_X;hex=h3:4"
+
+
+@pytest.fixture(scope="module")
+def layer_run(data, regions_file):
+    root, csv = data
+    return _run(root / "layers", csv, batch_users=900, min_userdays=3,
+                layers=_layers(regions_file))
+
+
+def _all_rows(settings) -> pd.DataFrame:
+    tdir = settings.tables_path
+    locs = pd.concat(pd.read_parquet(p) for p in sorted((tdir / "user_locations").glob("*.parquet")))
+    cls = pd.read_parquet(tdir / "user_classification.parquet")[["user_guid", "classification"]]
+    locs = locs.merge(cls, on="user_guid")
+    locs["h"] = ["\\x" + bytes(v).hex() for v in locs.userday_hll]
+    return locs.reset_index(drop=True)
+
+
+def test_layer_unions_equal_postgresql(layer_run, regions_file, pg_conn):
+    """Per layer and (region, class): the union's bytes, estimate and distinct users are
+    PostgreSQL's hll_union_agg / hll_cardinality / count(DISTINCT) over the same rows."""
+    import geopandas as gpd
+
+    settings, keys, res = layer_run
+    assert len(keys) >= 3
+    rows = _all_rows(settings)
+    rows["hex"] = [h3.latlng_to_cell(a, b, 4)
+                   for a, b in zip(rows.latitude, rows.longitude, strict=True)]
+    regions = gpd.read_file(regions_file).dissolve(by="NAME_X", as_index=False)
+    pts = gpd.GeoDataFrame(rows[["user_guid"]], crs="EPSG:4326",
+                           geometry=gpd.points_from_xy(rows.longitude, rows.latitude))
+    hit = gpd.sjoin(pts, regions[["NAME_X", "ID_X", "geometry"]], predicate="within")
+    rows["regions"] = hit.ID_X.reindex(rows.index)
+    assert rows.regions.notna().sum() > 1000 and rows.regions.isna().sum() > 0
+    out_dir = settings.storage_path.parent
+    with pg_conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE lr (u text, r text, hx text, cls text, h hll)")
+        cur.executemany("INSERT INTO lr VALUES (%s, %s, %s, %s, %s::hll)",
+                        list(zip(rows.user_guid, [None if pd.isna(x) else x for x in rows.regions],
+                                 rows.hex, rows.classification, rows.h, strict=True)))
+        pg = {}
+        for layer, col in (("regions", "r"), ("hex", "hx")):
+            cur.execute(f"SELECT {col}, cls, hll_cardinality(hll_union_agg(h)), "
+                        f"hll_union_agg(h)::text, count(DISTINCT u), count(*) FROM lr "
+                        f"WHERE {col} IS NOT NULL GROUP BY 1, 2")
+            pg[layer] = pd.DataFrame(cur.fetchall(),
+                                     columns=["code", "cls", "card", "text", "users", "rows"])
+        cur.execute("DROP TABLE lr")
+    md = {e.asset_key.to_user_string(): e.materialization.metadata
+          for e in res.get_asset_materialization_events()}
+    for layer in ("regions", "hex"):
+        out = pd.read_parquet(out_dir / f"landscape_layer_{layer}.parquet")
+        want = pg[layer]
+        assert list(out.region_code) == sorted(set(want.code)) and out.region_code.is_unique
+        assert md[f"landscape_layer_{layer}"]["regions"].value == len(out)
+        by = out.set_index("region_code")
+        for r in want.itertuples():
+            name = CLS[r.cls]
+            assert by.at[r.code, f"{name}_userdays"] == r.card
+            assert by.at[r.code, f"{name}_hll"] == r.text  # byte-identical union
+            assert by.at[r.code, f"{name}_users"] == r.users
+        have = set(zip(want.code, want.cls, strict=True))
+        for code in out.region_code:
+            for cls, name in CLS.items():
+                if (code, cls) not in have:
+                    assert by.at[code, f"{name}_userdays"] == 0
+                    assert by.at[code, f"{name}_users"] == 0
+                    assert pd.isna(by.at[code, f"{name}_hll"])
+        assert (by.locations == want.groupby("code")["rows"].sum().reindex(by.index)).all()
+        lt = by.local_userdays + by.tourist_userdays
+        np.testing.assert_allclose(by.tourist_share[lt > 0], (by.tourist_userdays / lt)[lt > 0])
+        if layer == "regions":
+            assert (by.region == "R-" + by.index.str[1:].map(
+                dict(zip(regions.ID_X.str[1:], regions.NAME_X.str[2:], strict=True)))).all()
+
+
+def test_layer_unions_do_not_depend_on_batch_size(layer_run, data, regions_file):
+    settings, _, _ = layer_run
+    root, csv = data
+    other, _, _ = _run(root / "layers_b", csv, batch_users=5_000, min_userdays=3,
+                       layers=_layers(regions_file))
+    for name in ("landscape_layer_regions", "landscape_layer_hex", "landscape_cells"):
+        a = pd.read_parquet(settings.storage_path.parent / f"{name}.parquet")
+        b = pd.read_parquet(other.storage_path.parent / f"{name}.parquet")
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_worker_tables_equal_the_ones_computed_from_the_files(layer_run):
+    """The batch workers' tables (from the rows in memory) and the ones landscape_batch_cells
+    computes from the batch files when they are missing: the same bytes."""
+    settings, keys, res = layer_run
+    md = {e.asset_key.to_user_string(): e.materialization.metadata
+          for e in res.get_asset_materialization_events()}
+    tdir = settings.tables_path
+    assets = landscape_batch_keys(settings.layer_specs)
+    before = {(a, k): (tdir / a / f"{k}.parquet").read_bytes() for a in assets for k in keys}
+    cache = settings.stats_path / "landscape"
+    assert len(list(cache.glob("*.parquet"))) == len(assets) * len(keys)
+    # the run above staged the workers' tables (it did not compute them)
+    import shutil
+
+    moved = cache.parent / "landscape.moved"
+    shutil.move(cache, moved)
+    try:
+        defs = build_definitions(settings)
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("user_batches", keys)
+        r = dg.materialize(defs.assets, selection=assets, instance=instance,
+                           resources=defs.resources,
+                           tags={"dagster/asset_partition_range_start": keys[0],
+                                 "dagster/asset_partition_range_end": keys[-1]})
+        assert r.success
+        again = {e.asset_key.to_user_string(): e.materialization.metadata
+                 for e in r.get_asset_materialization_events()}
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.move(moved, cache)
+    assert again["landscape_batch_cells"]["tables_from_batch_workers"].value == 0
+    del md
+    for (a, k), raw in before.items():
+        assert (tdir / a / f"{k}.parquet").read_bytes() == raw, (a, k)
+
+
+def test_worker_tables_are_not_used_under_other_settings(run):
+    """A classification made with another rule than the batch workers saw: the cached tables
+    do not fit (their tag differs) and the cells are computed from the files."""
+    from homeloc_assets.defs.landscape import BatchLandscapeSpec
+
+    a = BatchLandscapeSpec("DEU", 7, 1, min_userdays=3.0)
+    for other in (BatchLandscapeSpec("DEU", 7, 1, min_userdays=2.0), BatchLandscapeSpec("FRA", 7, 1, 3.0),
+                  BatchLandscapeSpec("DEU", 8, 1, 3.0), BatchLandscapeSpec("DEU", 7, 2, 3.0),
+                  BatchLandscapeSpec("DEU", 7, 1, 3.0, min_share=0.5),
+                  BatchLandscapeSpec("DEU", 7, 1, 3.0, study_region="states=14")):
+        assert a.tag() != other.tag()
+    # the layers do not change the cells' tag; a layer's tag names its spec
+    b = BatchLandscapeSpec("DEU", 7, 1, 3.0, layers=("hex=h3:4",))
+    assert b.tag() == a.tag()
+    assert b.tag("hex") != BatchLandscapeSpec("DEU", 7, 1, 3.0, layers=("hex=h3:5",)).tag("hex")
+
+
+# ------------------------------------------------------------------------------ automation
+def test_landscape_batches_follow_the_batches_and_the_classification_eagerly(data):
+    """The landscape's per-batch assets are automated like the classification downstream of the
+    batches (``AutomationCondition.eager()``, evaluated by ``homeloc_automation``): requested for
+    every batch once the batches and the classification exist, again for every batch when the
+    classification changes; landscape_cells follows once all batches' cells exist."""
+    root, csv = data
+    settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "auto" / "out"),
+                        workers=1, batch_users=900, cell_resolution=7)
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
+    instance.add_dynamic_partitions("user_batches", keys)
+    tags = {"dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1]}
+    batch_cells = dg.AssetKey("landscape_batch_cells")
+    cells = dg.AssetKey("landscape_cells")
+    classification = dg.AssetKey("user_classification")
+    graph = defs.get_repository_def().asset_graph
+    for key in (batch_cells, cells):
+        assert graph.get(key).automation_condition is not None
+
+    def mat(selection, t=None):
+        assert dg.materialize(defs.assets, selection=selection, instance=instance,
+                              resources=defs.resources, tags=t).success
+
+    def tick(cursor=None):
+        res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return res, {k: res.get_requested_partitions(k) for k in (batch_cells, cells,
+                                                                  classification)}
+
+    mat(["world_countries", "countries"])
+    res, _ = tick()  # the sensor's first tick: what exists is its starting point
+    mat(batch_assets(), tags)
+    res, req = tick(res.cursor)
+    # the batches are there, the classification is not: it is requested, the landscape waits
+    assert req[classification] == {None} and not req[batch_cells] and not req[cells]
+    mat(["user_classification"])
+    res, req = tick(res.cursor)
+    assert req[batch_cells] == set(keys) and not req[cells]
+    mat(["landscape_batch_cells"], tags)
+    res, req = tick(res.cursor)
+    assert not req[batch_cells] and req[cells] == {None}
+    mat(["landscape_cells"])
+    res, req = tick(res.cursor)
+    assert not req[batch_cells] and not req[cells]
+    # a new classification (e.g. other rules): every batch's cells again
+    mat(["user_classification"])
+    res, req = tick(res.cursor)
+    assert req[batch_cells] == set(keys)
+
+
+def test_results_job_leaves_the_landscape_to_its_automation(tmp_path):
+    """With layers too, the (unpartitioned) results job holds no landscape asset."""
+    settings = Settings(output_dir=str(tmp_path / "out"), layers="hex=h3:4")
+    with dg.instance_for_test():
+        repo = build_definitions(settings).get_repository_def()
+    job = repo.get_job("homeloc_results_job")
+    keys = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
+    assert "user_classification" in keys and "homeloc_exports" in keys
+    assert not {k for k in keys if k.startswith("landscape")}
+    graph = repo.asset_graph
+    for name in ("landscape_batch_cells", "landscape_batch_layer_hex", "landscape_cells",
+                 "landscape_layer_hex", "landscape_category_map"):
+        assert graph.get(dg.AssetKey(name)).automation_condition is not None, name
+
+
+def test_a_batch_computed_again_without_the_landscape_drops_its_old_tables(run):
+    """The workers' tables of a batch are only ever those of its latest computation: a batch
+    made again with the workers' landscape off (``--no-landscape``) leaves none, and
+    landscape_batch_cells computes that batch's cells from its files (the same bytes)."""
+    settings, keys, _ = run
+    cache = settings.stats_path / "landscape"
+    tdir = settings.tables_path
+    before = {k: (tdir / "landscape_batch_cells" / f"{k}.parquet").read_bytes() for k in keys}
+    assert len(list(cache.glob(f"{keys[0]}.*.parquet"))) == 1
+    off = settings.with_(landscape=False)
+    defs = build_definitions(off)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("user_batches", keys)
+    assert dg.materialize(defs.assets, selection=batch_assets(), instance=instance,
+                          resources=defs.resources, partition_key=keys[0]).success
+    assert not list(cache.glob(f"{keys[0]}.*.parquet"))
+    assert len(list(cache.glob(f"{keys[1]}.*.parquet"))) == 1  # other batches keep theirs
+    defs = build_definitions(settings)
+    r = dg.materialize(defs.assets, selection=["landscape_batch_cells"], instance=instance,
+                       resources=defs.resources,
+                       tags={"dagster/asset_partition_range_start": keys[0],
+                             "dagster/asset_partition_range_end": keys[-1]})
+    assert r.success
+    md = {e.asset_key.to_user_string(): e.materialization.metadata
+          for e in r.get_asset_materialization_events()}
+    assert md["landscape_batch_cells"]["tables_from_batch_workers"].value == len(keys) - 1
+    for k in keys:
+        assert (tdir / "landscape_batch_cells" / f"{k}.parquet").read_bytes() == before[k], k
+
+
+def test_worker_tables_with_a_study_region_equal_the_computed_ones(data):
+    """With a study region the classes are nested (Domestic and International tourists count as
+    Tourists): the workers take the region homes from memory, the fallback from the files."""
+    import shutil
+
+    root, csv = data
+    code = h3.latlng_to_cell(51.0, 10.0, 3)
+    settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "sr" / "out"), workers=1,
+                        batch_users=900, cell_resolution=7, layers="hex=h3:3",
+                        study_region=f"hex={code}")
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
+    instance.add_dynamic_partitions("user_batches", keys)
+    tags = {"dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1]}
+    batch = landscape_batch_keys(settings.layer_specs)
+
+    def mat(selection, t=None):
+        r = dg.materialize(defs.assets, selection=selection, instance=instance,
+                           resources=defs.resources, tags=t)
+        assert r.success
+        return {e.asset_key.to_user_string(): e.materialization.metadata
+                for e in r.get_asset_materialization_events()}
+
+    mat(["world_countries", "countries"])
+    mat(batch_assets(("hex",)), tags)
+    mat(["user_classification"])
+    cls = pd.read_parquet(settings.tables_path / "user_classification.parquet").classification
+    assert {"Local", "Domestic tourist", "International tourist"} <= set(cls)
+    md = mat(batch, tags)
+    assert md["landscape_batch_cells"]["tables_from_batch_workers"].value == 2 * len(keys)
+    tdir = settings.tables_path
+    first = {(a, k): (tdir / a / f"{k}.parquet").read_bytes() for a in batch for k in keys}
+    shutil.rmtree(settings.stats_path / "landscape")
+    md = mat(batch, tags)
+    assert md["landscape_batch_cells"]["tables_from_batch_workers"].value == 0
+    for (a, k), raw in first.items():
+        assert (tdir / a / f"{k}.parquet").read_bytes() == raw, (a, k)

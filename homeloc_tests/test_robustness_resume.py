@@ -205,6 +205,11 @@ def test_stale_temporaries_of_killed_writers_are_removed(tmp_path):
         kept.append(tables / a / "k-00001.parquet")
     stale.append(stats / ".k-00001.json.xyz.tmp")
     kept.append(stats / "k-00001.json")
+    # the landscape tables the batch worker writes (cells and per layer)
+    stale.append(stats / "landscape" / ".k-00001.cells.0123456789abcdef.parquet.xyz.tmp")
+    stale.append(stats / "landscape" / ".k-00001.states.0123456789abcdef.parquet.xyz.tmp")
+    kept.append(stats / "landscape" / "k-00001.cells.0123456789abcdef.parquet")
+    kept.append(stats / "landscape" / ".k-00002.cells.0123456789abcdef.parquet.xyz.tmp")
     out = tmp_path / "out"
     stale += [out / f".{n}.q1w2e3.tmp" for n in EXPORT_FILES]
     kept += [out / n for n in EXPORT_FILES] + [out / ".other.tmp", out / "notes.txt"]

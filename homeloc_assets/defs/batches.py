@@ -155,6 +155,32 @@ def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition
 user_batch_assets = make_batch_assets()
 
 
+def batch_landscape_spec(homeloc: HomelocConfig, countries: gpd.GeoDataFrame,
+                         layers: tuple[LayerSpec, ...] = ()):
+    """The landscape settings the batch workers compute each batch's landscape tables with
+    (those ``user_classification`` will have unless the settings change in between), or None
+    (``Settings.landscape`` off, or a study country that does not resolve: the
+    classification reports that)."""
+    from homeloc_assets.geo import resolve_country
+    from homeloc_assets.inference.landscape import BatchLandscapeSpec
+
+    settings = homeloc.settings
+    if not settings.landscape:
+        return None
+    try:
+        region = settings.study_region_spec
+        study = region[1] if region and region[0] == "country" else homeloc.study_country
+        _, code = resolve_country(countries, study)
+    except Exception:  # noqa: BLE001 - the classification step names the problem
+        return None
+    p = settings.landscape_params
+    return BatchLandscapeSpec(
+        code, p.resolution, p.ring, float(homeloc.min_userdays), float(homeloc.min_share),
+        float(homeloc.min_margin),
+        f"{region[0]}={region[1]}" if region and region[0] != "country" else "",
+        tuple(str(s) for s in layers))
+
+
 def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
     keys = list(context.partition_keys)
     catalog = homeloc.catalog
@@ -182,6 +208,7 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
         layers_pickle=pickle.dumps(tuple(
             load_layer(spec, Path(homeloc.storage_dir) / "lookup") for spec in layers)),
         layer_names=layer_names,
+        landscape=batch_landscape_spec(homeloc, countries, layers),
     )
     done = {"n": 0}
 

@@ -1,13 +1,20 @@
-"""Landscape assets: where Locals and Tourists leave their traces, per H3 cell.
+"""Landscape assets: where Locals and Tourists leave their traces, per H3 cell and per region.
 
-``landscape_batch_cells`` (partitioned like the batches) unions each batch's
-userday HLLs per (cell, class); ``landscape_cells`` unions those over all
-batches, tests every cell and writes ``landscape_cells.parquet`` and
-``landscape_cells.gpkg`` to the export folder; two maps show the study country
-by category and by tourist share. The work is in ``inference.landscape``.
+``landscape_batch_cells`` (partitioned like the batches) holds each batch's
+userday HLL unions per (cell, class); the batch workers compute them from the
+rows in memory (``batch_runner``), so this asset only links them into place
+unless the classification's settings changed since. ``landscape_cells`` unions
+those over all batches, tests every cell and writes ``landscape_cells.parquet``
+and ``landscape_cells.gpkg`` to the export folder; two maps show the study
+country by category and by tourist share. Per extra region layer,
+``landscape_batch_layer_<NAME>`` and ``landscape_layer_<NAME>`` do the same per
+(region, class), exported as ``landscape_layer_<NAME>.parquet``. All are eager
+(``homeloc_automation``). The work is in ``inference.landscape``.
 """
 
 
+import os
+import shutil
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +27,13 @@ import pyarrow.parquet as pq
 
 from homeloc_assets import plots
 from homeloc_assets.atomic import atomic_path
-from homeloc_assets.defs.batches import BACKFILL_BATCHES_PER_RUN, tables_dir, user_batches
+from homeloc_assets.batch_runner import landscape_cache_path
+from homeloc_assets.defs.batches import (
+    BACKFILL_BATCHES_PER_RUN,
+    stats_dir,
+    tables_dir,
+    user_batches,
+)
 from homeloc_assets.defs.classification import (
     classification_path,
     publication_dir,
@@ -29,67 +42,161 @@ from homeloc_assets.defs.classification import (
 from homeloc_assets.defs.reports import _publish
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.exports import exports_lock
-from homeloc_assets.inference.landscape import batch_cells, cell_polygons, combine, landscape_table
+from homeloc_assets.geo.layers import LayerSpec, layer_assets, load_layer
+from homeloc_assets.inference.landscape import (
+    PARAMS_KEY,
+    BatchLandscapeSpec,
+    batch_cells,
+    batch_regions,
+    cell_polygons,
+    cell_wkb,
+    combine,
+    combine_regions,
+    landscape_table,
+    region_table,
+)
 from homeloc_assets.inference.rules import classify_batch
 from homeloc_assets.provenance import read_run_info
 from homeloc_assets.tables import PartitionedTables, StagedPartitions, write_table
 
 LANDSCAPE_FILES = ("landscape_cells.parquet", "landscape_cells.gpkg")
-_PARAMS_KEY = b"homeloc.landscape"
+_PARAMS_KEY = PARAMS_KEY
+BATCH_CELLS = "landscape_batch_cells"
 
 
-def landscape_batch_cells(
-    context: dg.AssetExecutionContext,
-    homeloc: HomelocConfig,
-) -> StagedPartitions:
-    """Union each batch's HLLs per (cell, class), classes as user_classification made them
-    (its rule and study country, read from its footer)."""
+def layer_landscape_assets(name: str) -> tuple[str, str]:
+    """The landscape assets of region layer ``name``: (per batch, over all batches); the
+    second also names its export ``<name>.parquet``."""
+    return f"landscape_batch_layer_{name}", f"landscape_layer_{name}"
+
+
+def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocConfig,
+                          layers: tuple[LayerSpec, ...]):
+    """Stage each batch's landscape tables: the ones the batch worker left when it made them with
+    the same settings (a hard link), else computed here from the batch's files."""
     info = read_run_info(classification_path(homeloc))
     p = homeloc.settings.landscape_params
+    spec = BatchLandscapeSpec.of(info, p, [str(s) for s in layers])
     keys = list(context.partition_keys)
     code = info.study_country_code
     meta = {_PARAMS_KEY: f"{p.resolution},{p.ring},{code}".encode()}
-    tdir = tables_dir(homeloc)
+    tdir, sdir = tables_dir(homeloc), stats_dir(homeloc)
+    kinds = {"cells": BATCH_CELLS, **{s.name: layer_landscape_assets(s.name)[0] for s in layers}}
+    located_by: dict = {}
+    if layers:
+        lookup_dir = Path(homeloc.storage_dir) / "lookup"
+        located_by = {s.name: load_layer(s, lookup_dir) for s in layers}
+    def stage(kind: str, key: str) -> Path:
+        target = tdir / kinds[kind] / f".{key}.{time.time_ns()}.staged"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
 
-    def one(key: str) -> Path:
+    def one(key: str) -> tuple[dict[str, Path], int]:
+        out: dict[str, Path] = {}
+        todo = []
+        for kind in kinds:
+            cache = landscape_cache_path(sdir, key, kind, spec.tag(kind))
+            target = stage(kind, key)
+            try:
+                os.link(cache, target)
+            except FileNotFoundError:
+                todo.append(kind)
+                continue
+            except OSError:  # no hard links here (another file system): a copy
+                try:
+                    shutil.copyfile(cache, target)
+                except FileNotFoundError:
+                    todo.append(kind)
+                    continue
+            out[kind] = target
+        reused = len(out)
+        if todo:
+            out.update(_compute(key, todo))
+        return out, reused
+
+    def _compute(key: str, todo: list[str]) -> dict[str, Path]:
         files = [tdir / a / f"{key}.parquet" for a in ("user_locations", "user_home_locations")]
         missing = [f for f in files if not f.exists()]
         if missing:
             raise dg.Failure(f"batch {key} is not materialized yet ({missing[0]})")
-        locs = pq.read_table(files[0], filters=[("country_code", "=", code)], columns=[
-            "user_guid", "latitude", "longitude", "country_code", "userday_hll"])
+        cols = ["user_guid", "latitude", "longitude", "country_code", "userday_hll"]
+        only_cells = todo == ["cells"]
+        # the cells need only the study country's rows; a layer needs all of them
+        locs = pq.read_table(files[0], columns=cols,
+                             filters=[("country_code", "=", code)] if only_cells else None)
         classes = classify_batch(pq.read_table(files[1]), info,
                                  lambda asset, k=key: tdir / asset / f"{k}.parquet")
-        t = batch_cells(locs, classes, code, p.resolution, p.ring)
-        target = tdir / "landscape_batch_cells" / f".{key}.{time.time_ns()}.staged"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_table(t.replace_schema_metadata(meta), target)
-        return target
+        out = {}
+        for kind in todo:
+            if kind == "cells":
+                t = batch_cells(locs, classes, code, p.resolution, p.ring)
+                t = t.replace_schema_metadata(meta)
+            else:
+                located = located_by[kind].locate(locs.column("longitude").to_numpy(),
+                                                  locs.column("latitude").to_numpy())
+                t = batch_regions(locs.column("user_guid").combine_chunks(),
+                                  locs.column("userday_hll").combine_chunks(), located.index,
+                                  located.names, located.codes, classes)
+            target = stage(kind, key)
+            write_table(t, target)
+            out[kind] = target
+        return out
 
     # threads: Arrow and numpy's sorts release the GIL, so batches overlap on all cores
     with ThreadPoolExecutor(max_workers=homeloc.settings.n_workers) as pool:
-        staged = dict(zip(keys, pool.map(one, keys), strict=True))
-    return StagedPartitions(staged, metadata={"batches": len(staged),
-                                              "resolution": p.resolution, "ring": p.ring})
+        done = dict(zip(keys, pool.map(one, keys), strict=True))
+    staged = {k: v[0] for k, v in done.items()}
+    md = {"batches": len(staged), "resolution": p.resolution, "ring": p.ring,
+          "tables_from_batch_workers": sum(v[1] for v in done.values())}
+    for kind, asset in kinds.items():
+        yield dg.Output(StagedPartitions({k: v[kind] for k, v in staged.items()}, metadata=md),
+                        output_name=asset)
 
 
-# the batch-partitioned asset needs a backfill policy (Dagster marks the parameter beta): its
-# warning would reach every `homeloc run` user's terminal
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", category=dg.BetaWarning)
-    landscape_batch_cells = dg.asset(
-    group_name="landscape",
-    kinds={"h3", "parquet"},
-    partitions_def=user_batches,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_BATCHES_PER_RUN),
-    # read here with only the columns and rows needed (the study country's)
-    deps=["user_classification", "user_locations", "user_home_locations"],
-    description=(
-        "Per batch, H3 cell (HOMELOC_CELL_RESOLUTION) and class: hll_union_agg of the userday "
-        "HLLs of that class's users' locations in the study country, distinct users, users "
-        "in the cell's k-ring (HOMELOC_CELL_RING) and rows."
-    ),
-)(landscape_batch_cells)
+def make_landscape_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition:
+    """``landscape_batch_cells`` and one ``landscape_batch_layer_<NAME>`` per region layer."""
+    outs = {BATCH_CELLS: dg.AssetOut(
+        group_name="landscape", kinds={"h3", "parquet"},
+        automation_condition=dg.AutomationCondition.eager(),
+        description=(
+            "Per batch, H3 cell (HOMELOC_CELL_RESOLUTION) and class: hll_union_agg of the "
+            "userday HLLs of that class's users' locations in the study country, distinct "
+            "users, users in the cell's k-ring (HOMELOC_CELL_RING) and rows. The batch "
+            "workers compute it from the rows in memory; here it is only staged, unless "
+            "the classification's settings changed since."))}
+    for spec in layers:
+        outs[layer_landscape_assets(spec.name)[0]] = dg.AssetOut(
+            group_name="landscape", kinds={"parquet"},
+            automation_condition=dg.AutomationCondition.eager(),
+            description=(f"Layer `{spec}`, per batch, region and class: hll_union_agg of the "
+                         "userday HLLs of that class's users' locations in the region, "
+                         "distinct users and rows."))
+    deps = ["user_classification", "user_locations", "user_home_locations",
+            *(layer_assets(s.name)[1] for s in layers)]
+
+    # the batch-partitioned asset needs a backfill policy (Dagster marks the parameter beta):
+    # its warning would reach every `homeloc run` user's terminal
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=dg.BetaWarning)
+
+        @dg.multi_asset(
+            name="landscape_batch_assets",
+            outs=outs,
+            partitions_def=user_batches,
+            backfill_policy=dg.BackfillPolicy.multi_run(
+                max_partitions_per_run=BACKFILL_BATCHES_PER_RUN),
+            # read here with only the columns and rows needed (the study country's)
+            deps=deps,
+        )
+        def landscape_batch_assets(context: dg.AssetExecutionContext, homeloc: HomelocConfig):
+            """Per batch the landscape tables (cells and per layer) under the classification's
+            settings."""
+            yield from _landscape_batch_step(context, homeloc, layers)
+
+    return landscape_batch_assets
+
+
+landscape_batch_cells = make_landscape_batch_assets()
 
 
 @dg.asset(
@@ -150,19 +257,27 @@ def write_landscape(out_dir: str | Path, table: pa.Table) -> dict[str, Path]:
             tmp.unlink()
             with warnings.catch_warnings():  # the temporary name does not end in .gpkg
                 warnings.simplefilter("ignore", RuntimeWarning)
-                _write_gpkg(landscape_frame(table), tmp)
+                _write_gpkg(table, tmp)
     return paths
 
 
-def _write_gpkg(frame: gpd.GeoDataFrame, path: Path) -> None:
-    """GeoPackage with a fixed timestamp, so the same cells give the same bytes."""
+def _write_gpkg(table: pa.Table, path: Path) -> None:
+    """GeoPackage of the cells (hexagons from H3 as WKB, written from Arrow by GDAL) with a
+    fixed timestamp, so the same cells give the same bytes."""
     import pyogrio
 
+    wkb = cell_wkb(table.column("cell"))
+    field = pa.field("geometry", pa.binary(), metadata={b"ARROW:extension:name": b"geoarrow.wkb"})
+    t = table.append_column(field, wkb)
+    # GDAL's Arrow writer takes string, not large_string
+    t = t.cast(pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f
+                          for f in t.schema]))
     key = "OGR_CURRENT_DATE"
     old = pyogrio.get_gdal_config_option(key)
     pyogrio.set_gdal_config_options({key: GPKG_DATE})
     try:
-        frame.to_file(path, driver="GPKG", layer="landscape_cells")
+        pyogrio.write_arrow(t, path, layer="landscape_cells", driver="GPKG",
+                            geometry_name="geometry", geometry_type="Polygon", crs="EPSG:4326")
     finally:
         pyogrio.set_gdal_config_options({key: old})
 
@@ -210,6 +325,58 @@ def landscape_share_map(context: dg.AssetExecutionContext, homeloc: HomelocConfi
     fig = plots.landscape_map(landscape_frame(t), countries, info.study_country_code,
                               "tourist_share", f"Tourist share of userdays in {info.study_country}")
     return _publish(context, homeloc, fig, "landscape_share_map", "Tourist share")
+
+
+def make_layer_landscape(spec: LayerSpec) -> dg.AssetsDefinition:
+    """``landscape_layer_<NAME>``: the layer's per-class unions over all batches, exported."""
+    batch_name, name = layer_landscape_assets(spec.name)
+
+    @dg.asset(
+        name=name, group_name="landscape", kinds={"parquet"},
+        automation_condition=dg.AutomationCondition.eager(),
+        ins={"batches": dg.AssetIn(batch_name)},
+        description=(
+            f"Layer `{spec}`: per region and class (Local, Tourist, undetermined) the "
+            "hll_union_agg of the userday HLLs over all batches (bytea hex), its estimate and "
+            f"the distinct users; tourist share. Export `{name}.parquet`."),
+    )
+    def _layer_landscape(context: dg.AssetExecutionContext, homeloc: HomelocConfig,
+                         batches) -> dg.Output:
+        if not isinstance(batches, PartitionedTables):
+            raise dg.Failure("expected all user batches as input")
+        info = read_run_info(classification_path(homeloc))
+        batches = select_batches(homeloc, batches, info.plan_ids)
+        table = region_table(combine_regions(t for _, t in batches.iter_tables()))
+        path = write_layer_landscape(publication_dir(homeloc), name, table)
+        context.log.info(f"wrote {path}")
+        return dg.Output(table, metadata={
+            "layer": str(spec), "regions": table.num_rows,
+            "parquet": dg.MetadataValue.path(str(path.resolve()))})
+
+    return _layer_landscape
+
+
+def write_layer_landscape(out_dir: str | Path, name: str, table: pa.Table) -> Path:
+    """``<name>.parquet`` in ``out_dir``, atomic, under the exports lock."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.parquet"
+    with exports_lock(out_dir), atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+def make_landscape_assets(layers: tuple[LayerSpec, ...] = ()) -> list:
+    """The landscape assets: per batch (cells and each layer), the cells, the maps, the layers."""
+    if not layers:
+        return LANDSCAPE_ASSETS
+    return [make_landscape_batch_assets(layers), landscape_cells, landscape_category_map,
+            landscape_share_map, *(make_layer_landscape(s) for s in layers)]
+
+
+def landscape_batch_keys(layers: tuple[LayerSpec, ...] = ()) -> list[str]:
+    """The per-batch landscape assets (materialised together, over a range of batches)."""
+    return [BATCH_CELLS, *(layer_landscape_assets(s.name)[0] for s in layers)]
 
 
 LANDSCAPE_ASSETS: list = [landscape_batch_cells, landscape_cells, landscape_category_map,

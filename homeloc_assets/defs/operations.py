@@ -10,7 +10,11 @@
   data never mix.
 * ``homeloc_automation`` evaluates ``AutomationCondition.eager()`` of
   ``user_classification``, ``homeloc_exports`` (and any other asset with an
-  automation condition): once every batch is materialized they update.
+  automation condition): once every batch is materialized they update. The
+  landscape follows the same way: ``landscape_batch_cells`` (and the per-layer
+  ``landscape_batch_layer_<NAME>``) for every batch once the classification
+  exists or changes (ranges of up to 16 batches per run, their backfill
+  policy), then ``landscape_cells``, its maps and ``landscape_layer_<NAME>``.
 * ``homeloc_nightly_heal`` (02:00) re-checks the input folder and requests runs
   for every registered batch that is neither materialized nor in flight.
 
@@ -90,9 +94,10 @@ homeloc_countries_job = dg.define_asset_job(
 
 homeloc_results_job = dg.define_asset_job(
     "homeloc_results_job",
-    # the landscape is partitioned by batch: it runs with its own partition range
+    # the landscape is partitioned by batch: it runs with its own partition range (or by
+    # its eager automation condition)
     selection=dg.AssetSelection.assets("user_classification").downstream()
-    - dg.AssetSelection.assets("landscape_batch_cells").downstream(),
+    - dg.AssetSelection.groups("landscape"),
     description="Classification, exports and reports over all current batches.",
 )
 
@@ -424,7 +429,8 @@ homeloc_automation = dg.AutomationConditionSensorDefinition(
     minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
     description=(
         "Evaluates the automation conditions (eager: user_classification, homeloc_exports, "
-        "reports) — running by default, unlike Dagster's default automation sensor."
+        "reports, the landscape) — running by default, unlike Dagster's default automation "
+        "sensor."
     ),
 )
 

@@ -38,6 +38,8 @@ class HomelocConfig(dg.ConfigurableResource):
     landscape_min_observations: int = Field(default=30, description="Fewer: too little data.")
     landscape_min_difference: float = Field(default=0.10, description="Share difference needed.")
     landscape_max_q: float = Field(default=0.05, description="Benjamini-Yekutieli q limit.")
+    landscape: bool = Field(default=True, description=(
+        "Batch workers also compute each batch's landscape tables (off: --no-landscape)."))
     dask_scheduler: str = Field(
         default="",
         description="Dask scheduler for the batches, tcp://host:8786 or a scheduler .json file "

@@ -591,9 +591,11 @@ def _explicit_union(p: _Parsed, gx, kx, sel, n_groups, distinct, want_bytes):
 def _explicit_bytes(p, gx, out, single, multi_res, ug, uv, gcode, hdr) -> None:
     raw = p.data.tobytes()
     pick = single[gx]
-    for r, gi in zip(p.xr[pick].tolist(), gx[pick].tolist(), strict=True):
-        s = int(p.start[r])
-        out[gi] = raw[s : s + int(p.length[r])]
+    rows = p.xr[pick]
+    starts = p.start[rows].astype(np.int64)
+    ends = (starts + p.length[rows]).tolist()
+    for gi, s, e in zip(gx[pick].tolist(), starts.tolist(), ends, strict=True):
+        out[gi] = raw[s:e]
     if not len(ug):
         return
     m = multi_res[ug]
@@ -604,9 +606,10 @@ def _explicit_bytes(p, gx, out, single, multi_res, ug, uv, gcode, hdr) -> None:
     bounds = np.flatnonzero(np.diff(ugm)) + 1
     starts = np.concatenate([[0], bounds]).tolist()
     ends = np.concatenate([bounds, [len(ugm)]]).tolist()
+    heads = {c: pr.header(EXPLICIT) for c, pr in hdr.items()}
     for a, b in zip(starts, ends, strict=True):
         gi = int(ugm[a])
-        out[gi] = hdr[int(gcode[gi])].header(EXPLICIT) + vals[8 * a : 8 * b]
+        out[gi] = heads[int(gcode[gi])] + vals[8 * a : 8 * b]
 
 
 def _packed_regs(dpad: np.ndarray, pstart: np.ndarray, reg: np.ndarray, w: int) -> np.ndarray:

@@ -41,6 +41,8 @@ class BatchResult:
     stats: dict[str, Any] = field(default_factory=dict)
     layer_tables: dict[str, pa.Table] = field(default_factory=dict)
     users: pa.Table | None = None  # inputs.reader.USERS_SCHEMA: the batch's users, hashed
+    #: per extra layer the region of each row (in memory only: the landscape's per-layer unions)
+    layer_located: dict[str, Any] = field(default_factory=dict)
 
 
 def process_batch(
@@ -106,11 +108,14 @@ def process_batch(
         "last_user": guid[-1].as_py() if len(guid) else None,
     }
     layer_tables = {}
+    layer_located = {}
     for layer in layers:
         located = layer.locate(lon, lat)
         per_region, region_homes = region_userdays(guid, located.index, hlls, located.names,
                                                    located.codes, backend)
         ud_name, home_name = layer_assets(layer.name)
         layer_tables[ud_name], layer_tables[home_name] = per_region, region_homes
+        layer_located[layer.name] = located
         stats[f"users_with_home_{layer.name}"] = int(region_homes.num_rows)
-    return BatchResult(locations, cu, homes, batch.rejects, stats, layer_tables, batch.users)
+    return BatchResult(locations, cu, homes, batch.rejects, stats, layer_tables, batch.users,
+                       layer_located)

@@ -9,6 +9,11 @@ with its k-ring neighbours (HLL union, users counted distinct), tests the
 pooled tourist share against the dataset-wide share (two-sided binomial test,
 Benjamini–Yekutieli over all tested cells) and gives each cell a category.
 
+:func:`batch_tables` makes a batch's tables in the batch worker from the rows
+it holds (classes from the homes and a :class:`BatchLandscapeSpec`); per
+region layer, :func:`batch_regions`, :func:`combine_regions` and
+:func:`region_table` give the same per-class unions per region.
+
 An *observation* of the test is an estimated distinct userday (a user active
 on a day in the cell) of a classified user: ``n = round(local) +
 round(tourist)`` pooled userdays, ``k = round(tourist)`` — the
@@ -18,6 +23,7 @@ privacy-preserving analogue of the chapter's posts.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import h3ronpy
@@ -27,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import binom, false_discovery_control
 
-from homeloc_assets.hll import grouped_union
+from homeloc_assets.hll import grouped_cardinality, grouped_union
 from homeloc_assets.inference.homes import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
 
 CLASSES = (CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED)
@@ -67,11 +73,29 @@ class LandscapeParams:
 
 def cells_of(lat: np.ndarray, lon: np.ndarray, resolution: int) -> np.ndarray:
     """H3 cell (uint64) of each point, vectorised (equals ``h3.latlng_to_cell``)."""
+    ucells, cid = cell_ids(lat, lon, resolution)
+    return ucells[cid]
+
+
+def cell_ids(lat: np.ndarray, lon: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(cells, index)``: the distinct H3 cells (sorted uint64) and each point's index into them.
+
+    Each distinct coordinate pair is looked up once (aggregated location data
+    repeat their coordinates), with ``h3ronpy``.
+    """
     lat = np.ascontiguousarray(lat, dtype=np.float64)
     lon = np.ascontiguousarray(lon, dtype=np.float64)
     if not len(lat):
-        return np.zeros(0, np.uint64)
-    return pa.array(h3v.coordinates_to_cells(lat, lon, resolution)).to_numpy()
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    order = np.lexsort((lon, lat))
+    a, b = lat[order], lon[order]
+    new = np.ones(len(a), bool)
+    new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    pair = np.empty(len(a), np.int64)
+    pair[order] = np.cumsum(new) - 1
+    cells = pa.array(h3v.coordinates_to_cells(a[new], b[new], resolution)).to_numpy()
+    ucells, inv = _unique_inverse(cells)
+    return ucells, inv.astype(np.int64)[pair]
 
 
 def _rings(cells: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,11 +142,9 @@ def batch_cells(
     uidx = np.asarray(uidx, dtype=np.int64)
     ucls = class_codes(classes.column("classification"))
     cls = ucls[uidx]
-    cells = cells_of(loc.column("latitude").to_numpy(), loc.column("longitude").to_numpy(),
-                     resolution)
-    ucells, cid = np.unique(cells, return_inverse=True)
-    key = cid.astype(np.int64) * 3 + cls
-    gkey, ginv, gcount = np.unique(key, return_inverse=True, return_counts=True)
+    ucells, cid = cell_ids(loc.column("latitude").to_numpy(), loc.column("longitude").to_numpy(),
+                           resolution)
+    gkey, ginv, gcount = _small_groups(cid * 3 + cls, 3 * len(ucells))
     _, blobs = grouped_union(loc.column("userday_hll"), ginv, len(gkey))
     # distinct users per (cell, class): a user has one class
     pair = _sorted_unique(cid.astype(np.int64) * (len(ucls) + 1) + uidx)
@@ -136,12 +158,13 @@ def batch_cells(
     lens = np.bincount(center, minlength=len(ucells))
     rep = lens[pc_cell]
     base = np.repeat(starts[pc_cell], rep) + _ranges_within(rep)
-    tgt = nbr[order][base]
-    tcells, tid = np.unique(tgt, return_inverse=True)
+    # every cell with rows is a centre of some pair, so the targets are all ring cells
+    tcells = _sorted_unique(nbr)
+    tid = np.searchsorted(tcells, nbr[order])[base]
     tu = np.repeat(pc_user, rep)
     tkey = _sorted_unique(tid.astype(np.int64) * (len(ucls) + 1) + tu)
     t_cell, t_user = tkey // (len(ucls) + 1), tkey % (len(ucls) + 1)
-    rkey, rcount = np.unique(t_cell * 3 + ucls[t_user], return_counts=True)
+    rkey, _, rcount = _small_groups(t_cell * 3 + ucls[t_user], 3 * len(tcells))
     # one table keyed by (cell, class), sorted; every own group is a ring group
     # (a cell is in its own ring), so own columns are scattered into ring rows
     at = np.searchsorted(rkey, np.searchsorted(tcells, ucells[gkey // 3]) * 3 + gkey % 3)
@@ -159,6 +182,26 @@ def batch_cells(
         "users": pa.array(own_users), "ring_users": pa.array(rcount.astype(np.int64)),
         "locations": pa.array(own_rows),
     }, schema=BATCH_SCHEMA)
+
+
+def _small_groups(key: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(key, return_inverse=True, return_counts=True)`` for keys in ``[0, n)``,
+    by counting (no sort)."""
+    counts = np.bincount(key, minlength=n)
+    present = np.flatnonzero(counts)
+    rank = np.cumsum(counts > 0) - 1
+    return present, rank[key], counts[present]
+
+
+def _unique_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(a, return_inverse=True)`` by one argsort (int64 inverse)."""
+    order = np.argsort(a, kind="stable")
+    s = a[order]
+    new = np.ones(len(s), bool)
+    new[1:] = s[1:] != s[:-1]
+    inv = np.empty(len(a), np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return s[new], inv
 
 
 def _sorted_unique(a: np.ndarray) -> np.ndarray:
@@ -179,13 +222,16 @@ def _ranges_within(rep: np.ndarray) -> np.ndarray:
 
 
 def _reduce(t: pa.Table) -> pa.Table:
-    """Union rows of equal (cell, class): HLL union, counts summed (a user is in one batch)."""
+    """Union rows of equal (cell, class): HLL union, counts summed (a user is in one batch).
+
+    Only rows with an HLL take part in the union, and a group with one such row
+    keeps it as it is (a union's result is its own union).
+    """
     cell = t.column("cell").to_numpy()
     cls = t.column("cls").to_numpy().astype(np.int64)
-    ucell, cinv = np.unique(cell, return_inverse=True)
-    key = cinv.astype(np.int64) * 3 + cls
-    gkey, ginv = np.unique(key, return_inverse=True)
-    _, blobs = grouped_union(t.column("hll"), ginv, len(gkey))
+    ucell, cinv = _unique_inverse(cell)
+    gkey, ginv, _ = _small_groups(cinv.astype(np.int64) * 3 + cls, 3 * len(ucell))
+    blobs = union_groups(t.column("hll"), ginv, len(gkey))
 
     def total(name: str) -> pa.Array:
         return pa.array(np.bincount(ginv, weights=t.column(name).to_numpy(),
@@ -194,10 +240,39 @@ def _reduce(t: pa.Table) -> pa.Table:
     return pa.table({
         "cell": pa.array(ucell[gkey // 3], pa.uint64()),
         "cls": pa.array((gkey % 3).astype(np.int8)),
-        "hll": pa.array(blobs, pa.large_binary()),
+        "hll": blobs,
         "users": total("users"), "ring_users": total("ring_users"),
         "locations": total("locations"),
     }, schema=BATCH_SCHEMA)
+
+
+def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups: int) -> pa.Array:
+    """Per group the union of its non-null HLLs (``hll_union_agg``; null: none), large_binary.
+
+    The inputs are unions already (per-batch tables): a group with one HLL keeps
+    its bytes, only groups with several are unioned by the engine.
+    """
+    if isinstance(hlls, pa.ChunkedArray):
+        hlls = hlls.combine_chunks() if hlls.num_chunks else pa.array([], pa.large_binary())
+    hlls = hlls.cast(pa.large_binary())
+    valid = np.flatnonzero(~np.asarray(hlls.is_null().to_numpy(zero_copy_only=False), bool))
+    g = groups[valid]
+    n = np.bincount(g, minlength=n_groups)
+    pick = np.full(n_groups, -1, np.int64)
+    single = n[g] == 1
+    pick[g[single]] = valid[single]
+    out = hlls.take(pa.array(pick, mask=pick < 0))
+    multi = np.flatnonzero(~single)
+    if not len(multi):
+        return out
+    mg, minv = _unique_inverse(g[multi])
+    _, blobs = grouped_union(hlls.take(pa.array(valid[multi])), minv, len(mg))
+    idx = np.arange(n_groups, dtype=np.int64)
+    src = np.zeros(n_groups, np.int64)  # 0: from out, 1: from the unions
+    src[mg] = 1
+    pos = np.where(src == 1, np.searchsorted(mg, idx), idx)
+    both = pa.chunked_array([out, pa.array(blobs, pa.large_binary())]).combine_chunks()
+    return both.take(pa.array(np.where(src == 1, n_groups + pos, pos)))
 
 
 def combine(tables: Iterable[pa.Table]) -> pa.Table:
@@ -298,7 +373,7 @@ def landscape_table(combined: pa.Table, params: LandscapeParams) -> tuple[pa.Tab
     """The contract table (one row per cell with rows of its own) and dataset-wide figures."""
     params = params.validated()
     own = combined.filter(pc.is_valid(combined.column("hll")))
-    cells = np.unique(own.column("cell").to_numpy())
+    cells = _sorted_unique(own.column("cell").to_numpy())
     nc = len(cells)
     cols: dict[str, pa.Array] = {
         "cell": pa.array(h3ronpy.cells_to_string(pa.array(cells, pa.uint64()))).cast(pa.string()),
@@ -315,17 +390,29 @@ def landscape_table(combined: pa.Table, params: LandscapeParams) -> tuple[pa.Tab
     ok[ok] = cells[npos[ok]] == nbr[ok]
     center, npos = center[ok], npos[ok]
     pooled = {}
-    for c, name in enumerate(_PREFIX):
+
+    def estimates(c: int) -> tuple[pa.Array, np.ndarray, np.ndarray | None]:
+        """The class's own HLL per cell, its estimate and the ring-pooled estimate."""
         rows = np.flatnonzero(present & (cls_all == c))
-        at = ccell[rows]
         blobs = pa.nulls(nc, pa.large_binary())
         if len(rows):
             idx = np.full(nc, -1, np.int64)
-            idx[at] = rows
+            idx[ccell[rows]] = rows
             blobs = hll_all.take(pa.array(idx, mask=idx < 0))
             if isinstance(blobs, pa.ChunkedArray):
                 blobs = blobs.combine_chunks()
-        card, _ = grouped_union(blobs, np.arange(nc), nc)
+        card = grouped_cardinality(blobs, np.arange(nc), nc)
+        pcard = (grouped_cardinality(blobs.take(pa.array(npos)), center, nc)
+                 if _PREFIX[c] != "undetermined" else None)
+        return blobs, card, pcard
+
+    # the classes in threads: the engine's numpy work releases the GIL
+    with ThreadPoolExecutor(max_workers=len(_PREFIX)) as pool:
+        per_class = list(pool.map(estimates, range(len(_PREFIX))))
+    for c, name in enumerate(_PREFIX):
+        blobs, card, pcard = per_class[c]
+        rows = np.flatnonzero(present & (cls_all == c))
+        at = ccell[rows]
         cols[f"{name}_userdays"] = pa.array(np.nan_to_num(card, nan=0.0))
 
         def per_cell(col: str, rows=rows, at=at) -> np.ndarray:
@@ -337,8 +424,7 @@ def landscape_table(combined: pa.Table, params: LandscapeParams) -> tuple[pa.Tab
         cols[f"{name}_hll"] = _hex_column(blobs)
         # ring users of centres: rows of the combined table of cells with own data
         pooled[f"{name}_users"] = per_cell("ring_users")
-        if name != "undetermined":
-            pcard, _ = grouped_union(blobs.take(pa.array(npos)), center, nc)
+        if pcard is not None:
             pooled[f"{name}_userdays"] = np.nan_to_num(pcard, nan=0.0)
     locs = np.zeros(nc, np.int64)
     np.add.at(locs, ccell[present], combined.column("locations").to_numpy()[present])
@@ -383,6 +469,224 @@ def cell_polygons(cells: pa.Array):
     """Hexagon polygons (shapely, EPSG:4326) of H3 index strings."""
     import shapely
 
+    return shapely.from_wkb(np.asarray(cell_wkb(cells).to_pylist(), dtype=object))
+
+
+def cell_wkb(cells: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Hexagon polygons (WKB, EPSG:4326) of H3 index strings, as a binary array."""
+    if isinstance(cells, pa.ChunkedArray):
+        cells = cells.combine_chunks()
     ids = pa.array(h3ronpy.cells_parse(cells.cast(pa.string())))
-    return shapely.from_wkb(np.asarray(pa.array(h3v.cells_to_wkb_polygons(ids)).to_pylist(),
-                                       dtype=object))
+    return pa.array(h3v.cells_to_wkb_polygons(ids)).cast(pa.binary())
+
+
+# ----------------------------------------------------------------- in the batch worker
+@dataclass(frozen=True)
+class BatchLandscapeSpec:
+    """What a batch's landscape tables depend on: the classes' settings, cells, layers.
+
+    The batch worker computes the tables from the rows it has in memory when
+    it knows these settings (the classification's, as the batch step sees them);
+    ``landscape_batch_cells`` uses them only when its own settings (read from
+    ``user_classification``) give the same :meth:`tag`, else it computes them.
+    ``layers`` are ``NAME=SPEC`` strings of the region layers with per-class unions.
+    """
+
+    study_country_code: str
+    resolution: int = 8
+    ring: int = 1
+    min_userdays: float = 0.0
+    min_share: float = 0.0
+    min_margin: float = 0.0
+    study_region: str = ""
+    layers: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, info, params: LandscapeParams, layers: Iterable[str] = ()) -> BatchLandscapeSpec:
+        """From a classification's provenance ``RunInfo`` and the landscape parameters."""
+        return cls(info.study_country_code, params.resolution, params.ring,
+                   float(info.min_userdays), float(info.min_share), float(info.min_margin),
+                   info.study_region, tuple(str(s) for s in layers))
+
+    def tag(self, kind: str = "cells") -> str:
+        """Short hash of every setting the table ``kind`` (``cells`` or a layer name) depends on."""
+        import hashlib
+        import json
+
+        d = {"code": self.study_country_code, "min_userdays": self.min_userdays,
+             "min_share": self.min_share, "min_margin": self.min_margin,
+             "study_region": self.study_region, "kind": kind}
+        if kind == "cells":
+            d.update(resolution=self.resolution, ring=self.ring)
+        else:
+            d["layer"] = next(s for s in self.layers if s.split("=", 1)[0] == kind)
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def classes(self, homes: pa.Table, hll_log2m: int = 11, hll_explicit_max: int = 160,
+                region_homes: pa.Table | None = None) -> pa.Table:
+        """The batch's ``user_guid, classification`` as ``user_classification`` makes them."""
+        from homeloc_assets.inference.rules import classify_batch
+        from homeloc_assets.provenance import RunInfo
+
+        info = RunInfo(study_country="", study_country_code=self.study_country_code,
+                       min_userdays=self.min_userdays, max_reject_share=1.0, batch_users=0,
+                       min_share=self.min_share, min_margin=self.min_margin,
+                       study_region=self.study_region, hll_log2m=hll_log2m,
+                       hll_explicit_max=hll_explicit_max)
+        return classify_batch(homes, info, region_homes=region_homes).select(
+            ["user_guid", "classification"])
+
+
+REGION_BATCH_SCHEMA = pa.schema([
+    ("region_code", pa.string()), ("region", pa.string()), ("cls", pa.int8()),
+    ("hll", pa.large_binary()), ("users", pa.int64()), ("locations", pa.int64()),
+])
+
+
+def batch_regions(user_guid: pa.Array, hlls: pa.Array, region_index: np.ndarray,
+                  names: np.ndarray, codes: np.ndarray, classes: pa.Table) -> pa.Table:
+    """Per (region, class) of one batch and one region layer: union HLL, distinct users, rows.
+
+    ``region_index`` of each row into ``names``/``codes`` (-1: in no region of the
+    layer; such rows take no part). Every point in a region of the layer counts,
+    inside the study country or not. Sorted by region code, then class.
+    """
+    ridx = np.asarray(region_index, np.int64)
+    rows = np.flatnonzero(ridx >= 0)
+    if not len(rows):
+        return REGION_BATCH_SCHEMA.empty_table()
+    guid = pc.take(user_guid, pa.array(rows))
+    uidx = pc.index_in(guid, classes.column("user_guid")).to_numpy(zero_copy_only=False)
+    if np.isnan(np.asarray(uidx, dtype=float)).any():
+        raise ValueError("a location's user has no classification")
+    uidx = np.asarray(uidx, dtype=np.int64)
+    ucls = class_codes(classes.column("classification"))
+    # regions by code (the final order), distinct codes only
+    code_arr = pa.array(np.asarray(codes, dtype=object)[ridx[rows]], pa.string())
+    ucodes = pc.unique(code_arr)
+    ucodes = ucodes.take(pc.sort_indices(ucodes))
+    rid = np.asarray(pc.index_in(code_arr, ucodes).to_numpy(zero_copy_only=False), np.int64)
+    first = np.full(len(ucodes), -1, np.int64)
+    first[rid[::-1]] = np.arange(len(rid))[::-1]
+    rnames = pa.array(np.asarray(names, dtype=object)[ridx[rows][first]], pa.string())
+    gkey, ginv, gcount = _small_groups(rid * 3 + ucls[uidx], 3 * len(ucodes))
+    _, blobs = grouped_union(pc.take(hlls, pa.array(rows)), ginv, len(gkey))
+    pair = _sorted_unique(rid * (len(ucls) + 1) + uidx)
+    p_reg, p_user = pair // (len(ucls) + 1), pair % (len(ucls) + 1)
+    users = np.bincount(np.searchsorted(gkey, p_reg * 3 + ucls[p_user]), minlength=len(gkey))
+    g_reg = pa.array(gkey // 3)
+    return pa.table({
+        "region_code": ucodes.take(g_reg), "region": rnames.take(g_reg),
+        "cls": pa.array((gkey % 3).astype(np.int8)),
+        "hll": pa.array(blobs, pa.large_binary()),
+        "users": pa.array(users.astype(np.int64)), "locations": pa.array(gcount.astype(np.int64)),
+    }, schema=REGION_BATCH_SCHEMA)
+
+
+def combine_regions(tables: Iterable[pa.Table]) -> pa.Table:
+    """Union per-batch region tables per (region, class); same bytes as one union over all rows."""
+    ts = [t.select(REGION_BATCH_SCHEMA.names).cast(REGION_BATCH_SCHEMA) for t in tables]
+    if not ts:
+        return REGION_BATCH_SCHEMA.empty_table()
+    t = pa.concat_tables(ts).combine_chunks()
+    if not t.num_rows:
+        return REGION_BATCH_SCHEMA.empty_table()
+    codes = t.column("region_code")
+    ucodes = pc.unique(codes)
+    ucodes = ucodes.take(pc.sort_indices(ucodes))
+    rid = np.asarray(pc.index_in(codes, ucodes).to_numpy(zero_copy_only=False), np.int64)
+    cls = t.column("cls").to_numpy().astype(np.int64)
+    gkey, ginv, _ = _small_groups(rid * 3 + cls, 3 * len(ucodes))
+    first = np.full(len(gkey), -1, np.int64)
+    first[ginv[::-1]] = np.arange(len(ginv))[::-1]
+
+    def total(name: str) -> pa.Array:
+        return pa.array(np.bincount(ginv, weights=t.column(name).to_numpy(),
+                                    minlength=len(gkey)).astype(np.int64))
+
+    return pa.table({
+        "region_code": ucodes.take(pa.array(gkey // 3)),
+        "region": t.column("region").take(pa.array(first)),
+        "cls": pa.array((gkey % 3).astype(np.int8)),
+        "hll": union_groups(t.column("hll"), ginv, len(gkey)),
+        "users": total("users"), "locations": total("locations"),
+    }, schema=REGION_BATCH_SCHEMA)
+
+
+def region_table(combined: pa.Table) -> pa.Table:
+    """One row per region with points: per class userdays, users and the union HLL (hex).
+
+    ``<class>_userdays`` = ``hll_cardinality`` of the union (0 without points),
+    ``<class>_users`` distinct users, ``<class>_hll`` bytea hex (null without
+    points), ``locations`` rows, ``tourist_share`` = tourist / (local + tourist)
+    userdays (null without classified userdays).
+    """
+    codes = combined.column("region_code").combine_chunks()
+    ucodes = pc.unique(codes)
+    ucodes = ucodes.take(pc.sort_indices(ucodes))
+    nr = len(ucodes)
+    rid = np.asarray(pc.index_in(codes, ucodes).to_numpy(zero_copy_only=False), np.int64)
+    first = np.full(nr, -1, np.int64)
+    first[rid[::-1]] = np.arange(len(rid))[::-1]
+    cls = combined.column("cls").to_numpy()
+    hll = combined.column("hll").combine_chunks()
+    cols: dict[str, pa.Array] = {
+        "region_code": ucodes,
+        "region": combined.column("region").combine_chunks().take(pa.array(first)),
+    }
+    locs = np.bincount(rid, weights=combined.column("locations").to_numpy(), minlength=nr)
+    for c, name in enumerate(_PREFIX):
+        rows = np.flatnonzero(cls == c)
+        idx = np.full(nr, -1, np.int64)
+        idx[rid[rows]] = rows
+        blobs = hll.take(pa.array(idx, mask=idx < 0))
+        card = np.zeros(nr)
+        if len(rows):
+            card[rid[rows]] = np.nan_to_num(grouped_cardinality(hll.take(pa.array(rows)),
+                                                                np.arange(len(rows))), nan=0.0)
+        users = np.zeros(nr, np.int64)
+        users[rid[rows]] = combined.column("users").to_numpy()[rows]
+        cols[f"{name}_userdays"] = pa.array(card)
+        cols[f"{name}_users"] = pa.array(users)
+        cols[f"{name}_hll"] = _hex_column(blobs)
+    cols["locations"] = pa.array(locs.astype(np.int64))
+    lo, to = np.asarray(cols["local_userdays"]), np.asarray(cols["tourist_userdays"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(lo + to > 0, to / (lo + to), np.nan)
+    cols["tourist_share"] = pa.array(share, mask=~(lo + to > 0))
+    return pa.table(cols)
+
+
+#: schema metadata of a batch cells table: ``resolution,ring,study country code``
+PARAMS_KEY = b"homeloc.landscape"
+
+
+def batch_tables(result, spec: BatchLandscapeSpec, hll_params: int | None = None
+                 ) -> dict[str, pa.Table]:
+    """The landscape tables of one processed batch (``inference.batch.BatchResult``), from its
+    rows in memory: ``"cells"`` (:func:`batch_cells`) and one per layer of ``spec.layers``
+    (:func:`batch_regions`), keyed by layer name. ``hll_params``: the file's params code."""
+    from homeloc_assets.geo.layers import layer_assets
+    from homeloc_assets.hll._vector import params_of_code
+
+    log2m, explicit_max = 11, 160
+    if hll_params is not None:
+        p = params_of_code(hll_params)
+        log2m, explicit_max = p.log2m, p.effective_expthresh
+    region_homes = None
+    if spec.study_region:
+        layer = spec.study_region.partition("=")[0]
+        region_homes = result.layer_tables[layer_assets(layer)[1]].select(
+            ["user_guid", "region_code"])
+    classes = spec.classes(result.homes, log2m, explicit_max, region_homes)
+    loc = result.locations
+    cells = batch_cells(loc, classes, spec.study_country_code, spec.resolution, spec.ring)
+    meta = f"{spec.resolution},{spec.ring},{spec.study_country_code}".encode()
+    out = {"cells": cells.replace_schema_metadata({PARAMS_KEY: meta})}
+    guid = loc.column("user_guid").combine_chunks()
+    hlls = loc.column("userday_hll").combine_chunks()
+    for text in spec.layers:
+        name = text.split("=", 1)[0]
+        located = result.layer_located[name]
+        out[name] = batch_regions(guid, hlls, located.index, located.names, located.codes, classes)
+    return out

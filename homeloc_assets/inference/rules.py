@@ -294,12 +294,15 @@ CLASSIFICATION_COLUMNS = ["user_guid", "country", "country_code", "total_userday
                           "reason", "classification"]
 
 
-def classify_batch(homes: pa.Table, info, batch_file) -> pa.Table:
+def classify_batch(homes: pa.Table, info, batch_file=None, region_homes: pa.Table | None = None
+                   ) -> pa.Table:
     """One batch's classification under the settings of ``info`` (a provenance ``RunInfo``).
 
     The home rule from its thresholds, the study country's code, and with a
-    study region the nested classes (``batch_file(asset)`` gives this batch's
-    file of an asset, for the region layer's homes).
+    study region the nested classes: the region layer's homes of the batch are
+    ``region_homes`` when given (``user_guid, region_code``, e.g. still in
+    memory in the batch worker), else read from ``batch_file(asset)``, this
+    batch's file of an asset.
     """
     out = with_evidence(homes, info, info.study_country_code).select(CLASSIFICATION_COLUMNS)
     if info.study_region:
@@ -308,8 +311,9 @@ def classify_batch(homes: pa.Table, info, batch_file) -> pa.Table:
         from homeloc_assets.geo.layers import layer_assets
 
         layer, _, code = info.study_region.partition("=")
-        region_homes = pq.read_table(batch_file(layer_assets(layer)[1]),
-                                     columns=["user_guid", "region_code"])
+        if region_homes is None:
+            region_homes = pq.read_table(batch_file(layer_assets(layer)[1]),
+                                         columns=["user_guid", "region_code"])
         out = nest_classes(out, region_homes, code)
     return out
 
