@@ -2,8 +2,9 @@
 
 Owns everything about ``hll`` values outside the database: the storage
 format (``_format``), the scalar operations with hll.c's semantics and
-estimator (``_ops``), the ``hll_hash_*`` functions (``_hash``) and the
-vectorised batch functions for the pipeline (``_vector``).  No Dagster here.
+estimator (``_ops``), the ``hll_hash_*`` functions (``_hash``), the hex
+text of whole columns (``_hex``) and the vectorised batch functions for the
+pipeline (``_vector``).  No Dagster here.
 
 Why hand-written: python-hll on PyPI is unmaintained and fails to import on
 numpy 2, and no maintained library reproduces postgresql-hll byte for byte
@@ -44,6 +45,7 @@ from ._hash import (
     hash_smallint,
     hash_text,
 )
+from ._hex import unhex_many
 from ._ops import add, cardinality, describe, empty, union
 from ._vector import (
     InspectResult,
@@ -51,7 +53,6 @@ from ._vector import (
     grouped_union,
     inspect_many,
     params_of_code,
-    unhex_many,
 )
 
 __all__ = [

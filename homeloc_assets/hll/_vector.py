@@ -1,7 +1,6 @@
 """Vectorised batch functions over many hlls (the pipeline's hot path).
 
-Owns: hex decoding of a whole column (:func:`unhex_many`), validation of a
-whole column (:func:`inspect_many`), and ``hll_union_agg ... GROUP BY`` with
+Owns: validation of a whole column (:func:`inspect_many`), and ``hll_union_agg ... GROUP BY`` with
 its cardinality (:func:`grouped_cardinality`, :func:`grouped_union`).  All
 work is numpy over the flat Arrow data buffer, split by storage type; there
 is no per-row Python loop over valid rows (only over failing rows to build
@@ -42,23 +41,16 @@ from ._format import (
     encode_compressed,
     params_from_header,
 )
+from ._hex import arrow_buffers
 from ._ops import POW2_NEG, estimate_from_sums, gamma_m2, rho_and_index
 
 __all__ = [
     "InspectResult",
-    "unhex_many",
     "inspect_many",
     "params_of_code",
     "grouped_cardinality",
     "grouped_union",
 ]
-
-_HEXLUT = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEXLUT[_c] = _i
-for _i, _c in enumerate(b"ABCDEF"):
-    _HEXLUT[_c] = 10 + _i
-
 
 def params_of_code(code: int) -> Params:
     """Inverse of the params code of :func:`inspect_many` (raises HLLError for -1/garbage)."""
@@ -77,69 +69,11 @@ def _flat(arr: object, binary: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray
             [None if v is None else bytes(v) for v in arr] if binary else list(arr),
             type=pa.large_binary() if binary else pa.large_string(),
         )
-    t = arr.type
-    if binary and pa.types.is_string(t):
+    if binary and pa.types.is_string(arr.type):
         arr = arr.cast(pa.binary())
-    elif binary and pa.types.is_large_string(t):
+    elif binary and pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.large_binary())
-    t = arr.type
-    large = pa.types.is_large_binary(t) or pa.types.is_large_string(t)
-    if not (large or pa.types.is_binary(t) or pa.types.is_string(t)):
-        raise HLLError(f"expected a binary or string Arrow array, got {t}")
-    n = len(arr)
-    bufs = arr.buffers()
-    off = np.frombuffer(bufs[1], dtype=np.int64 if large else np.int32)[arr.offset : arr.offset + n + 1]
-    off = off.astype(np.int64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    if n:
-        data = data[off[0] : off[-1]]
-        off = off - off[0]
-    if arr.null_count:
-        valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    else:
-        valid = np.ones(n, dtype=bool)
-    return data, off, valid
-
-
-def unhex_many(values: object) -> tuple[pa.Array, np.ndarray]:
-    """Decode a column of PostgreSQL bytea hex texts (``\\x..``) at once.
-
-    Surrounding ASCII whitespace is stripped.  Rows that are null, lack the
-    ``\\x`` prefix, have an odd number of digits or a non-hex character get
-    ok=False and a null output.  Returns (pyarrow.LargeBinaryArray, ok).
-    """
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-    if not isinstance(values, pa.Array):
-        values = pa.array(list(values), type=pa.large_string())
-    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-        raise HLLError(f"unhex_many expects a string array, got {values.type}")
-    values = pc.utf8_trim_whitespace(values).cast(pa.large_string())
-    data, off, valid = _flat(values, binary=False)
-    n = len(off) - 1
-    if n == 0:
-        return pa.array([], type=pa.large_binary()), np.zeros(0, bool)
-    start, end = off[:-1], off[1:]
-    length = end - start
-    dpad = np.concatenate([data, np.zeros(2, np.uint8)])
-    prefix = (length >= 2) & (dpad[start] == ord("\\")) & ((dpad[start + 1] | 0x20) == ord("x"))
-    ok = valid & prefix & (length % 2 == 0)
-    bad = (_HEXLUT[data] == 255).astype(np.int64)
-    cum = np.concatenate([[0], np.cumsum(bad)])
-    hs = np.minimum(start + 2, end)
-    ok &= (cum[end] - cum[hs]) == 0
-    olen = np.where(ok, (length - 2) // 2, 0)
-    keep_rows = np.repeat(ok, length)
-    pos_in_row = np.arange(len(data)) - np.repeat(start, length)
-    keep = keep_rows & (pos_in_row >= 2)
-    hb = data[keep]
-    out = (_HEXLUT[hb[0::2]] << 4) | _HEXLUT[hb[1::2]]
-    ooff = np.concatenate([[0], np.cumsum(olen)]).astype(np.int64)
-    validity = pa.py_buffer(np.packbits(ok, bitorder="little").tobytes())
-    arr = pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), n, [validity, pa.py_buffer(ooff.tobytes()), pa.py_buffer(out.astype(np.uint8).tobytes())]
-    )
-    return arr, ok
+    return arrow_buffers(arr)
 
 
 @dataclass(frozen=True)
