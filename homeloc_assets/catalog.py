@@ -161,10 +161,6 @@ class Catalog:
         return BatchRef(key, plan_id, index, str(plan.path), b.start, b.end,
                         (plan.size, plan.mtime_ns, plan.fingerprint), plan.hll_params)
 
-    def keys(self, plan_id: str) -> list[str]:
-        """The partition keys of stored plan ``plan_id``, in file order."""
-        return [batch_key(plan_id, b.index) for b in self.load_plan(plan_id).batches]
-
     def keys_to_retire(
         self,
         existing: Sequence[str],

@@ -31,7 +31,7 @@ How a range is read:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +54,11 @@ from homeloc_assets.inputs.plan import (
 )
 
 __all__ = [
+    "EXPORTED_REJECTS_SCHEMA",
     "REJECTS_SCHEMA",
     "ROWS_SCHEMA",
     "BatchRows",
     "find_user",
-    "iter_user_rows",
     "parse_bytes",
     "read_batch",
 ]
@@ -73,6 +73,8 @@ ROWS_SCHEMA = pa.schema(
     ]
 )
 REJECTS_SCHEMA = pa.schema([("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())])
+#: ``rejected_rows.csv``: a batch's rejects (lines made file-global) and the batch key
+EXPORTED_REJECTS_SCHEMA = REJECTS_SCHEMA.append(pa.field("batch", pa.string()))
 #: per user of a range: 64-bit hash of the user_guid, byte offset and line of its first row
 USERS_SCHEMA = pa.schema([("hash", pa.uint64()), ("offset", pa.int64()), ("line", pa.int64())])
 GROUP_HINT = (
@@ -772,9 +774,3 @@ def find_user(path: str | Path, user_guid: str, *, global_lines: bool = False) -
     rows = res.rows.set_column(4, "line", pc.add(res.rows.column("line"), base))
     rej = res.rejects.set_column(0, "line", pc.add(res.rejects.column("line"), base))
     return BatchRows(rows, rej, res.n_lines, res.start, res.end, base)
-
-
-def iter_user_rows(path: str | Path, user_guids: Iterable[str]) -> Iterator[tuple[str, BatchRows]]:
-    """``(user_guid, rows)`` for each requested user, each by :func:`find_user` (relative lines)."""
-    for g in user_guids:
-        yield g, find_user(path, g)
