@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 
 import geopandas as gpd
 import pandas as pd
@@ -11,23 +10,12 @@ from shapely.geometry import box
 
 from homeloc_assets import hll
 from homeloc_assets.settings import Settings
-
-HOMELOC = [sys.executable, "-m", "homeloc_assets.cli"]
+from homeloc_tests.helpers import HOMELOC, homeloc
+from homeloc_tests.helpers import days_hex as days
 
 
 def run(*args: str, stdin: str | None = None, env: dict | None = None):
-    e = dict(os.environ)
-    e.pop("DAGSTER_HOME", None)
-    e.update(env or {})
-    return subprocess.run([*HOMELOC, *args], input=stdin, capture_output=True, text=True,
-                          env=e, timeout=300)
-
-
-def days(*ds):
-    h = hll.empty()
-    for d in ds:
-        h = hll.add(h, hll.hash_bigint(d))
-    return hll.to_hex(h)
+    return homeloc(*args, stdin=stdin, env=env, check=False, timeout=300)
 
 
 def test_hll_card_union_print():

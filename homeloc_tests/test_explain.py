@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -15,6 +14,7 @@ import pytest
 from homeloc_assets.cli import main
 from homeloc_assets.explain import explain_user, load_countries
 from homeloc_assets.settings import Settings
+from homeloc_tests.helpers import HOMELOC
 
 N_USERS = 10_000
 
@@ -31,7 +31,7 @@ def run_out(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HOMELOC_", "DAGSTER_"))}
     env.update(HOMELOC_WORKERS="1", DAGSTER_HOME=str(root / "dagster_home"))
     proc = subprocess.run(
-        [sys.executable, "-m", "homeloc_assets.cli", "run", "--input", str(csv), "--out", str(out),
+        [*HOMELOC, "run", "--input", str(csv), "--out", str(out),
          "--quiet"],
         env=env, capture_output=True, text=True, timeout=300,
     )

@@ -23,6 +23,7 @@ from homeloc_assets.geo.layers import (
 )
 from homeloc_assets.inference import process_batch
 from homeloc_assets.inputs import plan_batches
+from homeloc_tests.helpers import homeloc
 
 EUROPE = ["Germany", "France", "Poland", "Austria", "Netherlands", "Czechia"]
 
@@ -176,15 +177,7 @@ def halves_file(world, tmp_path_factory):
 
 
 def _homeloc(*args):
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ)
-    env.pop("DAGSTER_HOME", None)
-    res = subprocess.run([sys.executable, "-m", "homeloc_assets.cli", *args], capture_output=True,
-                         text=True, env=env, timeout=600)
-    return res
+    return homeloc(*args, check=False)
 
 
 def _argmax(pg: pd.DataFrame, key: str) -> pd.DataFrame:

@@ -1,9 +1,6 @@
 """The platform end to end: a batch with no Dagster, Dagster materialisation, `homeloc run`."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -19,8 +16,7 @@ from homeloc_assets.geo import CountryLookup, dissolve_countries, load_world_cou
 from homeloc_assets.inference import process_batch
 from homeloc_assets.inputs import plan_batches
 from homeloc_assets.settings import Settings
-
-HOMELOC = [sys.executable, "-m", "homeloc_assets.cli"]
+from homeloc_tests.helpers import homeloc
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +27,6 @@ def world():
 
 def truth(path: Path) -> pd.DataFrame:
     return pd.read_csv(f"{path}.truth.csv")
-
-
-def homeloc(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    e = dict(os.environ)
-    e.pop("DAGSTER_HOME", None)
-    e.update(env or {})
-    res = subprocess.run([*HOMELOC, *args], capture_output=True, text=True, env=e, timeout=600)
-    if check and res.returncode != 0:
-        raise AssertionError(f"homeloc {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
-    return res
 
 
 def test_a_batch_needs_no_dagster(small_input, world):

@@ -1,21 +1,16 @@
 """Runs that stop on implausible input say why: rejects written first, swapped coordinates named."""
 
-import os
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
 from homeloc_assets.settings import Settings
-
-HOMELOC = [sys.executable, "-m", "homeloc_assets.cli"]
+from homeloc_tests.helpers import homeloc
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("DAGSTER_HOME", None)
-    return subprocess.run([*HOMELOC, *args], capture_output=True, text=True, env=env, timeout=300)
+    return homeloc(*args, check=False, timeout=300)
 
 
 @pytest.fixture(scope="module")

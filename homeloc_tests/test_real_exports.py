@@ -14,19 +14,16 @@ import hashlib
 import io
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-HOMELOC = [sys.executable, "-m", "homeloc_assets.cli"]
+from homeloc_tests import helpers
 
 
 def homeloc(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("DAGSTER_HOME", None)
-    return subprocess.run([*HOMELOC, *args], capture_output=True, text=True, env=env, timeout=600)
+    return helpers.homeloc(*args, check=False)
 
 
 def _b64(guid: str) -> str:

@@ -14,6 +14,7 @@ from homeloc_assets.catalog import Catalog
 from homeloc_assets.definitions import build_definitions
 from homeloc_assets.defs.reports import REPORT_ASSETS, home_counts
 from homeloc_assets.settings import Settings
+from homeloc_tests.helpers import HOMELOC
 
 REPORTS = ["classification_report", "tourist_origins_map", "study_country_share_map"]
 BATCH_ASSETS = ["user_locations", "user_country_userdays", "user_home_locations", "rejected_rows"]
@@ -115,11 +116,10 @@ def test_classification_bar_draws_all_classes():
 def test_homeloc_run_draws_the_figures(small_input, tmp_path):
     import os
     import subprocess
-    import sys
 
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    r = subprocess.run([sys.executable, "-m", "homeloc_assets.cli", "run", "--input",
+    r = subprocess.run([*HOMELOC, "run", "--input",
                         str(small_input), "--out", str(out), "--quiet"], capture_output=True,
                        text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr

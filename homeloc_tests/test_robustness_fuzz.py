@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from homeloc_assets.inputs import InputError, plan_batches, read_batch
-from homeloc_tests.test_robustness import HEADER, base_rows
+from homeloc_tests.helpers import HEADER, base_rows
 
 _BYTES = list(b",\n\r\\x0189abf.-e ") + [0, 0xFF, 0xC3, 0x22]
 

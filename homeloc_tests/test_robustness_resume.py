@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from homeloc_tests.test_robustness import (
+from homeloc_tests.helpers import (
     HOMELOC,
     base_rows,
     env_for,
@@ -29,6 +29,9 @@ from homeloc_tests.test_robustness import (
     run_args,
     stray_files,
     write_lines,
+)
+from homeloc_tests.helpers import (
+    batch_stats_mtimes as _stats,
 )
 
 BATCH_USERS = "100"
@@ -43,11 +46,6 @@ def case(tmp_path_factory):
     ref = tmp / "ref"
     homeloc(*run_args(src, ref, "--batch-users", BATCH_USERS, "--workers", "2"))
     return src, export_files(ref)
-
-
-def _stats(out: Path) -> dict[str, int]:
-    d = out / ".homeloc" / "batch_stats"
-    return {p.name: p.stat().st_mtime_ns for p in d.glob("*.json")} if d.exists() else {}
 
 
 def _loud(src: Path, out: Path, workers: str) -> list[str]:

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from homeloc_tests.test_robustness import (
+from homeloc_tests.helpers import (
     EXPORTS,
     HEADER,
     base_rows,

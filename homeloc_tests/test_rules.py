@@ -8,7 +8,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from homeloc_assets import hll
 from homeloc_assets.backends import EmbeddedBackend
 from homeloc_assets.inference import country_userdays, pick_homes
 from homeloc_assets.inference.rules import (
@@ -19,16 +18,10 @@ from homeloc_assets.inference.rules import (
     sensitivity,
     standard_error,
 )
+from homeloc_tests.helpers import days
 
 NAMES = np.array(["France", "Germany", "Japan"], dtype=object)
 CODES = np.array(["FRA", "DEU", "JPN"], dtype=object)
-
-
-def days(*ds: int, params=(11, 5, -1, 1)) -> bytes:
-    h = hll.empty(*params)
-    for d in ds:
-        h = hll.add(h, hll.hash_bigint(d))
-    return h
 
 
 def homes_of(rows) -> pa.Table:
