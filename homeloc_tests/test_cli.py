@@ -18,6 +18,7 @@ def run(*args: str, stdin: str | None = None, env: dict | None = None):
     return homeloc(*args, stdin=stdin, env=env, check=False, timeout=300)
 
 
+@pytest.mark.slow
 def test_hll_card_union_print():
     a, b = days(1, 2, 3), days(3, 4)
     r = run("hll", "card", a, b)
@@ -45,6 +46,7 @@ def test_settings_from_environment_and_bad_values():
         Settings.from_env({"HOMELOC_HLL_BACKEND": "redis"})
 
 
+@pytest.mark.slow
 def test_own_countries_file(tmp_path):
     """A user's own GeoPackage with named columns replaces Natural Earth."""
     gpkg = tmp_path / "lands.gpkg"
@@ -74,6 +76,7 @@ def test_own_countries_file(tmp_path):
     assert '"points_in_no_country": 1' in (out / "summary.json").read_text()
 
 
+@pytest.mark.slow
 def test_unknown_study_country_names_close_matches(small_input, tmp_path):
     r = run("run", "--input", str(small_input), "--out", str(tmp_path / "o"), "--study-country",
             "Germny", "--quiet")

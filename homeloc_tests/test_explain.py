@@ -54,6 +54,7 @@ def _users_with_countries(out: Path, n: int) -> list[str]:
     return many[:n] + one[:1]
 
 
+@pytest.mark.slow
 def test_explain_matches_run_exports(run_out, countries):
     csv, out = run_out
     cu = pq.read_table(out / "user_country_userdays.parquet")
@@ -81,6 +82,7 @@ def test_explain_matches_run_exports(run_out, countries):
         assert home["country"] in ex.reason() and want_cls in ex.reason()
 
 
+@pytest.mark.slow
 def test_cli_prints_table_and_draws_map(run_out, tmp_path, capsys):
     csv, out = run_out
     guid = _users_with_countries(out, 1)[0]
@@ -96,6 +98,7 @@ def test_cli_prints_table_and_draws_map(run_out, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("guid", ["not-a-user", "0" * 32, "f" * 32, "7"])
+@pytest.mark.slow
 def test_unknown_user_exits_2(run_out, guid, capsys):
     csv, _ = run_out
     rc = main(["explain", guid, "--input", str(csv)])
@@ -118,6 +121,7 @@ def _bytes_read() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+@pytest.mark.slow
 def test_explain_seeks_instead_of_reading_the_file(run_out, countries):
     csv, out = run_out
     guids = _users_with_countries(out, 3)

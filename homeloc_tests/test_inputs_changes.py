@@ -86,6 +86,7 @@ def test_params_verdict_independent_of_batch_size(tmp_path, first):
         assert got == want, (size, got)
 
 
+@pytest.mark.slow
 def test_grown_file_stops_the_batch_and_a_rerun_takes_the_new_rows(tmp_path, small_input):
     """The batch step finds the file grown since planning; ``homeloc run`` again re-plans
     and counts the appended user (rows appended are never silently left out)."""

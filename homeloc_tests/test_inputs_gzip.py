@@ -50,6 +50,7 @@ def test_planning_a_gzip_directly_says_how(tmp_path, small_input):
         plan_batches(gz)
 
 
+@pytest.mark.slow
 def test_cli_runs_a_gzip_input(tmp_path, small_input):
     gz = _gz(small_input, tmp_path / "userdays.csv.gz")
     env = {**os.environ}

@@ -185,6 +185,7 @@ def _argmax(pg: pd.DataFrame, key: str) -> pd.DataFrame:
             .drop_duplicates("user_guid").set_index("user_guid"))
 
 
+@pytest.mark.slow
 def test_nested_study_region_classes_and_thresholds_equal_an_oracle(
         pg_conn, small_input, world, halves_file, tmp_path):
     out = tmp_path / "out"
@@ -241,6 +242,7 @@ def _pg_total(pg_conn, frame: pd.DataFrame) -> pd.DataFrame:
     return t.set_index("user_guid")[["pg"]].rename(columns={"pg": "total"})
 
 
+@pytest.mark.slow
 def test_a_wrong_study_region_or_layer_stops_before_the_batches(small_input, halves_file, tmp_path):
     res = _homeloc("run", "--input", str(small_input), "--out", str(tmp_path / "o"), "--quiet",
                    "--layer", f"halves={halves_file}", "--study-region", "halves=DE-X")

@@ -264,6 +264,7 @@ def _rchar() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+@pytest.mark.slow
 def test_large_file_tick_only_seeks(env):
     """A 256 MB input: the registering tick reads a few MB (header, 4 MB sample, boundaries)."""
     inbox, cfg, instance = env

@@ -29,6 +29,7 @@ def last_line(res: subprocess.CompletedProcess) -> str:
     return lines[-1]
 
 
+@pytest.mark.slow
 def test_reject_share_stop_writes_rejected_rows_and_names_reasons(synth, tmp_path):
     lines = synth.read_text().splitlines()
     body = lines[1:]

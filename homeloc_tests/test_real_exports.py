@@ -76,6 +76,7 @@ def _homes(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "user_home_locations.csv").sort_values("user_guid").reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_database_exports_give_the_byte_order_files_homes(exports, tmp_path):
     ids = pd.read_csv(exports["collation_csv"]).user_guid
     assert not ids.is_monotonic_increasing  # the collation is not byte order...
@@ -95,6 +96,7 @@ def test_database_exports_give_the_byte_order_files_homes(exports, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["across batches", "inside a batch"])
+@pytest.mark.slow
 def test_a_user_whose_rows_are_apart_is_named_with_two_lines(exports, tmp_path, where):
     lines = exports["collation_csv"].read_text().splitlines(keepends=True)
     header, body = lines[0], lines[1:]
@@ -117,6 +119,7 @@ def test_a_user_whose_rows_are_apart_is_named_with_two_lines(exports, tmp_path, 
 
 
 @pytest.mark.parametrize("change", ["append", "replace"])
+@pytest.mark.slow
 def test_a_file_changed_during_a_run_stops_its_batches(small_input, tmp_path, change):
     """A batch reads only the file it was planned for: appended or replaced bytes stop it."""
     import shutil

@@ -53,6 +53,7 @@ def test_report_assets_are_wired():
     assert sorted(a.key.to_user_string() for a in REPORT_ASSETS) == sorted(REPORTS)
 
 
+@pytest.mark.slow
 def test_reports_materialise_with_figures_and_previews(pipeline):
     settings, defs, instance = pipeline
     res = dg.materialize(defs.assets, selection=REPORTS, instance=instance,
@@ -90,6 +91,7 @@ def test_reports_materialise_with_figures_and_previews(pipeline):
     assert seen == set(REPORTS)
 
 
+@pytest.mark.slow
 def test_home_counts_sums_to_users(pipeline):
     settings, _, _ = pipeline
     path = settings.storage_path / "assets" / "user_classification.parquet"
@@ -113,6 +115,7 @@ def test_classification_bar_draws_all_classes():
     assert plots.figure_markdown(fig).startswith("![figure](data:image/png;base64,")
 
 
+@pytest.mark.slow
 def test_homeloc_run_draws_the_figures(small_input, tmp_path):
     import os
     import subprocess

@@ -146,6 +146,7 @@ def damaged_case(tmp_path_factory):
             "out": tmp / "out_bad", "res": res}
 
 
+@pytest.mark.slow
 def test_every_damaged_line_is_listed_with_its_line_and_a_reason(damaged_case):
     d: Damaged = damaged_case["d"]
     out = damaged_case["out"]
@@ -175,6 +176,7 @@ def test_every_damaged_line_is_listed_with_its_line_and_a_reason(damaged_case):
     assert f'"rejected_rows": {len(d.damaged)}' in summary
 
 
+@pytest.mark.slow
 def test_undamaged_rows_are_exactly_the_rows_used(damaged_case):
     d: Damaged = damaged_case["d"]
     files = sorted((damaged_case["out"] / ".homeloc" / "assets" / "user_locations").glob("*.parquet"))
@@ -196,6 +198,7 @@ def test_undamaged_rows_are_exactly_the_rows_used(damaged_case):
     assert got == want
 
 
+@pytest.mark.slow
 def test_undamaged_users_get_the_clean_answer(damaged_case):
     d: Damaged = damaged_case["d"]
     clean, bad = damaged_case["clean_out"], damaged_case["out"]
@@ -215,6 +218,7 @@ def test_undamaged_users_get_the_clean_answer(damaged_case):
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_userdays_equal_postgresql_on_the_undamaged_rows(damaged_case, pg_conn):
     out = damaged_case["out"]
     files = sorted((out / ".homeloc" / "assets" / "user_locations").glob("*.parquet"))
@@ -239,6 +243,7 @@ def test_userdays_equal_postgresql_on_the_undamaged_rows(damaged_case, pg_conn):
     assert d.hurt_users & kept and (d.hurt_users & kept) <= set(pg.user_guid)
 
 
+@pytest.mark.slow
 def test_above_max_reject_share_the_run_fails_without_exports(damaged_case, tmp_path):
     out = tmp_path / "out"
     res = homeloc(*run_args(damaged_case["bad"], out, "--batch-users", "120",
@@ -250,6 +255,7 @@ def test_above_max_reject_share_the_run_fails_without_exports(damaged_case, tmp_
     assert not export_files(out)
 
 
+@pytest.mark.slow
 def test_every_row_rejected_writes_the_rejects_before_stopping(tmp_path):
     """Issue 10: the reject-share stop writes <out>/stopped_run/rejected_rows.csv and names it."""
     src = tmp_path / "in.csv"

@@ -152,6 +152,7 @@ def no_extension_db(pg_conn):
         cur.execute("DROP DATABASE IF EXISTS homeloc_noext WITH (FORCE)")
 
 
+@pytest.mark.slow
 def test_missing_extension_says_how_to_install_it(case, tmp_path, no_extension_db):
     src, _ = case
     out = tmp_path / "out"
