@@ -3,8 +3,9 @@
 Owns everything about ``hll`` values outside the database: the storage
 format (``_format``), the scalar operations with hll.c's semantics and
 estimator (``_ops``), the ``hll_hash_*`` functions (``_hash``), the hex
-text of whole columns (``_hex``) and the vectorised batch functions for the
-pipeline (``_vector``).  No Dagster here.
+text of whole columns (``_hex``), the validation of whole columns
+(``_inspect``) and the grouped union for the pipeline (``_vector``).  No
+Dagster here.
 
 Why hand-written: python-hll on PyPI is unmaintained and fails to import on
 numpy 2, and no maintained library reproduces postgresql-hll byte for byte
@@ -46,14 +47,9 @@ from ._hash import (
     hash_text,
 )
 from ._hex import unhex_many
+from ._inspect import InspectResult, inspect_many, params_of_code
 from ._ops import add, cardinality, describe, empty, union
-from ._vector import (
-    InspectResult,
-    grouped_cardinality,
-    grouped_union,
-    inspect_many,
-    params_of_code,
-)
+from ._vector import grouped_cardinality, grouped_union
 
 __all__ = [
     "EMPTY",
