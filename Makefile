@@ -36,8 +36,8 @@ test: setup pg-setup browser-setup lint  ## everything the tests need, then the 
 test-all: setup pg-setup browser-setup lint  ## the suite plus the long fault-injection runs (marker heavy)
 	$(BIN)/python -m pytest homeloc_tests
 
-test-fast: setup
-	$(BIN)/python -m pytest homeloc_tests -m "not slow and not browser"
+test-fast: setup  ## the quick tests (under 2 minutes): no slow, browser or heavy ones
+	$(BIN)/python -m pytest homeloc_tests -m "not slow and not browser and not heavy"
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

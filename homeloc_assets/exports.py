@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from homeloc_assets.atomic import atomic_path, remove_temporaries
 from homeloc_assets.geo.layers import layer_assets
 from homeloc_assets.inference import CLASS_UNDETERMINED
+from homeloc_assets.inputs.reader import EXPORTED_REJECTS_SCHEMA as REJECTS_SCHEMA
 from homeloc_assets.tables import PartitionedTables, csv_writer
 
 EXPORT_FILES = (
@@ -43,9 +44,6 @@ EXPORT_FILES = (
 LAYER_HOME_COLUMNS = ["user_guid", "region", "region_code", "userdays", "total_userdays",
                       "home_share", "runner_up_code", "margin", "tie", "status", "reason"]
 
-REJECTS_SCHEMA = pa.schema(
-    [("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string()), ("batch", pa.string())]
-)
 
 
 def global_line_offsets(

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from homeloc_assets.atomic import atomic_path
+from homeloc_assets.atomic import atomic_path, remove_temporaries
+from homeloc_assets.exports import exports_lock
 from homeloc_assets.inference.rules import HomeRule, rule_grid, sensitivity
 
 HOMES_FILE = "user_home_locations.parquet"
@@ -79,13 +80,18 @@ def run_sensitivity(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"{name}.csv"
-    with atomic_path(csv_path) as tmp:
-        pacsv.write_csv(table, tmp)
     fig_path = None
-    if figure:
-        from homeloc_assets.plots import save_figure
+    # under the exports lock: no other writer of these files can be alive, so the
+    # temporaries a killed writer (kill -9 while writing them) left can go
+    with exports_lock(out):
+        for target in (csv_path, out / "figures" / f"{name}.png", out / "figures" / f"{name}.svg"):
+            remove_temporaries(target)
+        with atomic_path(csv_path) as tmp:
+            pacsv.write_csv(table, tmp)
+        if figure:
+            from homeloc_assets.plots import save_figure
 
-        fig_path = save_figure(sensitivity_figure(table, chosen), out / "figures", name)["png"]
+            fig_path = save_figure(sensitivity_figure(table, chosen), out / "figures", name)["png"]
     return SensitivityResult(table, csv_path, fig_path)
 
 

@@ -49,6 +49,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from homeloc_assets.hll._hex import hex_ascii
+from homeloc_assets.hll._ops import rho_and_index
+
 __all__ = [
     "SynthSummary",
     "generate",
@@ -137,9 +140,6 @@ UNINHABITED = frozenset(
 )
 
 _NDAY_BITS = 13  # day ranks are packed into keys with 13 bits: n_days <= 8192
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-#: HEXTAB[b] = the two ASCII hex digits of byte b.
-HEXTAB = np.stack([_HEX[np.arange(256) >> 4], _HEX[np.arange(256) & 15]], axis=1)
 
 
 def truth_path_for(out_path: str | Path) -> Path:
@@ -174,12 +174,6 @@ class SynthSummary:
             f"(max {self.max_rows_per_user}/user; HLL {types}), "
             f"{self.bytes_written / 1e6:,.1f} MB in {self.seconds:.1f} s -> {self.out_path}"
         )
-
-
-# ---------------------------------------------------------------- hex helpers
-def hex_bytes(buf: np.ndarray) -> np.ndarray:
-    """ASCII hex of a uint8 array (twice as long), vectorised."""
-    return HEXTAB[np.asarray(buf, dtype=np.uint8)].reshape(-1)
 
 
 def _string_array(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
@@ -219,17 +213,8 @@ def _day_hashes(n_days: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def register_values(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(register index, value) of each hashed value, as postgresql-hll computes them.
-
-    Index = low 11 bits; value = 1 + number of trailing zeros of the remaining
-    53 bits (0 when they are all zero), capped at 2**5 - 1.
-    """
-    u = np.asarray(hashes, dtype=np.int64).view(np.uint64)
-    idx = (u & np.uint64(NREGS - 1)).astype(np.int64)
-    w = u >> np.uint64(LOG2M)
-    low = w & (~w + np.uint64(1))  # lowest set bit, a power of two <= 2**52 (exact in float64)
-    p = np.where(w == 0, 0, np.log2(low.astype(np.float64)).astype(np.int64) + 1)
-    return idx, np.minimum(p, (1 << REGWIDTH) - 1).astype(np.uint8)
+    """(register index, value) of each hashed value, as postgresql-hll computes them (11, 5)."""
+    return rho_and_index(np.asarray(hashes, dtype=np.int64), LOG2M, REGWIDTH)
 
 
 def registers_from_hashes(row: np.ndarray, hashes: np.ndarray, n_rows: int) -> np.ndarray:
@@ -575,7 +560,7 @@ def _chunk(
             regs[np.searchsorted(full_rows, t_row[fr]), t_idx[fr]] = t_val[fr]
             pos = starts[big[full_rows]] + 4
             buf[pos[:, None] + np.arange(FULL_BYTES)] = pack_full(regs)
-    text = hex_bytes(buf)
+    text = hex_ascii(buf)
     text[2 * starts] = ord("\\")
     text[2 * starts + 1] = ord("x")
 
@@ -615,7 +600,7 @@ def _guids(rng: np.random.Generator, n: int) -> np.ndarray:
         if same.any():  # probability ~n**2 / 2**129: never in practice
             raise RuntimeError("duplicate random user ids; use another seed")
     raw = ids.astype(">u8").view(np.uint8).reshape(n, 16)
-    return HEXTAB[raw].reshape(n, 32)
+    return hex_ascii(raw)
 
 
 _WORLD_CACHE: dict[tuple, tuple[object, _World]] = {}

@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 
 import geopandas as gpd
 import pandas as pd
@@ -11,25 +10,15 @@ from shapely.geometry import box
 
 from homeloc_assets import hll
 from homeloc_assets.settings import Settings
-
-HOMELOC = [sys.executable, "-m", "homeloc_assets.cli"]
+from homeloc_tests.helpers import HOMELOC, homeloc
+from homeloc_tests.helpers import days_hex as days
 
 
 def run(*args: str, stdin: str | None = None, env: dict | None = None):
-    e = dict(os.environ)
-    e.pop("DAGSTER_HOME", None)
-    e.update(env or {})
-    return subprocess.run([*HOMELOC, *args], input=stdin, capture_output=True, text=True,
-                          env=e, timeout=300)
+    return homeloc(*args, stdin=stdin, env=env, check=False, timeout=300)
 
 
-def days(*ds):
-    h = hll.empty()
-    for d in ds:
-        h = hll.add(h, hll.hash_bigint(d))
-    return hll.to_hex(h)
-
-
+@pytest.mark.slow
 def test_hll_card_union_print():
     a, b = days(1, 2, 3), days(3, 4)
     r = run("hll", "card", a, b)
@@ -57,6 +46,7 @@ def test_settings_from_environment_and_bad_values():
         Settings.from_env({"HOMELOC_HLL_BACKEND": "redis"})
 
 
+@pytest.mark.slow
 def test_own_countries_file(tmp_path):
     """A user's own GeoPackage with named columns replaces Natural Earth."""
     gpkg = tmp_path / "lands.gpkg"
@@ -86,6 +76,7 @@ def test_own_countries_file(tmp_path):
     assert '"points_in_no_country": 1' in (out / "summary.json").read_text()
 
 
+@pytest.mark.slow
 def test_unknown_study_country_names_close_matches(small_input, tmp_path):
     r = run("run", "--input", str(small_input), "--out", str(tmp_path / "o"), "--study-country",
             "Germny", "--quiet")

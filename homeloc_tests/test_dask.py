@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from homeloc_tests.test_robustness import env_for, export_files, homeloc, stray_files
+from homeloc_tests.helpers import HOMELOC, env_for, export_files, homeloc, stray_files
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,7 +280,7 @@ def test_a_worker_killed_mid_batch_changes_nothing(cluster, case, tmp_path):
     stats = out / ".homeloc" / "batch_stats"
     locks = stats / ".locks"
     pids = {w.pid: w for w in cluster.workers}
-    proc = subprocess.Popen([sys.executable, "-m", "homeloc_assets.cli",
+    proc = subprocess.Popen([*HOMELOC,
                              *_run_args(src, out, "--dask", cluster.address)],
                             stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=_env())

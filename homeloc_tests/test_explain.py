@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 from homeloc_assets.cli import main
 from homeloc_assets.explain import explain_user, load_countries
 from homeloc_assets.settings import Settings
+from homeloc_tests.helpers import HOMELOC
 
 N_USERS = 10_000
 
@@ -32,7 +32,7 @@ def run_out(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HOMELOC_", "DAGSTER_"))}
     env.update(HOMELOC_WORKERS="1", DAGSTER_HOME=str(root / "dagster_home"))
     proc = subprocess.run(
-        [sys.executable, "-m", "homeloc_assets.cli", "run", "--input", str(csv), "--out", str(out),
+        [*HOMELOC, "run", "--input", str(csv), "--out", str(out),
          "--quiet"],
         env=env, capture_output=True, text=True, timeout=300,
     )
@@ -55,6 +55,7 @@ def _users_with_countries(out: Path, n: int) -> list[str]:
     return many[:n] + one[:1]
 
 
+@pytest.mark.slow
 def test_explain_matches_run_exports(run_out, countries):
     csv, out = run_out
     cu = pq.read_table(out / "user_country_userdays.parquet")
@@ -82,6 +83,7 @@ def test_explain_matches_run_exports(run_out, countries):
         assert home["country"] in ex.reason() and want_cls in ex.reason()
 
 
+@pytest.mark.slow
 def test_cli_prints_table_and_draws_map(run_out, tmp_path, capsys):
     csv, out = run_out
     guid = _users_with_countries(out, 1)[0]
@@ -97,6 +99,7 @@ def test_cli_prints_table_and_draws_map(run_out, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("guid", ["not-a-user", "0" * 32, "f" * 32, "7"])
+@pytest.mark.slow
 def test_unknown_user_exits_2(run_out, guid, capsys):
     csv, _ = run_out
     rc = main(["explain", guid, "--input", str(csv)])
@@ -119,6 +122,7 @@ def _bytes_read() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+@pytest.mark.slow
 def test_explain_seeks_instead_of_reading_the_file(run_out, countries):
     csv, out = run_out
     guids = _users_with_countries(out, 3)
@@ -153,7 +157,7 @@ def layered_run(tmp_path_factory):
     layers = ["cells=h3:4", f"halves={halves}#name,code"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HOMELOC_", "DAGSTER_"))}
     env.update(HOMELOC_WORKERS="1", DAGSTER_HOME=str(root / "dagster_home"))
-    cmd = [sys.executable, "-m", "homeloc_assets.cli", "run", "--input", str(csv), "--out",
+    cmd = [*HOMELOC, "run", "--input", str(csv), "--out",
            str(out), "--quiet", "--no-figures", "--no-landscape", "--study-region", "halves=W"]
     for layer in layers:
         cmd += ["--layer", layer]

@@ -14,17 +14,10 @@ from homeloc_assets.inference import (
     pick_homes,
 )
 from homeloc_assets.inference.rules import HomeRule, apply_rule
+from homeloc_tests.helpers import days
 
 NAMES = np.array(["France", "Germany", "Japan", "United Kingdom"], dtype=object)
 CODES = np.array(["FRA", "DEU", "JPN", "GBR"], dtype=object)
-
-
-def days(*ds: int) -> bytes:
-    """An HLL holding the given day numbers (EXPLICIT at default settings)."""
-    h = hll.empty()
-    for d in ds:
-        h = hll.add(h, hll.hash_bigint(d))
-    return h
 
 
 def run(rows):

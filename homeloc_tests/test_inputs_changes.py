@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from homeloc_assets.catalog import Catalog
 from homeloc_assets.inputs import InputError, plan_batches, read_batch
-from homeloc_tests.test_inputs_reader import H1, H2, H_OTHER_PARAMS, write
+from homeloc_tests.helpers import H1, H2, H_OTHER_PARAMS, HOMELOC, write
 
 
 def _expect(plan):
@@ -87,6 +86,7 @@ def test_params_verdict_independent_of_batch_size(tmp_path, first):
         assert got == want, (size, got)
 
 
+@pytest.mark.slow
 def test_grown_file_stops_the_batch_and_a_rerun_takes_the_new_rows(tmp_path, small_input):
     """The batch step finds the file grown since planning; ``homeloc run`` again re-plans
     and counts the appended user (rows appended are never silently left out)."""
@@ -108,7 +108,7 @@ def test_grown_file_stops_the_batch_and_a_rerun_takes_the_new_rows(tmp_path, sma
         process_batch(ref.path, ref.start, ref.end, [], [], None, None, expect=ref.expect)
     env = {**os.environ}
     env.pop("DAGSTER_HOME", None)
-    res = subprocess.run([sys.executable, "-m", "homeloc_assets.cli", "run", "--input", str(path),
+    res = subprocess.run([*HOMELOC, "run", "--input", str(path),
                           "--out", str(out), "--no-figures", "--batch-users", "1000",
                           "--workers", "1", "--quiet"],
                          capture_output=True, text=True, env=env, timeout=600)

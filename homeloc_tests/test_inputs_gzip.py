@@ -7,13 +7,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from homeloc_assets.catalog import Catalog
 from homeloc_assets.inputs import InputError, plan_batches
+from homeloc_tests.helpers import HOMELOC
 
 
 def _gz(src: Path, dst: Path) -> Path:
@@ -50,12 +50,13 @@ def test_planning_a_gzip_directly_says_how(tmp_path, small_input):
         plan_batches(gz)
 
 
+@pytest.mark.slow
 def test_cli_runs_a_gzip_input(tmp_path, small_input):
     gz = _gz(small_input, tmp_path / "userdays.csv.gz")
     env = {**os.environ}
     env.pop("DAGSTER_HOME", None)
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-m", "homeloc_assets.cli", "run", "--input", str(gz),
+    res = subprocess.run([*HOMELOC, "run", "--input", str(gz),
                           "--out", str(out), "--no-figures", "--quiet"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr

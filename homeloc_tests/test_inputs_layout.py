@@ -7,7 +7,7 @@ import pytest
 
 from homeloc_assets.inputs import InputError, plan_batches, read_batch
 from homeloc_assets.inputs.plan import read_layout
-from homeloc_tests.test_inputs_reader import H1, H2, H_OTHER_PARAMS
+from homeloc_tests.helpers import H1, H2, H_OTHER_PARAMS
 
 
 def _read(path, batch_users):

@@ -10,30 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from homeloc_assets.inputs import InputError, find_user, parse_bytes, plan_batches, read_batch
+from homeloc_tests.helpers import H1, H2, H_OTHER_PARAMS, write
 
 HEADER = "user_guid,latitude,longitude,userday_hll"
-
-
-def explicit_hex(*values: int, b1: int = 0x8B, b2: int = 0x7F) -> str:
-    """EXPLICIT hll (type 2, version 1) with sorted signed int64 values, as bytea hex text."""
-    vals = sorted(values)
-    body = "".join(f"{v & 0xFFFFFFFFFFFFFFFF:016x}" for v in vals)
-    return f"\\x12{b1:02x}{b2:02x}{body}"
-
-
-H1 = explicit_hex(1, 2)
-H2 = explicit_hex(-5, 7, 9)
-H_OTHER_PARAMS = explicit_hex(3, b1=0x8C)  # log2m 12 instead of 11
-
-
-def write(tmp_path, lines, name="in.csv", newline="\n", bom=False, header=True) -> str:
-    text = newline.join(([HEADER] if header else []) + lines) + newline
-    data = text.encode()
-    if bom:
-        data = b"\xef\xbb\xbf" + data
-    p = tmp_path / name
-    p.write_bytes(data)
-    return str(p)
 
 
 def read_all(path):

@@ -81,6 +81,7 @@ def _rows(settings) -> pd.DataFrame:
     return locs
 
 
+@pytest.mark.slow
 def test_cells_and_hlls_equal_postgresql(run, pg_conn):
     settings, keys, _ = run
     assert len(keys) >= 3
@@ -124,6 +125,7 @@ def test_cells_and_hlls_equal_postgresql(run, pg_conn):
             assert by.at[cell, f"pooled_{CLS[cls]}_users"] == users
 
 
+@pytest.mark.slow
 def test_categories_follow_the_stated_test(run):
     settings, _, _ = run
     out = pd.read_parquet(settings.storage_path.parent / "landscape_cells.parquet")
@@ -166,6 +168,7 @@ def test_binomial_test_equals_scipy():
                                 binomtest(10, 10, .5).pvalue], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_partition_union_and_batch_size_independence(run, data):
     settings, keys, _ = run
     parts = [pq.read_table(p) for p in
@@ -182,6 +185,7 @@ def test_partition_union_and_batch_size_independence(run, data):
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow
 def test_exports_and_figures(run):
     settings, _, res = run
     out = settings.storage_path.parent

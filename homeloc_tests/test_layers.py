@@ -23,6 +23,7 @@ from homeloc_assets.geo.layers import (
 )
 from homeloc_assets.inference import process_batch
 from homeloc_assets.inputs import plan_batches
+from homeloc_tests.helpers import homeloc
 
 EUROPE = ["Germany", "France", "Poland", "Austria", "Netherlands", "Czechia"]
 
@@ -176,15 +177,7 @@ def halves_file(world, tmp_path_factory):
 
 
 def _homeloc(*args):
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ)
-    env.pop("DAGSTER_HOME", None)
-    res = subprocess.run([sys.executable, "-m", "homeloc_assets.cli", *args], capture_output=True,
-                         text=True, env=env, timeout=600)
-    return res
+    return homeloc(*args, check=False)
 
 
 def _argmax(pg: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -192,6 +185,7 @@ def _argmax(pg: pd.DataFrame, key: str) -> pd.DataFrame:
             .drop_duplicates("user_guid").set_index("user_guid"))
 
 
+@pytest.mark.slow
 def test_nested_study_region_classes_and_thresholds_equal_an_oracle(
         pg_conn, small_input, world, halves_file, tmp_path):
     out = tmp_path / "out"
@@ -248,6 +242,7 @@ def _pg_total(pg_conn, frame: pd.DataFrame) -> pd.DataFrame:
     return t.set_index("user_guid")[["pg"]].rename(columns={"pg": "total"})
 
 
+@pytest.mark.slow
 def test_a_wrong_study_region_or_layer_stops_before_the_batches(small_input, halves_file, tmp_path):
     res = _homeloc("run", "--input", str(small_input), "--out", str(tmp_path / "o"), "--quiet",
                    "--layer", f"halves={halves_file}", "--study-region", "halves=DE-X")

@@ -10,7 +10,7 @@ import pytest
 
 from homeloc_assets.defs import operations as ops
 from homeloc_assets.defs.resources import HomelocConfig
-from homeloc_tests.test_ops_sensor import write_csv
+from homeloc_tests.helpers import write_csv
 
 
 @pytest.fixture()

@@ -18,25 +18,10 @@ import pytest
 
 from homeloc_assets.defs import operations as ops
 from homeloc_assets.defs.resources import HomelocConfig
+from homeloc_tests.helpers import set_age, write_csv
 
 HLL = r"\x128b7fb864f58a7c9c7b22c55fbdadd4c9c52911534ef0e7e557f021d42cf35cc94201"
 HEADER = "user_guid,latitude,longitude,userday_hll\n"
-
-
-def write_csv(path: Path, users: int, start: int = 0, rows_per_user: int = 2,
-              age: float = 3600) -> Path:
-    """A sorted userdays CSV of ``users`` users; mtime ``age`` seconds in the past."""
-    lines = [HEADER]
-    for u in range(start, start + users):
-        lines += [f"{u:032x},52.5{r},13.4{r},{HLL}\n" for r in range(rows_per_user)]
-    path.write_text("".join(lines))
-    set_age(path, age)
-    return path
-
-
-def set_age(path: Path, age: float) -> None:
-    t = time.time() - age
-    os.utime(path, (t, t), follow_symlinks=False)
 
 
 @pytest.fixture()
@@ -317,6 +302,7 @@ def _rchar() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+@pytest.mark.slow
 def test_large_file_tick_only_seeks(env):
     """A 256 MB input: the registering tick reads a few MB (header, 4 MB sample, boundaries)."""
     inbox, cfg, instance = env

@@ -1,9 +1,6 @@
 """The platform end to end: a batch with no Dagster, Dagster materialisation, `homeloc run`."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -19,8 +16,7 @@ from homeloc_assets.geo import CountryLookup, dissolve_countries, load_world_cou
 from homeloc_assets.inference import process_batch
 from homeloc_assets.inputs import plan_batches
 from homeloc_assets.settings import Settings
-
-HOMELOC = [sys.executable, "-m", "homeloc_assets.cli"]
+from homeloc_tests.helpers import homeloc
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +29,7 @@ def truth(path: Path) -> pd.DataFrame:
     return pd.read_csv(f"{path}.truth.csv")
 
 
-def homeloc(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    e = dict(os.environ)
-    e.pop("DAGSTER_HOME", None)
-    e.update(env or {})
-    res = subprocess.run([*HOMELOC, *args], capture_output=True, text=True, env=e, timeout=600)
-    if check and res.returncode != 0:
-        raise AssertionError(f"homeloc {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
-    return res
-
-
+@pytest.mark.slow
 def test_a_batch_needs_no_dagster(small_input, world):
     countries, lookup = world
     plan = plan_batches(small_input, 1000)
@@ -59,6 +46,7 @@ def test_a_batch_needs_no_dagster(small_input, world):
     assert (m.home_country == m.country).all()
 
 
+@pytest.mark.slow
 def test_materialize_one_partition_with_dagster(small_input, tmp_path):
     settings = Settings(output_dir=str(tmp_path / "out"), batch_users=1000, workers=1)
     defs = build_definitions(settings)
@@ -84,6 +72,7 @@ def test_materialize_one_partition_with_dagster(small_input, tmp_path):
     assert not res.success
 
 
+@pytest.mark.slow
 def test_homeloc_run_end_to_end(small_input, tmp_path):
     out = tmp_path / "out"
     res = homeloc("run", "--input", str(small_input), "--out", str(out), "--batch-users", "700",
@@ -120,6 +109,7 @@ def test_homeloc_run_end_to_end(small_input, tmp_path):
     assert before == after
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_batch_size_or_workers(small_input, tmp_path):
     outs = []
     for bu, workers in [(3000, 1), (250, 2), (97, 2)]:
@@ -135,6 +125,7 @@ def test_results_do_not_depend_on_batch_size_or_workers(small_input, tmp_path):
         pd.testing.assert_frame_equal(pd.read_parquet(o / "user_country_userdays.parquet"), ref)
 
 
+@pytest.mark.slow
 def test_study_country_by_code_and_min_userdays(small_input, tmp_path):
     out = tmp_path / "out"
     homeloc("run", "--input", str(small_input), "--out", str(out), "--study-country", "fra",
@@ -157,6 +148,7 @@ def test_study_country_by_code_and_min_userdays(small_input, tmp_path):
         (b"", ["empty"]),
     ],
 )
+@pytest.mark.slow
 def test_structural_damage_stops_before_any_export(tmp_path, content, words):
     src = tmp_path / "bad.csv"
     src.write_bytes(content)
@@ -173,6 +165,7 @@ def test_missing_input_file_is_a_usage_error(tmp_path):
     assert res.returncode == 2 and "not found" in res.stderr
 
 
+@pytest.mark.slow
 def test_unsorted_file_fails_with_the_line_and_no_exports(small_input, tmp_path):
     lines = small_input.read_bytes().splitlines(keepends=True)
     body = lines[1:]
@@ -187,6 +180,7 @@ def test_unsorted_file_fails_with_the_line_and_no_exports(small_input, tmp_path)
     assert not (out / "user_home_locations.csv").exists()
 
 
+@pytest.mark.slow
 def test_exports_equal_across_backends(pg_dsn, small_input, tmp_path):
     outs = {}
     for backend in ["embedded", "postgres"]:
@@ -201,6 +195,7 @@ def test_exports_equal_across_backends(pg_dsn, small_input, tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow
 def test_userdays_equal_postgresql_hll_union_agg(pg_conn, small_input, tmp_path):
     """Per user and country, PostgreSQL's own hll_union_agg on the same points."""
     out = tmp_path / "out"
@@ -229,6 +224,7 @@ def test_userdays_equal_postgresql_hll_union_agg(pg_conn, small_input, tmp_path)
     assert (m2.country_pg == m2.country).all()
 
 
+@pytest.mark.slow
 def test_a_user_in_two_input_files_fails_the_no_user_twice_check(tmp_path):
     from homeloc_assets import hll
 

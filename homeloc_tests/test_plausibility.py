@@ -1,21 +1,16 @@
 """Runs that stop on implausible input say why: rejects written first, swapped coordinates named."""
 
-import os
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
 from homeloc_assets.settings import Settings
-
-HOMELOC = [sys.executable, "-m", "homeloc_assets.cli"]
+from homeloc_tests.helpers import homeloc
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("DAGSTER_HOME", None)
-    return subprocess.run([*HOMELOC, *args], capture_output=True, text=True, env=env, timeout=300)
+    return homeloc(*args, check=False, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +29,7 @@ def last_line(res: subprocess.CompletedProcess) -> str:
     return lines[-1]
 
 
+@pytest.mark.slow
 def test_reject_share_stop_writes_rejected_rows_and_names_reasons(synth, tmp_path):
     lines = synth.read_text().splitlines()
     body = lines[1:]

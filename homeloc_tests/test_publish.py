@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,16 +21,7 @@ import pandas as pd
 import pytest
 
 from homeloc_assets import publish as pub
-
-HOMELOC = [sys.executable, "-m", "homeloc_assets.cli"]
-
-
-def homeloc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    res = subprocess.run([*HOMELOC, *args], capture_output=True, text=True, env=env, timeout=600)
-    if check and res.returncode != 0:
-        raise AssertionError(f"homeloc {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
-    return res
+from homeloc_tests.helpers import HOMELOC, env_for, homeloc
 
 
 def make_generation(out: Path, files: dict[str, str]) -> str:
@@ -137,6 +127,7 @@ def _published(out: Path) -> tuple[str | None, dict[str, bytes]]:
                  for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_failing_figure_step_publishes_nothing_new(small_input, tmp_path, monkeypatch, capsys):
     from homeloc_assets import cli, plots
 
@@ -159,6 +150,7 @@ def test_a_failing_figure_step_publishes_nothing_new(small_input, tmp_path, monk
     assert summary["study_country"] == "Germany"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, pytest.param(0.3, marks=pytest.mark.heavy),
                                    pytest.param(1.0, marks=pytest.mark.heavy)])
 def test_kill_9_after_the_new_exports_leaves_one_complete_set(small_input, tmp_path, delay):
@@ -166,7 +158,7 @@ def test_kill_9_after_the_new_exports_leaves_one_complete_set(small_input, tmp_p
     homeloc("run", "--input", str(small_input), "--out", str(out), "--workers", "1", "--quiet",
             "--no-figures")
     old_gen, old_files = _published(out)
-    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env = env_for()
     proc = subprocess.Popen([*HOMELOC, "run", "--input", str(small_input), "--out", str(out),
                              "--workers", "1", "--quiet", "--min-userdays", "3"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -197,6 +189,7 @@ def test_kill_9_after_the_new_exports_leaves_one_complete_set(small_input, tmp_p
     assert pub.verify(out) == []
 
 
+@pytest.mark.slow
 def test_with_a_persistent_dagster_home_each_run_describes_its_own_input(tmp_path):
     from homeloc_assets.synth import generate
 
@@ -226,6 +219,7 @@ def test_with_a_persistent_dagster_home_each_run_describes_its_own_input(tmp_pat
     assert sorted(homes.user_guid) == sorted(truth_b.user_guid)
 
 
+@pytest.mark.slow
 def test_dataset_keys_refuse_part_of_an_input(small_input, tmp_path):
     from homeloc_assets.catalog import Catalog
 
@@ -241,6 +235,7 @@ def test_dataset_keys_refuse_part_of_an_input(small_input, tmp_path):
     assert catalog.dataset() == [plan_id] and catalog.dataset_source() == "test"
 
 
+@pytest.mark.slow
 def test_on_the_platform_an_incomplete_set_waits_and_keeps_the_previous_one(small_input, tmp_path):
     """The automation may run homeloc_published before the landscape: it publishes nothing."""
     import dagster as dg

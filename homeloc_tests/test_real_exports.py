@@ -14,19 +14,16 @@ import hashlib
 import io
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-HOMELOC = [sys.executable, "-m", "homeloc_assets.cli"]
+from homeloc_tests import helpers
 
 
 def homeloc(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("DAGSTER_HOME", None)
-    return subprocess.run([*HOMELOC, *args], capture_output=True, text=True, env=env, timeout=600)
+    return helpers.homeloc(*args, check=False)
 
 
 def _b64(guid: str) -> str:
@@ -79,6 +76,7 @@ def _homes(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "user_home_locations.csv").sort_values("user_guid").reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_database_exports_give_the_byte_order_files_homes(exports, tmp_path):
     ids = pd.read_csv(exports["collation_csv"]).user_guid
     assert not ids.is_monotonic_increasing  # the collation is not byte order...
@@ -98,6 +96,7 @@ def test_database_exports_give_the_byte_order_files_homes(exports, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["across batches", "inside a batch"])
+@pytest.mark.slow
 def test_a_user_whose_rows_are_apart_is_named_with_two_lines(exports, tmp_path, where):
     lines = exports["collation_csv"].read_text().splitlines(keepends=True)
     header, body = lines[0], lines[1:]
@@ -120,6 +119,7 @@ def test_a_user_whose_rows_are_apart_is_named_with_two_lines(exports, tmp_path, 
 
 
 @pytest.mark.parametrize("change", ["append", "replace"])
+@pytest.mark.slow
 def test_a_file_changed_during_a_run_stops_its_batches(small_input, tmp_path, change):
     """A batch reads only the file it was planned for: appended or replaced bytes stop it."""
     import shutil

@@ -20,6 +20,7 @@ from homeloc_assets.definitions import build_definitions
 from homeloc_assets.defs import reports
 from homeloc_assets.defs.reports import REPORT_ASSETS, home_counts
 from homeloc_assets.settings import Settings
+from homeloc_tests.helpers import HOMELOC
 
 REPORTS = ["classification_report", "tourist_origins_map", "study_country_share_map"]
 BATCH_ASSETS = ["user_locations", "user_country_userdays", "user_home_locations", "rejected_rows"]
@@ -91,6 +92,7 @@ def test_report_assets_are_wired():
     assert sorted(a.key.to_user_string() for a in REPORT_ASSETS) == sorted(REPORTS)
 
 
+@pytest.mark.slow
 def test_reports_materialise_with_figures_and_previews(pipeline):
     """Without a local compute-log folder (an ephemeral instance) the figure is a data-URI image."""
     settings, defs, instance = pipeline
@@ -138,6 +140,7 @@ def test_reports_materialise_with_figures_and_previews(pipeline):
     assert seen == set(REPORTS)
 
 
+@pytest.mark.slow
 def test_home_counts_sums_to_users(pipeline):
     settings, _, _ = pipeline
     path = settings.storage_path / "assets" / "user_classification.parquet"
@@ -161,14 +164,14 @@ def test_classification_bar_draws_all_classes():
     assert plots.figure_markdown(fig).startswith("![figure](data:image/png;base64,")
 
 
+@pytest.mark.slow
 def test_homeloc_run_draws_the_figures(small_input, tmp_path):
     import os
     import subprocess
-    import sys
 
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    r = subprocess.run([sys.executable, "-m", "homeloc_assets.cli", "run", "--input",
+    r = subprocess.run([*HOMELOC, "run", "--input",
                         str(small_input), "--out", str(out), "--quiet"], capture_output=True,
                        text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr

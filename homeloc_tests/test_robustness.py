@@ -9,15 +9,11 @@ undamaged users get the same answer as on the clean file, userdays equal
 PostgreSQL's ``hll_union_agg`` on the undamaged rows; above ``--max-reject-share``
 the run fails with one clear line and writes no exports.
 
-The helpers here (``homeloc``, ``base_rows``...) are shared by the other
-``test_robustness_*.py`` files.
+The helpers (``homeloc``, ``base_rows``...) are in ``helpers.py``.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,91 +22,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-HOMELOC = [sys.executable, "-m", "homeloc_assets.cli"]
-HEADER = b"user_guid,latitude,longitude,userday_hll"
-EXPORTS = (
-    "user_home_locations.csv",
-    "user_classification.csv",
-    "user_country_userdays.parquet",
-    "user_home_locations.parquet",
-    "rejected_rows.csv",
-    "summary.json",
+from homeloc_tests.helpers import (
+    EXPORTS,
+    HEADER,
+    base_rows,
+    export_files,
+    homeloc,
+    one_error_line,
+    run_args,
+    write_lines,
 )
-
-
-# ------------------------------------------------------------------ helpers
-def env_for(extra: dict | None = None) -> dict:
-    e = dict(os.environ)
-    e.pop("DAGSTER_HOME", None)
-    e.update(extra or {})
-    return e
-
-
-def homeloc(*args: str, env: dict | None = None, check: bool = True,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-    """``homeloc ARGS`` in a subprocess; fails the test (with stderr) when ``check`` and rc != 0."""
-    res = subprocess.run([*HOMELOC, *args], capture_output=True, text=True, env=env_for(env),
-                         timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"homeloc {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
-    return res
-
-
-def run_args(src: Path, out: Path, *extra: str) -> list[str]:
-    return ["run", "--input", str(src), "--out", str(out), "--workers", "1", "--quiet", *extra]
-
-
-def export_files(out: Path) -> dict[str, bytes]:
-    """Every visible file directly in ``out`` (name -> bytes)."""
-    if not out.exists():
-        return {}
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
-
-
-def stray_files(out: Path) -> list[str]:
-    """Temporary / partial files anywhere under ``out`` (outside Dagster's own storage)."""
-    bad = []
-    for p in out.rglob("*"):
-        if "dagster_home" in p.parts or not p.is_file():
-            continue
-        if p.name.startswith(".") or p.suffix in (".tmp", ".staged", ".partial"):
-            bad.append(str(p.relative_to(out)))
-    return bad
-
-
-def one_error_line(res: subprocess.CompletedProcess) -> str:
-    """The run's error: one ``homeloc: error:`` line, and it is the last line of stderr."""
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert lines, "no error message"
-    errors = [ln for ln in lines if ln.startswith("homeloc: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], res.stderr
-    assert "Traceback" not in res.stderr, res.stderr
-    return errors[0]
-
-
-def base_rows(n_users: int, seed: int, tmp: Path) -> tuple[bytes, list[bytes]]:
-    """(header, data lines without line ends) of a synthetic file."""
-    from homeloc_assets.synth import generate
-
-    p = tmp / f"synth-{n_users}-{seed}.csv"
-    generate(n_users, p, seed=seed)
-    lines = p.read_bytes().split(b"\n")
-    assert lines[0] == HEADER and lines[-1] == b""
-    return lines[0], lines[1:-1]
-
-
-def replicate(lines: list[bytes], copies: int) -> list[bytes]:
-    """``copies`` disjoint copies of the users (guid prefixed by a letter): still sorted."""
-    out = []
-    for k in range(copies):
-        prefix = bytes([ord("a") + k])
-        out.extend(prefix + ln for ln in lines)
-    return out
-
-
-def write_lines(path: Path, lines: list[bytes], header: bytes = HEADER) -> Path:
-    path.write_bytes(b"\n".join([header, *lines]) + b"\n")
-    return path
 
 
 # ------------------------------------------------------------ damaged file
@@ -225,6 +146,7 @@ def damaged_case(tmp_path_factory):
             "out": tmp / "out_bad", "res": res}
 
 
+@pytest.mark.slow
 def test_every_damaged_line_is_listed_with_its_line_and_a_reason(damaged_case):
     d: Damaged = damaged_case["d"]
     out = damaged_case["out"]
@@ -254,6 +176,7 @@ def test_every_damaged_line_is_listed_with_its_line_and_a_reason(damaged_case):
     assert f'"rejected_rows": {len(d.damaged)}' in summary
 
 
+@pytest.mark.slow
 def test_undamaged_rows_are_exactly_the_rows_used(damaged_case):
     d: Damaged = damaged_case["d"]
     files = sorted((damaged_case["out"] / ".homeloc" / "assets" / "user_locations").glob("*.parquet"))
@@ -275,6 +198,7 @@ def test_undamaged_rows_are_exactly_the_rows_used(damaged_case):
     assert got == want
 
 
+@pytest.mark.slow
 def test_undamaged_users_get_the_clean_answer(damaged_case):
     d: Damaged = damaged_case["d"]
     clean, bad = damaged_case["clean_out"], damaged_case["out"]
@@ -294,6 +218,7 @@ def test_undamaged_users_get_the_clean_answer(damaged_case):
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_userdays_equal_postgresql_on_the_undamaged_rows(damaged_case, pg_conn):
     out = damaged_case["out"]
     files = sorted((out / ".homeloc" / "assets" / "user_locations").glob("*.parquet"))
@@ -318,6 +243,7 @@ def test_userdays_equal_postgresql_on_the_undamaged_rows(damaged_case, pg_conn):
     assert d.hurt_users & kept and (d.hurt_users & kept) <= set(pg.user_guid)
 
 
+@pytest.mark.slow
 def test_above_max_reject_share_the_run_fails_without_exports(damaged_case, tmp_path):
     out = tmp_path / "out"
     res = homeloc(*run_args(damaged_case["bad"], out, "--batch-users", "120",
@@ -329,6 +255,7 @@ def test_above_max_reject_share_the_run_fails_without_exports(damaged_case, tmp_
     assert not export_files(out)
 
 
+@pytest.mark.slow
 def test_every_row_rejected_writes_the_rejects_before_stopping(tmp_path):
     """Issue 10: the reject-share stop writes <out>/stopped_run/rejected_rows.csv and names it."""
     src = tmp_path / "in.csv"

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from homeloc_assets.inputs import InputError, plan_batches, read_batch
-from homeloc_tests.test_robustness import HEADER, base_rows
+from homeloc_tests.helpers import HEADER, base_rows
 
 _BYTES = list(b",\n\r\\x0189abf.-e ") + [0, 0xFF, 0xC3, 0x22]
 
@@ -117,6 +117,7 @@ def test_fuzz_mutated_real_file_through_plan_and_read_batch(real_lines, tmp_path
 @pytest.mark.parametrize("kind", ["header", "five_fields", *(
     pytest.param(k, marks=pytest.mark.heavy)  # the same code path; make test-all runs them
     for k in ("empty_guid", "one_field", "bad_utf8", "stray_cr", "spaces"))])
+@pytest.mark.slow
 def test_a_damaged_line_at_any_boundary_is_only_a_reject(real_lines, tmp_path, kind):
     """Regression: a damaged line where planning looks for a boundary used to fail the file."""
     damaged = {

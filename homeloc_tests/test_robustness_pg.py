@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from homeloc_tests.test_robustness import (
+from homeloc_tests.helpers import (
+    HOMELOC,
     base_rows,
     export_files,
     homeloc,
@@ -27,7 +28,7 @@ from homeloc_tests.test_robustness import (
     run_args,
     write_lines,
 )
-from homeloc_tests.test_robustness_resume import _stats
+from homeloc_tests.helpers import batch_stats_mtimes as _stats
 
 pytestmark = pytest.mark.postgres
 
@@ -76,12 +77,11 @@ def _pg_cmd(src, out, *extra) -> list[str]:
 
 def _popen(src, out, env) -> subprocess.Popen:
     import os
-    import sys
 
-    from homeloc_tests.test_robustness import env_for
+    from homeloc_tests.helpers import env_for
 
     e = env_for(env)
-    return subprocess.Popen([sys.executable, "-m", "homeloc_assets.cli", *_pg_cmd(src, out)],
+    return subprocess.Popen([*HOMELOC, *_pg_cmd(src, out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e,
                             start_new_session=True, cwd=os.getcwd())
 
@@ -152,6 +152,7 @@ def no_extension_db(pg_conn):
         cur.execute("DROP DATABASE IF EXISTS homeloc_noext WITH (FORCE)")
 
 
+@pytest.mark.slow
 def test_missing_extension_says_how_to_install_it(case, tmp_path, no_extension_db):
     src, _ = case
     out = tmp_path / "out"

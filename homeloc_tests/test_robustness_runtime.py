@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from homeloc_tests.test_robustness import (
+from homeloc_tests.helpers import (
     HOMELOC,
     base_rows,
     env_for,
@@ -29,7 +29,7 @@ from homeloc_tests.test_robustness import (
     run_args,
     write_lines,
 )
-from homeloc_tests.test_robustness_resume import _stats
+from homeloc_tests.helpers import batch_stats_mtimes as _stats
 
 BATCH_USERS = "100"
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from homeloc_tests.test_robustness import (
+from homeloc_tests.helpers import (
     base_rows,
     export_files,
     homeloc,

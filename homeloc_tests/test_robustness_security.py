@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from homeloc_tests.test_robustness import base_rows, export_files, homeloc, write_lines
+from homeloc_tests.helpers import base_rows, export_files, homeloc, write_lines
 
 pytestmark = [pytest.mark.heavy, pytest.mark.postgres]
 

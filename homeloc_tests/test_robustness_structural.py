@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from homeloc_tests.test_robustness import (
+from homeloc_tests.helpers import (
     EXPORTS,
     HEADER,
     base_rows,
@@ -49,12 +49,14 @@ def _fails_cleanly(src, out, *extra) -> str:
         (b"user_guid,latitude,longitude,userday_hll,LATITUDE", ["named twice", "latitude"]),
     ],
 )
+@pytest.mark.slow
 def test_missing_or_misnamed_column_is_named(lines, tmp_path, header, words):
     src = write_lines(tmp_path / "in.csv", lines[:50], header=header)
     msg = _fails_cleanly(src, tmp_path / "out")
     assert all(w in msg for w in words), msg
 
 
+@pytest.mark.slow
 def test_columns_found_by_name_give_the_same_homes(lines, tmp_path):
     """Extra columns (a pandas index, a trailing note), any order and case: the same homes."""
     plain = write_lines(tmp_path / "plain.csv", lines)
@@ -86,6 +88,7 @@ def _homes(out) -> list[str]:
 
 
 @pytest.mark.parametrize("batch_users", ["1000", "20"], ids=["in-a-batch", "at-boundaries"])
+@pytest.mark.slow
 def test_users_in_any_order_give_the_same_homes(lines, tmp_path, batch_users):
     """A moved user or a reversed file is still grouped by user: not an error any more."""
     ref = tmp_path / "ref"
@@ -98,6 +101,7 @@ def test_users_in_any_order_give_the_same_homes(lines, tmp_path, batch_users):
         assert _homes(out) == _homes(ref)
 
 
+@pytest.mark.slow
 def test_a_user_split_in_two_is_named_with_both_lines(lines, tmp_path):
     guid = lines[10].split(b",", 1)[0]
     body = [ln for ln in lines if not ln.startswith(guid + b",")]
@@ -110,12 +114,14 @@ def test_a_user_split_in_two_is_named_with_both_lines(lines, tmp_path):
     assert nums[0] in where and nums[1] in where and nums[0] < nums[1], (nums, where)
 
 
+@pytest.mark.slow
 def test_empty_file(tmp_path):
     src = tmp_path / "empty.csv"
     src.write_bytes(b"")
     assert "empty" in _fails_cleanly(src, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_header_only(tmp_path):
     src = tmp_path / "header.csv"
     src.write_bytes(HEADER + b"\n")
@@ -123,6 +129,7 @@ def test_header_only(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["random", "truncated_gzip", "utf16"])
+@pytest.mark.slow
 def test_not_a_csv(lines, tmp_path, kind):
     src = tmp_path / "in.csv"
     if kind == "random":

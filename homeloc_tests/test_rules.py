@@ -8,7 +8,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from homeloc_assets import hll
 from homeloc_assets.backends import EmbeddedBackend
 from homeloc_assets.inference import country_userdays, pick_homes
 from homeloc_assets.inference.rules import (
@@ -19,16 +18,10 @@ from homeloc_assets.inference.rules import (
     sensitivity,
     standard_error,
 )
+from homeloc_tests.helpers import days
 
 NAMES = np.array(["France", "Germany", "Japan"], dtype=object)
 CODES = np.array(["FRA", "DEU", "JPN"], dtype=object)
-
-
-def days(*ds: int, params=(11, 5, -1, 1)) -> bytes:
-    h = hll.empty(*params)
-    for d in ds:
-        h = hll.add(h, hll.hash_bigint(d))
-    return h
 
 
 def homes_of(rows) -> pa.Table:
@@ -179,6 +172,21 @@ def test_sensitivity_command_writes_the_table_and_figure(tmp_path, random_homes,
     assert chosen["locals"] == cls.to_pylist().count("Local")
     assert (tmp_path / "analysis" / "figures" / "sensitivity.png").stat().st_size > 0
     assert "table:" in capsys.readouterr().out
+
+
+def test_sensitivity_removes_what_a_killed_writer_left(tmp_path, random_homes):
+    """kill -9 while sensitivity.csv or its figure was written leaves ``.NAME.*.tmp``: gone next time."""
+    from homeloc_assets import sensitivity as sens
+
+    _finished_run(tmp_path, random_homes)
+    (tmp_path / "figures").mkdir(exist_ok=True)
+    stale = [tmp_path / ".sensitivity.csv.k1ll3d.tmp", tmp_path / "figures" / ".sensitivity.png.k1ll3d.tmp"]
+    for p in stale:
+        p.write_bytes(b"half")
+    assert sens.main(_args(tmp_path, "--grid-userdays", "0", "--grid-share", "0",
+                           "--grid-margin", "0")) == 0
+    assert not any(p.exists() for p in stale)
+    assert (tmp_path / "sensitivity.csv").exists()
 
 
 def test_validate_command_reads_a_synth_truth_file(tmp_path, random_homes, capsys):

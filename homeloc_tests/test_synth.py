@@ -34,6 +34,7 @@ def generated(tmp_path_factory, countries):
     return summary, data, truth
 
 
+@pytest.mark.slow
 def test_header_and_summary(generated):
     summary, data, truth = generated
     assert list(data.columns) == ["user_guid", "latitude", "longitude", "userday_hll"]
@@ -52,6 +53,7 @@ def test_header_and_summary(generated):
     assert summary.truth_path == synth.truth_path_for(summary.out_path)
 
 
+@pytest.mark.slow
 def test_sorted_ids_and_unique_locations(generated):
     _, data, truth = generated
     guids = data["user_guid"].to_numpy()
@@ -66,6 +68,7 @@ def test_sorted_ids_and_unique_locations(generated):
         assert data[col].astype(float).abs().max() <= lim
 
 
+@pytest.mark.slow
 def test_rows_per_user_distribution(generated):
     _, data, _ = generated
     per_user = data.groupby("user_guid").size()
@@ -75,6 +78,7 @@ def test_rows_per_user_distribution(generated):
     assert per_user.max() <= 1000
 
 
+@pytest.mark.slow
 def test_every_hll_decodes_with_intended_type_mix(generated):
     summary, data, _ = generated
     names = {0x12: "explicit", 0x13: "sparse", 0x14: "full"}
@@ -91,6 +95,7 @@ def test_every_hll_decodes_with_intended_type_mix(generated):
     assert counts["sparse"] > 0 and counts["full"] > 0
 
 
+@pytest.mark.slow
 def test_explicit_values_are_day_hashes_sorted_signed(generated):
     _, data, _ = generated
     day_hashes = {hll.hash_bigint(d) for d in range(4383)}
@@ -104,6 +109,7 @@ def test_explicit_values_are_day_hashes_sorted_signed(generated):
         assert hll.cardinality(text) == len(vals)
 
 
+@pytest.mark.slow
 def test_truth_matches_reference_inference(generated, countries):
     """Join points to countries (within), union per (user, country), max cardinality = truth."""
     from homeloc_assets.geo.lookup import exact_lookup
@@ -140,6 +146,7 @@ def test_truth_matches_reference_inference(generated, countries):
     assert truth.loc[~local, "home_country"].nunique() > 10
 
 
+@pytest.mark.slow
 def test_deterministic_per_seed(tmp_path, countries):
     a = synth.generate(500, tmp_path / "a.csv", seed=3, countries=countries)
     b = synth.generate(500, tmp_path / "b.csv", seed=3, countries=countries)
@@ -169,6 +176,7 @@ def test_registers_and_packing_match_hll_add(countries):
         assert hll.to_hex(mine) == hll.to_hex(ref), n
 
 
+@pytest.mark.slow
 def test_cli_writes_files(tmp_path, capsys):
     out = tmp_path / "cli.csv"
     assert synth.synth_main(["--users", "300", "--out", str(out), "--seed", "2"]) == 0
@@ -182,6 +190,7 @@ def test_cli_writes_files(tmp_path, capsys):
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_postgres_accepts_every_value_and_agrees_on_cardinality(generated, pg_conn):
     _, data, _ = generated
     sample = pd.concat(
@@ -216,6 +225,7 @@ def sparse_only(tmp_path_factory, countries):
     return summary, pd.read_csv(out, dtype=str, keep_default_na=False)
 
 
+@pytest.mark.slow
 def test_sparse_only_mode(sparse_only):
     summary, data = sparse_only
     assert summary.hll_types["explicit"] == 0
@@ -226,6 +236,7 @@ def test_sparse_only_mode(sparse_only):
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_postgres_accepts_sparse_only_values(sparse_only, pg_conn):
     _, data = sparse_only
     values = list(data["userday_hll"])

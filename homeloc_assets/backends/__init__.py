@@ -7,7 +7,7 @@ one ``hll_union_agg ... GROUP BY``. Both return the same numbers.
 
 from __future__ import annotations
 
-from homeloc_assets.backends.base import BackendError, HllBackend
+from homeloc_assets.backends.base import BackendError, GroupedCardinality, HllBackend
 from homeloc_assets.backends.embedded import EmbeddedBackend
 from homeloc_assets.backends.postgres import PostgresBackend, PostgresSettings
 
@@ -27,6 +27,7 @@ __all__ = [
     "BACKENDS",
     "BackendError",
     "EmbeddedBackend",
+    "GroupedCardinality",
     "HllBackend",
     "PostgresBackend",
     "PostgresSettings",

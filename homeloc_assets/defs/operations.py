@@ -54,7 +54,7 @@ SENSOR_INTERVAL_SECONDS = _env_int("HOMELOC_SENSOR_INTERVAL_SECONDS", 30)
 SETTLE_SECONDS = _env_int("HOMELOC_SENSOR_SETTLE_SECONDS", 30)
 #: Seconds between evaluations of the automation conditions.
 AUTOMATION_INTERVAL_SECONDS = _env_int("HOMELOC_AUTOMATION_INTERVAL_SECONDS", 30)
-#: Cron of the nightly heal (server time zone unless HOMELOC_HEAL_TIMEZONE is set).
+#: Cron of the nightly heal, in HOMELOC_HEAL_TIMEZONE (default UTC, not the server's zone).
 HEAL_CRON = os.environ.get("HOMELOC_HEAL_CRON", "0 2 * * *")
 HEAL_TIMEZONE = os.environ.get("HOMELOC_HEAL_TIMEZONE", "UTC")
 #: Re-request the countries run after a failure at most this often.

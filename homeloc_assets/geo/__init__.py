@@ -11,12 +11,11 @@ from homeloc_assets.geo.countries import (
     load_world_countries,
     resolve_country,
 )
-from homeloc_assets.geo.lookup import CountryLookup, country_frame, exact_lookup
+from homeloc_assets.geo.lookup import CountryLookup, exact_lookup
 
 __all__ = [
     "CountryError",
     "CountryLookup",
-    "country_frame",
     "default_countries_path",
     "dissolve_countries",
     "exact_lookup",

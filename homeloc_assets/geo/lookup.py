@@ -27,10 +27,9 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import shapely
 
-__all__ = ["CountryLookup", "country_frame", "exact_lookup"]
+__all__ = ["CountryLookup", "exact_lookup"]
 
 _FORMAT_VERSION = 1
 #: Enlargement of every cell box (degrees): a point whose computed cell is k is
@@ -329,8 +328,3 @@ class CountryLookup:
             if other.geometry_digest() != obj.geometry_digest():
                 raise ValueError(f"{path}: lookup cache was built for other country polygons")
         return obj
-
-
-def country_frame(lookup: CountryLookup) -> pd.DataFrame:
-    """Names and codes the lookup was built with, indexed by the answer index."""
-    return pd.DataFrame({"country": lookup.names, "country_code": lookup.codes})

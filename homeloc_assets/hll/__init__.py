@@ -2,8 +2,10 @@
 
 Owns everything about ``hll`` values outside the database: the storage
 format (``_format``), the scalar operations with hll.c's semantics and
-estimator (``_ops``), the ``hll_hash_*`` functions (``_hash``) and the
-vectorised batch functions for the pipeline (``_vector``).  No Dagster here.
+estimator (``_ops``), the ``hll_hash_*`` functions (``_hash``), the hex
+text of whole columns (``_hex``), the validation of whole columns
+(``_inspect``) and the grouped union for the pipeline (``_vector``).  No
+Dagster here.
 
 Why hand-written: python-hll on PyPI is unmaintained and fails to import on
 numpy 2, and no maintained library reproduces postgresql-hll byte for byte
@@ -44,15 +46,10 @@ from ._hash import (
     hash_smallint,
     hash_text,
 )
+from ._hex import unhex_many
+from ._inspect import InspectResult, inspect_many, params_of_code
 from ._ops import add, cardinality, describe, empty, union
-from ._vector import (
-    InspectResult,
-    grouped_cardinality,
-    grouped_union,
-    inspect_many,
-    params_of_code,
-    unhex_many,
-)
+from ._vector import grouped_cardinality, grouped_union
 
 __all__ = [
     "EMPTY",

@@ -3,7 +3,7 @@
 This module owns the byte layout: the 3-byte header, the five storage types
 (UNDEFINED, EMPTY, EXPLICIT, SPARSE, FULL), bit packing of registers, the
 ``\\x`` hex text form, parameter validation and the error class.  It does no
-set algebra (see ``_ops``) and no vectorised batch work (see ``_vector``).
+set algebra (see ``_ops``) and no vectorised batch work (see ``_inspect``, ``_vector``).
 
 Header (big-endian bit fields, as in ``pack_header`` of hll.c)::
 

@@ -7,25 +7,15 @@ Ties are broken by country name (alphabetical) and flagged.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from homeloc_assets.backends.base import GroupedCardinality
+
 CLASS_LOCAL = "Local"
 CLASS_TOURIST = "Tourist"
 CLASS_UNDETERMINED = "undetermined"
-
-
-class GroupedCardinality(Protocol):
-    """What a backend offers the inference: cardinality of the union per group."""
-
-    def grouped_cardinality(
-        self, blobs: pa.Array, groups: np.ndarray, n_groups: int
-    ) -> np.ndarray:
-        """Cardinality of the union of ``blobs`` per group ``0..n_groups-1``."""
-        ...
 
 
 def user_codes(user_guid: pa.Array | pa.ChunkedArray) -> np.ndarray:

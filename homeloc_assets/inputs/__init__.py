@@ -15,17 +15,18 @@ from homeloc_assets.inputs.plan import (
     read_header,
 )
 from homeloc_assets.inputs.reader import (
+    EXPORTED_REJECTS_SCHEMA,
     REJECTS_SCHEMA,
     ROWS_SCHEMA,
     BatchRows,
     find_user,
-    iter_user_rows,
     parse_bytes,
     read_batch,
 )
 
 __all__ = [
     "COLUMNS",
+    "EXPORTED_REJECTS_SCHEMA",
     "REJECTS_SCHEMA",
     "ROWS_SCHEMA",
     "Batch",
@@ -34,7 +35,6 @@ __all__ = [
     "InputError",
     "file_fingerprint",
     "find_user",
-    "iter_user_rows",
     "parse_bytes",
     "plan_batches",
     "read_batch",

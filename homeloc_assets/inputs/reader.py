@@ -31,7 +31,7 @@ How a range is read:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +54,11 @@ from homeloc_assets.inputs.plan import (
 )
 
 __all__ = [
+    "EXPORTED_REJECTS_SCHEMA",
     "REJECTS_SCHEMA",
     "ROWS_SCHEMA",
     "BatchRows",
     "find_user",
-    "iter_user_rows",
     "parse_bytes",
     "read_batch",
 ]
@@ -73,6 +73,8 @@ ROWS_SCHEMA = pa.schema(
     ]
 )
 REJECTS_SCHEMA = pa.schema([("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())])
+#: ``rejected_rows.csv``: a batch's rejects (lines made file-global) and the batch key
+EXPORTED_REJECTS_SCHEMA = REJECTS_SCHEMA.append(pa.field("batch", pa.string()))
 #: per user of a range: 64-bit hash of the user_guid, byte offset and line of its first row
 USERS_SCHEMA = pa.schema([("hash", pa.uint64()), ("offset", pa.int64()), ("line", pa.int64())])
 GROUP_HINT = (
@@ -174,80 +176,10 @@ def _params_mismatch(params: np.ndarray, valid: np.ndarray, ref: int | None) -> 
     return valid & (params != ref), ref
 
 
-_HEX = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEX[_c] = _i
-for _i, _c in enumerate(b"ABCDEF"):
-    _HEX[_c] = 10 + _i
-# two hex characters (as a little-endian uint16 of the two bytes) -> byte value, 0xFFFF if not hex
-_HEX2 = np.full(1 << 16, 0xFFFF, dtype=np.uint16)
-_lo, _hi = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")  # first byte, second byte
-_v = (_HEX[_lo] != 255) & (_HEX[_hi] != 255)
-_HEX2[(_lo | (_hi << 8))[_v]] = ((_HEX[_lo] << 4) | _HEX[_hi])[_v]
-del _lo, _hi, _v
-
-
 def _unhex(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """``hll.unhex_many`` with a fast path: (binary array, ok mask).
-
-    Rows that are exactly ``\\x`` + an even number of hex digits are decoded
-    here in a few whole-buffer numpy passes (all such rows have even length,
-    so row starts are even and digit pairs line up across the whole buffer);
-    any other row is handed to ``hll.unhex_many`` (which also tolerates
-    surrounding whitespace), so the result is the contract's.
-    """
-    n = len(values)
-    if n == 0:
-        return pa.array([], pa.binary()), np.zeros(0, dtype=bool)
-    if values.type != pa.string():
-        values = values.cast(pa.string())
-    bufs = values.buffers()
-    off = np.frombuffer(bufs[1], dtype=np.int32)[values.offset : values.offset + n + 1].astype(
-        np.int64
-    )
-    data = (
-        np.frombuffer(bufs[2], dtype=np.uint8)[off[0] : off[-1]]
-        if bufs[2] is not None
-        else np.zeros(0, np.uint8)
-    )
-    off = off - off[0]
-    start, length = off[:-1], np.diff(off)
-    ok = (length >= 2) & (length % 2 == 0)
-    if ok.all():
-        ok &= (data[start] == 92) & ((data[start + 1] | 0x20) == 120)
-    else:
-        s2 = start[ok]
-        ok[ok] = (data[s2] == 92) & ((data[s2 + 1] | 0x20) == 120)
-    if ok.all():
-        # every row has even length, so row starts are even and digit pairs line up
-        dec = _HEX2[data.view("<u2")]
-        if np.count_nonzero(dec == 0xFFFF) == n:  # only the n "\\x" prefixes are not hex
-            out = np.delete(dec, start // 2).astype(np.uint8)
-            ooff = ((off - 2 * np.arange(n + 1)) // 2).astype(np.int32)
-            arr = pa.Array.from_buffers(
-                pa.binary(), n, [None, pa.py_buffer(ooff), pa.py_buffer(out)]
-            )
-            return arr, ok
-    nib = _HEX[data]
-    bad = np.flatnonzero(nib == 255)
-    if len(bad):
-        row = np.searchsorted(off, bad, side="right") - 1
-        digit = (bad - start[row]) >= 2
-        ok[row[digit]] = False
-    if ok.all():  # cannot happen (the fast path takes these); no recursion, just the engine
-        arr, ok = hll.unhex_many(values)
-        return arr.cast(pa.binary()), np.asarray(ok, dtype=bool)
-    # mixed: decode the clean rows here, the rest by the engine, then put them back in order
-    good = np.flatnonzero(ok)
-    rest = np.flatnonzero(~ok)
-    a, _ = _unhex(values.take(pa.array(good, pa.int64())))
-    b, ok_b = hll.unhex_many(values.take(pa.array(rest, pa.int64())))
-    b = b.cast(pa.binary())
-    ok[rest] = ok_b
-    order = np.empty(n, dtype=np.int64)
-    order[good] = np.arange(len(good))
-    order[rest] = len(good) + np.arange(len(rest))
-    return pa.concat_arrays([a, b]).take(pa.array(order, pa.int64())), ok
+    """``hll.unhex_many`` as a binary array (the rows schema's type) and the ok mask."""
+    blobs, ok = hll.unhex_many(values)
+    return blobs.cast(pa.binary()), ok
 
 
 def _hex_text(col: pa.Array) -> pa.Array:
@@ -842,9 +774,3 @@ def find_user(path: str | Path, user_guid: str, *, global_lines: bool = False) -
     rows = res.rows.set_column(4, "line", pc.add(res.rows.column("line"), base))
     rej = res.rejects.set_column(0, "line", pc.add(res.rejects.column("line"), base))
     return BatchRows(rows, rej, res.n_lines, res.start, res.end, base)
-
-
-def iter_user_rows(path: str | Path, user_guids: Iterable[str]) -> Iterator[tuple[str, BatchRows]]:
-    """``(user_guid, rows)`` for each requested user, each by :func:`find_user` (relative lines)."""
-    for g in user_guids:
-        yield g, find_user(path, g)
