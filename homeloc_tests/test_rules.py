@@ -179,14 +179,15 @@ def test_sensitivity_removes_what_a_killed_writer_left(tmp_path, random_homes):
     from homeloc_assets import sensitivity as sens
 
     _finished_run(tmp_path, random_homes)
-    (tmp_path / "figures").mkdir(exist_ok=True)
-    stale = [tmp_path / ".sensitivity.csv.k1ll3d.tmp", tmp_path / "figures" / ".sensitivity.png.k1ll3d.tmp"]
+    where = tmp_path / "analysis"
+    (where / "figures").mkdir(parents=True, exist_ok=True)
+    stale = [where / ".sensitivity.csv.k1ll3d.tmp", where / "figures" / ".sensitivity.png.k1ll3d.tmp"]
     for p in stale:
         p.write_bytes(b"half")
     assert sens.main(_args(tmp_path, "--grid-userdays", "0", "--grid-share", "0",
                            "--grid-margin", "0")) == 0
     assert not any(p.exists() for p in stale)
-    assert (tmp_path / "sensitivity.csv").exists()
+    assert (where / "sensitivity.csv").exists()
 
 
 def test_validate_command_reads_a_synth_truth_file(tmp_path, random_homes, capsys):
