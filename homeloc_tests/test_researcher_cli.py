@@ -109,3 +109,49 @@ def test_ui_serves_the_instance_homeloc_run_uses_and_says_what_it_watches(tmp_pa
     env, line = cli.ui_environment(args)
     assert env["HOMELOC_INPUT_DIR"] == str((tmp_path / "drop").resolve())
     assert "(1 CSV file(s) now)" in line
+
+
+@pytest.mark.slow
+def test_a_launchpad_study_country_travels_to_every_export_and_figure(small_input, tmp_path):
+    """Classify with France in the launchpad, then rebuild the rest with the defaults."""
+    from homeloc_assets.catalog import Catalog
+    from homeloc_assets.definitions import build_definitions
+    from homeloc_assets.batch_runner import batch_assets
+    from homeloc_assets.publish import verify
+    from homeloc_assets.settings import Settings
+
+    settings = Settings(input_dir=str(small_input.parent), output_dir=str(tmp_path / "out"),
+                        workers=1)
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    _, keys = Catalog(settings.storage_path).register(small_input, settings.batch_users)
+    instance.add_dynamic_partitions("user_batches", keys)
+    # the launchpad shows the resource's config filled in; the researcher edits one field
+    shown = {k: getattr(defs.resources["homeloc"], k)
+             for k in ("input_dir", "output_dir", "storage_dir", "workers")}
+    france = {"resources": {"homeloc": {"config": {**shown, "study_country": "France"}}}}
+    for selection, key, cfg in ((["world_countries", "countries"], None, None),
+                                (batch_assets(), keys[0], None),
+                                (["user_classification"], None, france)):
+        assert dg.materialize(defs.assets, selection=selection, partition_key=key,
+                              instance=instance, resources=defs.resources,
+                              run_config=cfg).success
+    rest = ["homeloc_exports", "classification_report", "tourist_origins_map",
+            "study_country_share_map", "home_rule_sensitivity", "homeloc_published"]
+    res = dg.materialize(defs.assets, selection=rest, instance=instance, resources=defs.resources,
+                         run_config={"ops": {"homeloc_published": {"config": {"landscape": False}}}})
+    assert res.success
+    out = Path(settings.output_dir)
+    assert verify(out) == []
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["study_country"], summary["study_country_code"]) == ("France", "FRA")
+    homes = pd.read_parquet(out / "user_home_locations.parquet")
+    cls = pd.read_csv(out / "user_classification.csv").merge(homes, on="user_guid")
+    assert ((cls.country_code == "FRA") == (cls.classification == "Local")).all()
+    assert summary["locals"] == (homes.country_code == "FRA").sum() > 0
+    table = pd.read_csv(out / "home_countries.csv", keep_default_na=False)
+    assert table.loc[table.locals > 0, "code"].tolist() == ["FRA"]
+    meta = {e.asset_key.to_user_string(): e.materialization.metadata
+            for e in res.get_asset_materialization_events()}
+    assert meta["classification_report"]["study_country"].value == "France (FRA)"
+    assert meta["classification_report"]["local"].value == summary["locals"]
