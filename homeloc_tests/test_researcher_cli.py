@@ -114,9 +114,9 @@ def test_ui_serves_the_instance_homeloc_run_uses_and_says_what_it_watches(tmp_pa
 @pytest.mark.slow
 def test_a_launchpad_study_country_travels_to_every_export_and_figure(small_input, tmp_path):
     """Classify with France in the launchpad, then rebuild the rest with the defaults."""
+    from homeloc_assets.batch_runner import batch_assets
     from homeloc_assets.catalog import Catalog
     from homeloc_assets.definitions import build_definitions
-    from homeloc_assets.batch_runner import batch_assets
     from homeloc_assets.publish import verify
     from homeloc_assets.settings import Settings
 
