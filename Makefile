@@ -12,10 +12,12 @@ USERS  ?= 20000
 setup: $(STAMP)  ## create .venv with .venv/bin/homeloc (idempotent)
 
 $(STAMP): pyproject.toml
+	@echo "setup: creating $(VENV) and installing homeloc with its dependencies (about 80 s on a fresh machine)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install --progress-bar off -e '.[test]'
 	touch $(STAMP)
+	@echo "setup: done ($(BIN)/homeloc)"
 
 run: setup  ## run the whole pipeline on a sample (or DATA=...) with the embedded HLL backend
 	test -f $(DATA) || $(BIN)/homeloc synth --users $(USERS) --out $(DATA) --seed 7

@@ -1,8 +1,9 @@
 """The ``homeloc`` command: run the pipeline headless, make data, inspect HLLs, open the UI.
 
 ``homeloc run`` materialises the same Dagster definitions as the UI, against
-``DAGSTER_HOME`` (or a temporary instance when it is unset). Running the same
-command again resumes: batches whose files are complete are kept.
+``DAGSTER_HOME`` (else the project's instance in ``<storage>/dagster_home``,
+which ``homeloc ui`` shows). Running the same command again resumes: batches
+whose files are complete are kept.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from homeloc_assets.atomic import write_text_atomic
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -32,7 +35,15 @@ class CliError(Exception):
 
 # --------------------------------------------------------------------------- run
 def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="run the whole pipeline on a userdays CSV")
+    p = sub.add_parser(
+        "run", help="run the whole pipeline on a userdays CSV",
+        description="Infer every user's home country from a userdays CSV (user_guid, latitude, "
+                    "longitude, userday_hll) and classify them as Locals or Tourists of the study "
+                    "country: materialises the project's Dagster assets headless, writes the "
+                    "exports, figures and landscape cells into --out as one published set, and "
+                    "prints a summary. Running the same command again resumes.",
+        epilog="Exit codes: 0 success, 1 machine failure (disk, database), 2 bad input or usage, "
+               "130/143 interrupted (run again to resume).")
     p.add_argument("--input", required=True, help="userdays CSV sorted by user_guid")
     p.add_argument("--out", default=None, help="export folder (default: HOMELOC_OUTPUT_DIR or ./out)")
     p.add_argument("--backend", choices=["embedded", "postgres"], default=None,
@@ -61,7 +72,8 @@ def _add_run(sub) -> None:
                         "file (default: HOMELOC_DASK_SCHEDULER, else a local process pool)")
     p.add_argument("--dagster-home", default=None,
                    help="Dagster instance folder, to see the runs in the UI "
-                        "(default: DAGSTER_HOME, else a temporary instance)")
+                        "(default: DAGSTER_HOME, else <out>/.homeloc/dagster_home, "
+                        "which homeloc ui shows)")
     p.add_argument("--fresh", action="store_true", help="recompute finished batches too")
     p.add_argument("--no-figures", action="store_true",
                    help="skip the report figures (<out>/figures, a few seconds)")
@@ -74,13 +86,25 @@ def _add_run(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+#: the project's dagster.yaml (in a source checkout; an installed package has none)
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+
+
+def default_dagster_home(settings) -> Path:
+    """``<storage>/dagster_home``: the instance ``homeloc run`` and ``homeloc ui`` share."""
+    return Path(settings.storage_path) / "dagster_home"
+
+
 def _instance(home: Path):
+    """The Dagster instance in ``home``, made with the project's dagster.yaml when new."""
     import dagster as dg
 
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
     if not cfg.exists():
-        cfg.write_text("telemetry:\n  enabled: false\n")
+        text = (PROJECT_DAGSTER_YAML.read_text() if PROJECT_DAGSTER_YAML.is_file()
+                else "telemetry:\n  enabled: false\n")
+        write_text_atomic(cfg, text)
     os.environ["DAGSTER_HOME"] = str(home.resolve())
     return dg.DagsterInstance.get()
 
@@ -236,24 +260,14 @@ def cmd_run(args) -> int:
     _check_writable(out, settings.storage_path)
     if args.backend:
         os.environ["HOMELOC_HLL_BACKEND"] = args.backend
-    home = args.dagster_home or os.environ.get("DAGSTER_HOME")
-    # Resume does not need a persistent instance (finished batches are known by
-    # their files), so without DAGSTER_HOME the run uses a temporary one.
-    instance = _instance(Path(home)) if home else dg.DagsterInstance.ephemeral()
+    # the project's persistent instance (what `homeloc ui` shows) unless another is named
+    home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or default_dagster_home(settings))
+    instance = _instance(home)
 
     from homeloc_assets.catalog import Catalog
     from homeloc_assets.definitions import build_definitions
     from homeloc_assets.defs.batches import user_batches
     from homeloc_assets.inputs import InputError
-
-    catalog = Catalog(settings.storage_path)
-    try:
-        plan_id, keys = catalog.register(input_path, settings.batch_users)
-    except InputError as exc:
-        raise CliError(f"{input_path}: {exc}", EXIT_USAGE) from None
-    _sync_partitions(instance, catalog, user_batches.name, input_path, plan_id, keys)
-    # this run's result describes this input only, whatever else the instance holds
-    catalog.set_dataset([plan_id], source="homeloc run")
 
     defs = build_definitions(settings)
     assets = defs.assets
@@ -261,17 +275,14 @@ def cmd_run(args) -> int:
     log_cfg = _quiet_logs()
     say = (lambda *a: None) if args.quiet else (lambda m: print(f"homeloc: {m}", file=sys.stderr, flush=True))
 
-    say(f"{input_path}: {len(keys)} batch(es) of about {settings.batch_users} users; "
-        f"backend {settings.backend}; "
-        + (f"Dask cluster {settings.dask_scheduler}" if settings.dask_scheduler
-           else f"{settings.n_workers} worker(s)"))
     source = json.dumps([settings.countries_path, settings.countries_name_column,
                          settings.countries_code_column])
     countries_file = settings.tables_path / "countries.parquet"
     marker = settings.tables_path / "countries.source.json"
     have_countries = countries_file.exists() and (
         marker.exists() and marker.read_text() == source)
-    if not have_countries or home:
+    if not have_countries or instance.get_latest_materialization_event(
+            dg.AssetKey("countries")) is None:
         res = dg.materialize(assets, selection=["world_countries", "countries"],
                              instance=instance, resources=resources, run_config=log_cfg,
                              raise_on_error=False)
@@ -283,7 +294,7 @@ def cmd_run(args) -> int:
     from homeloc_assets.geo import CountryError, resolve_country
     from homeloc_assets.geo.layers import LayerError
 
-    try:  # a wrong study country should stop the run before hours of batches
+    try:  # a wrong study country or layer stops the run before planning and batches
         import geopandas as gpd
 
         resolve_country(gpd.read_parquet(countries_file), settings.study_country)
@@ -291,6 +302,21 @@ def cmd_run(args) -> int:
     except (CountryError, LayerError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 
+    catalog = Catalog(settings.storage_path)
+    try:
+        plan_id, keys = catalog.register(input_path, settings.batch_users)
+    except InputError as exc:
+        msg = str(exc)
+        raise CliError(msg if msg.startswith(str(input_path)) else f"{input_path}: {msg}",
+                       EXIT_USAGE) from None
+    _sync_partitions(instance, catalog, user_batches.name, input_path, plan_id, keys)
+    # this run's result describes this input only, whatever else the instance holds
+    catalog.set_dataset([plan_id], source="homeloc run")
+
+    say(f"{input_path}: {len(keys)} batch(es) of about {settings.batch_users} users; "
+        f"backend {settings.backend}; "
+        + (f"Dask cluster {settings.dask_scheduler}" if settings.dask_scheduler
+           else f"{settings.n_workers} worker(s)"))
     tags_all = {"dagster/asset_partition_range_start": keys[0],
                 "dagster/asset_partition_range_end": keys[-1]}
     step_assets = batch_assets([spec.name for spec in settings.layer_specs])
@@ -442,6 +468,8 @@ def _print_summary(s: dict, out: Path, elapsed: float) -> None:
         f"time               {elapsed:>11.1f}s ({rate:,.0f} users/s)",
         f"exports            {out.resolve()}",
     ]
+    if (out / "figures").is_dir():
+        lines.append(f"figures            {(out / 'figures').resolve()}")
     print("\n".join(lines))
 
 
@@ -485,15 +513,58 @@ def cmd_hll(args) -> int:
 
 # ---------------------------------------------------------------------------- ui
 def _add_ui(sub) -> None:
-    p = sub.add_parser("ui", help="open the Dagster UI on this project (dagster dev)")
+    p = sub.add_parser(
+        "ui", help="open the Dagster UI on this project (dagster dev)",
+        description="The Dagster UI on the project's persistent instance (<out>/.homeloc/"
+                    "dagster_home, the one `homeloc run` uses), so what `homeloc run` made is "
+                    "shown materialised. The input sensor watches --input-dir (created when "
+                    "missing), or the folder of --input FILE.")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--out", default=None, help="output folder (default: HOMELOC_OUTPUT_DIR or ./out)")
+    p.add_argument("--input", default=None, metavar="FILE",
+                   help="a userdays CSV: the sensor watches its folder")
+    p.add_argument("--input-dir", default=None,
+                   help="folder the sensor watches (default: HOMELOC_INPUT_DIR or ./data/input)")
+    p.add_argument("--dagster-home", default=None,
+                   help="Dagster instance folder (default: DAGSTER_HOME, else <out>/.homeloc/dagster_home)")
+
+
+def ui_environment(args) -> tuple[dict[str, str], str]:
+    """The environment of ``homeloc ui`` and the line that says what it serves."""
+    from homeloc_assets.defs.operations import scan_input_dir
+    from homeloc_assets.settings import Settings
+
+    base = Settings.from_env()
+    out = Path(args.out or base.output_dir).resolve()
+    if args.input:
+        src = Path(args.input)
+        if not src.is_file():
+            raise CliError(f"input file not found: {src}", EXIT_USAGE)
+        watch = src.resolve().parent
+    else:
+        watch = Path(args.input_dir or base.input_dir).resolve()
+    settings = base.with_(output_dir=str(out), input_dir=str(watch))
+    watch.mkdir(parents=True, exist_ok=True)
+    home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME")
+                or default_dagster_home(settings)).resolve()
+    _instance(home)  # created with the project's dagster.yaml
+    env = dict(os.environ, DAGSTER_HOME=str(home), HOMELOC_OUTPUT_DIR=str(out),
+               HOMELOC_INPUT_DIR=str(watch))
+    if settings.storage_dir:
+        env["HOMELOC_STORAGE_DIR"] = str(Path(settings.storage_dir).resolve())
+    found, _ = scan_input_dir(watch)
+    line = (f"homeloc ui: http://{args.host}:{args.port} — instance {home}; exports {out}; "
+            f"the input sensor watches {watch} ({len(found)} CSV file(s) now)")
+    return env, line
 
 
 def cmd_ui(args) -> int:
-    """Run ``dagster dev`` on the project's workspace."""
+    """Run ``dagster dev`` on the project's workspace and its persistent instance."""
     import subprocess
 
+    env, line = ui_environment(args)
+    print(line, file=sys.stderr, flush=True)
     root = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-m", "dagster", "dev", "-h", args.host, "-p", str(args.port)]
     ws = root / "workspace.yaml"
@@ -501,13 +572,17 @@ def cmd_ui(args) -> int:
         cmd += ["-w", str(ws)]
     else:
         cmd += ["-m", "homeloc_assets.definitions"]
-    return subprocess.call(cmd, cwd=root if ws.exists() else None)
+    return subprocess.call(cmd, cwd=root if ws.exists() else None, env=env)
 
 
 # -------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``homeloc`` console script."""
-    parser = argparse.ArgumentParser(prog="homeloc", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="homeloc",
+        description="homeloc: home countries of social-media users from postgresql-hll "
+                    "userday aggregates, and their Local/Tourist classification for a study "
+                    "country. `homeloc COMMAND --help` describes each command.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_synth(sub)

@@ -1,10 +1,12 @@
-"""The export files of DESIGN.md, streamed batch by batch and written atomically.
+"""The export files (the README's Exports section), streamed batch by batch, written atomically.
 
 ``user_home_locations.csv`` (user_guid,country), ``user_classification.csv``
 (user_guid,classification), ``user_country_userdays.parquet``,
-``user_home_locations.parquet``, ``rejected_rows.csv`` (global input line) and
-``summary.json``. All are written to temporary files first and renamed into
-place only when every one of them is complete.
+``user_home_locations.parquet``, ``rejected_rows.csv`` (global input line),
+``home_countries.csv`` (users per home country and class) and ``summary.json``.
+All are written to temporary files first and renamed into place only when
+every one of them is complete; they go into a generation folder that
+:mod:`homeloc_assets.publish` then publishes with the figures.
 
 Writers of one folder take turns (an exclusive ``flock`` on the folder itself,
 so no lock file shows up in it), and the one holding the lock first removes
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 
 from homeloc_assets.atomic import atomic_path, remove_temporaries
 from homeloc_assets.geo.layers import layer_assets
-from homeloc_assets.inference import CLASS_UNDETERMINED
+from homeloc_assets.inference import CLASS_LOCAL, CLASS_UNDETERMINED
 from homeloc_assets.inputs.reader import EXPORTED_REJECTS_SCHEMA as REJECTS_SCHEMA
 from homeloc_assets.tables import PartitionedTables, csv_writer
 
@@ -37,8 +39,16 @@ EXPORT_FILES = (
     "user_country_userdays.parquet",
     "user_home_locations.parquet",
     "rejected_rows.csv",
+    "home_countries.csv",
     "summary.json",
 )
+
+#: columns of ``home_countries.csv``: users per home country and class
+HOME_COUNTRIES_SCHEMA = pa.schema([
+    ("country", pa.string()), ("code", pa.string()), ("users", pa.int64()),
+    ("locals", pa.int64()), ("tourists", pa.int64()), ("undetermined", pa.int64()),
+    ("share", pa.float64()),
+])
 
 #: the contract columns of ``user_home_<NAME>.parquet``
 LAYER_HOME_COLUMNS = ["user_guid", "region", "region_code", "userdays", "total_userdays",
@@ -156,9 +166,47 @@ def write_exports(
             _stream_parquet(w.path(home_file), (
                 layer_evidence(t).select(LAYER_HOME_COLUMNS) for _, t in region_homes.iter_tables()))
         _stream_csv(w.path("rejected_rows.csv"), _global_rejects(rejects, line_offsets), REJECTS_SCHEMA)
+        _stream_csv(w.path("home_countries.csv"), [home_countries(classification_path)],
+                    HOME_COUNTRIES_SCHEMA)
         w.path("summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         paths = {name: out_dir / name for name in w.paths}
     return paths
+
+
+def home_countries(classification_path: str | Path) -> pa.Table:
+    """Users per home country: Locals, Tourists (every tourist class), undetermined, and the
+    country's share of all users with a home; most users first, then by name.
+
+    Read batch by batch from the classification, so the table of all users is never held.
+    """
+    parts = []
+    for rb in pq.ParquetFile(classification_path).iter_batches(
+            batch_size=1_000_000, columns=["country", "country_code", "classification"]):
+        t = pa.Table.from_batches([rb])
+        parts.append(t.group_by(["country", "country_code", "classification"])
+                     .aggregate([([], "count_all")]))
+    if not parts:
+        return HOME_COUNTRIES_SCHEMA.empty_table()
+    t = pa.concat_tables(parts).group_by(["country", "country_code", "classification"]).aggregate(
+        [("count_all", "sum")])
+    cls = t.column("classification")
+    n = t.column("count_all_sum")
+    zero = pa.scalar(0, pa.int64())
+    by_class = {
+        "locals": pc.if_else(pc.equal(cls, CLASS_LOCAL), n, zero),
+        "undetermined": pc.if_else(pc.equal(cls, CLASS_UNDETERMINED), n, zero),
+    }
+    by_class["tourists"] = pc.if_else(
+        pc.or_(pc.equal(cls, CLASS_LOCAL), pc.equal(cls, CLASS_UNDETERMINED)), zero, n)
+    t = pa.table({"country": t.column("country"), "code": t.column("country_code"), "users": n,
+                  **by_class})
+    t = t.group_by(["country", "code"]).aggregate(
+        [(c, "sum") for c in ("users", "locals", "tourists", "undetermined")])
+    t = t.rename_columns([c.removesuffix("_sum") for c in t.column_names])
+    total = pc.sum(t.column("users")).as_py() or 1
+    t = t.append_column("share", pc.divide(t.column("users").cast(pa.float64()), float(total)))
+    t = t.sort_by([("users", "descending"), ("country", "ascending")])
+    return t.select(HOME_COUNTRIES_SCHEMA.names).cast(HOME_COUNTRIES_SCHEMA)
 
 
 def _global_rejects(rejects: PartitionedTables, offsets: dict[str, int]) -> Iterator[pa.Table]:

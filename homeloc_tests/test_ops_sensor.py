@@ -213,6 +213,19 @@ def test_the_folder_is_one_data_set_of_its_registered_files(env):
     assert catalog.dataset() == [p for p in plans if p.startswith("a-")]
 
 
+def test_a_quiet_tick_says_what_it_watches(env):
+    inbox, cfg, instance = env
+    t = Ticker(instance, cfg)
+    res = t.tick()
+    assert res.skip_reason.skip_message == (
+        f"watching {inbox}: 0 CSV file(s); put a userdays CSV there to start")
+    write_csv(inbox / "a.csv", users=20)
+    assert "1 CSV file(s) (1 waiting to be stable)" in t.tick(now=time.time() - 3600 * 2) \
+        .skip_reason.skip_message
+    t.tick()
+    assert t.tick().skip_reason.skip_message == f"watching {inbox}: 1 CSV file(s) (1 registered)"
+
+
 def test_a_compressed_file_is_refused_once_with_what_to_do(env, capfd):
     import gzip
 

@@ -181,6 +181,25 @@ def batch_landscape_spec(homeloc: HomelocConfig, countries: gpd.GeoDataFrame,
         tuple(str(s) for s in layers))
 
 
+def _partition_metadata(s: dict, layer_names: tuple[str, ...]) -> dict[str, dict]:
+    """Per batch asset the counts of one batch (its stats), shown on that partition."""
+    share = s["points_in_no_country"] / s["rows"] if s["rows"] else 0.0
+    users = {"users": s["users"], "users_with_home": s["users_with_home"]}
+    meta = {
+        "user_locations": {"rows": s["rows"], "points_in_no_country": s["points_in_no_country"],
+                           "share_in_no_country": round(share, 6), "input_lines": s["n_lines"]},
+        "user_country_userdays": {"users": s["users"]},
+        "user_home_locations": {**users, "ties": s["ties"]},
+        "rejected_rows": {"rejected": s["rejected"]},
+    }
+    for name in layer_names:
+        ud, home = layer_assets(name)
+        meta[ud] = {"users": s["users"]}
+        meta[home] = {"users": s["users"],
+                      "users_with_home": int(s.get(f"users_with_home_{name}", 0))}
+    return meta
+
+
 def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
     keys = list(context.partition_keys)
     catalog = homeloc.catalog
@@ -239,28 +258,15 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
         for asset in assets
     }
     share_none = total["points_in_no_country"] / total["rows"] if total["rows"] else 0.0
-    yield dg.Output(
-        files["user_locations"],
-        output_name="user_locations",
-        metadata={"rows": total["rows"], "points_in_no_country": total["points_in_no_country"],
-                  "share_in_no_country": round(share_none, 6)},
-    )
-    yield dg.Output(files["user_country_userdays"], output_name="user_country_userdays",
-                    metadata={"users": total["users"]})
-    yield dg.Output(
-        files["user_home_locations"],
-        output_name="user_home_locations",
-        metadata={"users": total["users"], "users_with_home": total["users_with_home"],
-                  "ties": total["ties"]},
-    )
-    yield dg.Output(files["rejected_rows"], output_name="rejected_rows",
-                    metadata={"rejected": total["rejected"]})
-    for name in layer_names:
-        ud, home = layer_assets(name)
-        with_home = int(sum(s.get(f"users_with_home_{name}", 0) for s in stats))
-        yield dg.Output(files[ud], output_name=ud, metadata={"users": total["users"]})
-        yield dg.Output(files[home], output_name=home,
-                        metadata={"users": total["users"], "users_with_home": with_home})
+    # each partition shows its own counts; the run's totals go to the run's log
+    for ref, s in zip(refs, stats, strict=True):
+        for asset, meta in _partition_metadata(s, layer_names).items():
+            context.add_asset_metadata(meta, asset_key=asset, partition_key=ref.key)
+    context.log.info(
+        f"{len(refs)} batch(es): {total['users']:,} users, {total['rows']:,} rows, "
+        f"{total['rejected']:,} rejected, {total['points_in_no_country']:,} points in no country")
+    for asset in assets:
+        yield dg.Output(files[asset], output_name=asset)
     dup = sum(s.get("duplicate_users", 0) for s in stats)
     yield dg.AssetCheckResult(
         check_name="one_home_per_user",

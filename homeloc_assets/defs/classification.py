@@ -461,6 +461,22 @@ def homeloc_exports(
             "output_dir": dg.MetadataValue.path(str(Path(homeloc.output_dir).resolve())),
             "generation": info.generation,
             "files": ", ".join(sorted(paths)),
+            "home_countries": home_countries_table(paths["home_countries.csv"]),
             **{k: v for k, v in summary.items() if isinstance(v, int)},
         }
     )
+
+
+def home_countries_table(path: Path) -> dg.TableMetadataValue:
+    """``home_countries.csv`` as a table in the UI (every home country)."""
+    import pyarrow.csv as pacsv
+
+    from homeloc_assets.exports import HOME_COUNTRIES_SCHEMA
+
+    t = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types=HOME_COUNTRIES_SCHEMA))
+    kinds = {"country": "string", "code": "string", "share": "float"}
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, kinds.get(c, "int"))
+                                     for c in t.column_names])
+    rows = [dg.TableRecord({**r, "share": round(r["share"], 6)}) for r in t.to_pylist()]
+    return dg.MetadataValue.table(rows, schema=schema)

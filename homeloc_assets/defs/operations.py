@@ -393,8 +393,21 @@ def evaluate_input_folder(
     if add:
         requests.append(dg.AddDynamicPartitionsRequest(user_batches.name, add))
     return dg.SensorResult(
-        run_requests=runs, dynamic_partitions_requests=requests, cursor=cursor.dumps()
+        run_requests=runs, dynamic_partitions_requests=requests, cursor=cursor.dumps(),
+        skip_reason=None if runs or requests else watching_message(homeloc.input_dir, new_files),
     )
+
+
+def watching_message(input_dir: str | Path, files: dict[str, dict]) -> str:
+    """What a quiet tick says: the folder, and its files by state."""
+    states = [e.get("state") for e in files.values()]
+    n_csv = sum(s != "ignored" for s in states)
+    parts = [f"{states.count(s)} {label}" for s, label in (
+        ("registered", "registered"), ("seen", "waiting to be stable"),
+        ("rejected", "not valid (see the warnings)"), ("ignored", "ignored")) if states.count(s)]
+    detail = f" ({', '.join(parts)})" if parts else ""
+    hint = "" if n_csv else "; put a userdays CSV there to start"
+    return f"watching {input_dir}: {n_csv} CSV file(s){detail}{hint}"
 
 
 def _plan_keys(entry: dict) -> list[str]:

@@ -82,7 +82,7 @@ def load_world_countries(
     missing = [c for c in (name_column, code_column) if c not in found]
     if missing:
         raise CountryError(
-            f"country file {src} lacks column(s) {missing}; it has {found}. "
+            f"country file {src} lacks column(s) {', '.join(missing)}; it has {', '.join(found)}. "
             "Pass name_column=/code_column= naming the country name and code columns."
         )
     columns = [name_column, code_column]
@@ -157,7 +157,8 @@ def dissolve_countries(world: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """
     missing = [c for c in ("country", "country_code", "geometry") if c not in world.columns]
     if missing:
-        raise CountryError(f"world lacks column(s) {missing}; it has {list(world.columns)}")
+        raise CountryError(f"world lacks column(s) {', '.join(missing)}; it has "
+                           f"{', '.join(map(str, world.columns))}")
     geoms = shapely.make_valid(np.asarray(world.geometry.array, dtype=object))
     geoms = np.array([_polygonal(g) for g in geoms], dtype=object)
     keep = np.array([g is not None for g in geoms], dtype=bool)
@@ -205,10 +206,11 @@ def resolve_country(countries: pd.DataFrame, name_or_code: str) -> tuple[str, st
         return hits[0]
     if len(hits) > 1:
         raise CountryError(
-            f"country code {query!r} is used by several countries: {[h[0] for h in hits]}; use the name"
+            f"country code {query!r} is used by several countries: {', '.join(h[0] for h in hits)}; "
+            "use the name"
         )
     lowered = {n.casefold(): n for n in names}
     close = [lowered[m] for m in difflib.get_close_matches(q, list(lowered), n=5, cutoff=0.6)]
     close += [n for n in names if q and q in n.casefold() and n not in close][:5]
-    hint = f" Close matches: {close}." if close else ""
+    hint = f" Close matches: {', '.join(close)}." if close else ""
     raise CountryError(f"unknown country {query!r} (neither a country name nor a code).{hint}")

@@ -212,8 +212,9 @@ def _read_geoparquet(path: Path, spec: LayerSpec):
         raise LayerError(f"layer {spec.name}: cannot read {path}: {exc}") from None
     missing = [c for c in (spec.name_column, spec.code_column) if c not in df.columns]
     if missing:
-        raise LayerError(f"layer {spec.name}: {path} lacks column(s) {missing}; it has "
-                         f"{[c for c in df.columns if c != df.geometry.name]}")
+        has = ", ".join(str(c) for c in df.columns if c != df.geometry.name)
+        raise LayerError(f"layer {spec.name}: {path} lacks column(s) {', '.join(missing)}; "
+                         f"it has {has}")
     if df.crs is None:
         raise LayerError(f"layer {spec.name}: {path} has no coordinate reference system")
     if not df.crs.equals("EPSG:4326"):

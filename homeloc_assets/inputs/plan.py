@@ -177,10 +177,11 @@ def read_layout(path: str | Path) -> tuple[int, Layout]:
     missing = [c for c in COLUMNS if c not in low]
     twice = [c for c in COLUMNS if low.count(c) > 1]
     if missing or twice:
-        what = f"missing column(s) {missing}" if missing else f"column(s) named twice {twice}"
+        what = (f"missing column(s) {', '.join(missing)}" if missing
+                else f"column(s) named twice: {', '.join(twice)}")
         raise InputError(
             f"{path}: {what}; the header must name {', '.join(COLUMNS)} (any case, any order, "
-            f"other columns ignored), found {found}",
+            f"other columns ignored), found: {', '.join(found)}",
             line=1,
             offset=0,
         )
