@@ -205,6 +205,17 @@ def _run_locked(ref: BatchRef) -> dict:
         return _compute(ref, setup)
 
 
+def finished_in_run(setup: WorkerSetup, key: str, token: str) -> dict | None:
+    """The result of batch ``key`` when the run ``token`` finished it already, else None."""
+    if not is_finished(setup.tables_dir, setup.stats_dir, key, setup.assets):
+        return None
+    stats = read_stats(setup.stats_dir, key)
+    if not stats or stats.get("run_token") != token:
+        return None
+    files = {a: str(Path(setup.tables_dir) / a / f"{key}.parquet") for a in setup.assets}
+    return {"key": key, "files": files, "stats": stats}
+
+
 def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
     result = process_batch(
         ref.path,
@@ -237,6 +248,8 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
         for kind, table in batch_tables(result, spec, ref.hll_params).items():
             write_table(table, landscape_cache_path(setup.stats_dir, ref.key, kind, spec.tag(kind)))
     stats = dict(result.stats, key=ref.key, plan_id=ref.plan_id, index=ref.index)
+    if _STATE.get("dask_token"):
+        stats["run_token"] = _STATE["dask_token"]  # lets a rerun task see it was done (Dask)
     # written last: a batch is finished exactly when its stats file exists
     write_text_atomic(Path(setup.stats_dir) / f"{ref.key}.json", json.dumps(stats, sort_keys=True))
     return {"key": ref.key, "files": files, "stats": stats}

@@ -197,7 +197,10 @@ def run_on_worker(ref: BatchRef, setup: batch_runner.WorkerSetup, token: str) ->
             state.clear()
             batch_runner._init_worker(setup)
             state["dask_token"] = token
-        return batch_runner._run_one(ref)
+        # Dask reruns a finished task whose result died with its worker; the batch's files
+        # are on the shared disk already, written by this run: keep them, do not rewrite
+        done = batch_runner.finished_in_run(setup, ref.key, token)
+        return done if done is not None else batch_runner._run_one(ref)
 
 
 def _absolute(refs: Sequence[BatchRef], setup: batch_runner.WorkerSetup):

@@ -26,8 +26,8 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 USERS, BATCH_USERS = 4000, "250"  # 16 batches
 
-#: long fault-injection runs: `make test-all` (not `make test`)
-pytestmark = pytest.mark.heavy
+#: `make test` runs the byte-identical run, the worker killed mid-batch and the lease
+#: contention; the other cluster faults are marked heavy (`make test-all`)
 
 
 def _env() -> dict:
@@ -151,6 +151,7 @@ def _run_token() -> str | None:
     return batch_runner._STATE.get("dask_token")
 
 
+@pytest.mark.heavy
 def test_env_var_and_scheduler_file_select_the_cluster(cluster, case, tmp_path):
     src, ref = case
     out = tmp_path / "out"
@@ -161,6 +162,7 @@ def test_env_var_and_scheduler_file_select_the_cluster(cluster, case, tmp_path):
     assert export_files(out) == ref
 
 
+@pytest.mark.heavy
 def test_unreachable_scheduler_bad_address_and_wait_are_one_line(case, tmp_path):
     from homeloc_assets.executors import ClusterError, connect, worker_wait
 
@@ -181,6 +183,7 @@ def test_unreachable_scheduler_bad_address_and_wait_are_one_line(case, tmp_path)
     assert res.returncode == 2 and "HOMELOC_DASK_SCHEDULER='http://x:1'" in _error_line(res)
 
 
+@pytest.mark.heavy
 def test_no_worker_in_time_is_one_line(tmp_path, case):
     from homeloc_assets.executors import ClusterError, check_workers, connect
 
@@ -221,6 +224,7 @@ def _check_with_extra_worker(cluster, name: str, src: Path, storage: Path, **kw)
     return msg
 
 
+@pytest.mark.heavy
 def test_workers_without_homeloc_or_with_other_code_are_named(cluster, case, tmp_path):
     src, _ = case
     other = tmp_path / "other"
@@ -245,6 +249,7 @@ def _unshare_ok() -> bool:
 
 
 @pytest.mark.skipif(not _unshare_ok(), reason="needs root and unshare(1) for a private mount")
+@pytest.mark.heavy
 def test_a_worker_that_cannot_see_the_shared_folder_is_named(cluster, tmp_path, case):
     """A worker in its own mount namespace with an empty tmpfs over the 'shared' folder
     is a worker on a machine where that filesystem is not mounted; the run stops with
@@ -433,6 +438,7 @@ def test_a_stalled_holder_learns_its_lease_was_taken_over(tmp_path):
         got.check()
 
 
+@pytest.mark.heavy
 def test_killed_batch_holder_leaves_nothing_after_the_next_run(case, tmp_path):
     """A process killed while holding a batch's lease with half-written files: the
     next run takes its lease over, removes the temporaries and computes the batch."""
