@@ -99,14 +99,19 @@ def _instance(home: Path):
     """The Dagster instance in ``home``, made with the project's dagster.yaml when new."""
     import dagster as dg
 
+    prepare_dagster_home(home)
+    os.environ["DAGSTER_HOME"] = str(home.resolve())
+    return dg.DagsterInstance.get()
+
+
+def prepare_dagster_home(home: Path) -> None:
+    """Create ``home`` with the project's dagster.yaml (kept when it is there)."""
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
     if not cfg.exists():
         text = (PROJECT_DAGSTER_YAML.read_text() if PROJECT_DAGSTER_YAML.is_file()
                 else "telemetry:\n  enabled: false\n")
         write_text_atomic(cfg, text)
-    os.environ["DAGSTER_HOME"] = str(home.resolve())
-    return dg.DagsterInstance.get()
 
 
 #: errors that mean "the input (or a choice of the user) is wrong": exit 2
@@ -548,7 +553,7 @@ def ui_environment(args) -> tuple[dict[str, str], str]:
     watch.mkdir(parents=True, exist_ok=True)
     home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME")
                 or default_dagster_home(settings)).resolve()
-    _instance(home)  # created with the project's dagster.yaml
+    prepare_dagster_home(home)  # the instance itself is dagster dev's
     env = dict(os.environ, DAGSTER_HOME=str(home), HOMELOC_OUTPUT_DIR=str(out),
                HOMELOC_INPUT_DIR=str(watch))
     if settings.storage_dir:

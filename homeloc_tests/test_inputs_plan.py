@@ -132,7 +132,7 @@ def test_bad_columns(tmp_path):
     with pytest.raises(InputError) as ei:
         plan_batches(p)
     msg = str(ei.value)
-    assert "latitude" in msg and "longitude" in msg and "'lat'" in msg
+    assert "latitude" in msg and "longitude" in msg and "found: user_guid, lat, lon" in msg
 
 
 def test_binary_garbage(tmp_path):

@@ -67,7 +67,7 @@ def test_layer_specs_parse_and_explain_mistakes(tmp_path):
 
 
 def test_polygon_layer_file_without_the_columns_is_refused(regions_file):
-    with pytest.raises(LayerError, match=r"lacks column\(s\).*'name'"):
+    with pytest.raises(LayerError, match=r"lacks column\(s\) name, code; it has"):
         build_layer(parse_layer(f"r={regions_file}"))
 
 
