@@ -537,7 +537,7 @@ def _add_ui(sub) -> None:
 
 def ui_environment(args) -> tuple[dict[str, str], str]:
     """The environment of ``homeloc ui`` and the line that says what it serves."""
-    from homeloc_assets.defs.operations import scan_input_dir
+    from homeloc_assets.inputs.folder import scan_input_dir
     from homeloc_assets.settings import Settings
 
     base = Settings.from_env()

@@ -18,6 +18,7 @@ import pytest
 
 from homeloc_assets.defs import operations as ops
 from homeloc_assets.defs.resources import HomelocConfig
+from homeloc_assets.inputs.folder import scan_input_dir
 from homeloc_tests.helpers import set_age, write_csv
 
 HLL = r"\x128b7fb864f58a7c9c7b22c55fbdadd4c9c52911534ef0e7e557f021d42cf35cc94201"
@@ -251,7 +252,7 @@ def test_symlink_escaping_the_folder_is_ignored(env, tmp_path):
     (inbox / "dangling.csv").symlink_to(inbox / "nothing.csv")
     write_csv(inbox / "real.csv", users=20)
     (inbox / "inside.csv").symlink_to(inbox / "real.csv")
-    found, ignored = ops.scan_input_dir(inbox)
+    found, ignored = scan_input_dir(inbox)
     assert sorted(found) == ["real.csv"]
     # the alias inside.csv -> real.csv is skipped: one file, one plan, one set of runs
     assert sorted(ignored) == ["dangling.csv", "dots.csv", "escape.csv", "inside.csv"]
@@ -263,7 +264,7 @@ def test_symlink_escaping_the_folder_is_ignored(env, tmp_path):
     (inbox / "real.csv").rename(inbox / "real.dat")
     (inbox / "inside.csv").unlink()
     (inbox / "inside.csv").symlink_to("real.dat")
-    found, _ = ops.scan_input_dir(inbox)
+    found, _ = scan_input_dir(inbox)
     assert sorted(found) == ["inside.csv"] and found["inside.csv"].path == inbox.resolve() / "real.dat"
 
 
@@ -273,7 +274,7 @@ def test_hidden_temp_and_non_regular_files_are_ignored(env):
         write_csv(inbox / name, users=10)
     (inbox / "dir.csv").mkdir()
     os.mkfifo(inbox / "pipe.csv")  # opening it would block the sensor
-    found, ignored = ops.scan_input_dir(inbox)
+    found, ignored = scan_input_dir(inbox)
     assert found == {}
     assert sorted(ignored) == ["dir.csv", "pipe.csv"]
     t = Ticker(instance, cfg)

@@ -25,12 +25,13 @@ from homeloc_assets.batch_runner import (
 from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
 from homeloc_assets.geo import CountryLookup
 from homeloc_assets.geo.layers import LayerSpec, layer_assets, load_layer
+from homeloc_assets.inputs.folder import BATCHES_PER_RUN
 from homeloc_assets.tables import StagedPartitions
 
 user_batches = dg.DynamicPartitionsDefinition(name="user_batches")
 
 #: Batches per run in UI backfills: few runs (low Dagster overhead), each on all cores.
-BACKFILL_BATCHES_PER_RUN = 16
+BACKFILL_BATCHES_PER_RUN = BATCHES_PER_RUN  # one owner: inputs.folder
 
 POINTS_IN_NO_COUNTRY_WARN = 0.05
 

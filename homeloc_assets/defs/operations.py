@@ -18,26 +18,29 @@
 * ``homeloc_nightly_heal`` (02:00) re-checks the input folder and requests runs
   for every registered batch that is neither materialized nor in flight.
 
-The cursor of the sensor is JSON (see :class:`_Cursor`).
+The cursor of the sensor is JSON (see :class:`homeloc_assets.inputs.folder.Cursor`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
-import stat
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 
 import dagster as dg
 
-from homeloc_assets.catalog import batch_key, split_key
+from homeloc_assets.catalog import split_key
 from homeloc_assets.defs.batches import BACKFILL_BATCHES_PER_RUN, user_batches
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inputs import InputError
+from homeloc_assets.inputs.folder import (  # the folder logic needs no Dagster
+    Cursor,
+    consecutive_ranges,
+    plan_keys,
+    scan_input_dir,
+    watching_message,
+)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -118,138 +121,6 @@ def range_run_request(
     )
 
 
-def chunk(keys: Sequence[str], size: int = BACKFILL_BATCHES_PER_RUN) -> list[list[str]]:
-    """``keys`` cut into lists of at most ``size``."""
-    return [list(keys[i : i + size]) for i in range(0, len(keys), size)]
-
-
-def consecutive_ranges(
-    wanted: Iterable[str], order: Sequence[str], size: int = BACKFILL_BATCHES_PER_RUN
-) -> list[list[str]]:
-    """The keys of ``wanted`` as runs of consecutive keys of ``order``, each at most ``size``.
-
-    A partition range covers every key between its ends, so a range may only
-    span keys that are all wanted.
-    """
-    wanted = set(wanted)
-    out: list[list[str]] = []
-    cur: list[str] = []
-    for k in order:
-        if k in wanted and len(cur) < size:
-            cur.append(k)
-            continue
-        if cur:
-            out.append(cur)
-        cur = [k] if k in wanted else []
-    if cur:
-        out.append(cur)
-    return out
-
-
-# ------------------------------------------------------------------------ the folder
-@dataclass(frozen=True)
-class Candidate:
-    """A CSV in the input folder that may be registered."""
-
-    name: str
-    path: Path  # resolved (a symlink inside the folder resolves to its target)
-    size: int
-    mtime_ns: int
-
-
-def _not_an_input_name(name: str) -> bool:
-    low = name.lower()
-    return (
-        name.startswith((".", "~", "#"))
-        or low.endswith((".tmp", ".part", ".partial", ".crdownload", ".swp", "~"))
-        or not low.endswith((".csv", ".csv.gz"))
-    )
-
-
-def scan_input_dir(input_dir: str | Path) -> tuple[dict[str, Candidate], list[str]]:
-    """The regular ``*.csv`` files directly in ``input_dir`` and the names that were ignored.
-
-    Hidden and temporary names are skipped silently. A symlink counts only if it
-    resolves to a regular file inside the folder; anything else (outside,
-    dangling, a directory, a FIFO or device, or an alias of another file of the folder) is
-    ignored and named in the second list.
-    """
-    root = Path(input_dir)
-    try:
-        real_root = root.resolve(strict=True)
-    except OSError:
-        return {}, []
-    found: dict[str, Candidate] = {}
-    ignored: list[str] = []
-    try:
-        entries = list(os.scandir(real_root))
-    except OSError:
-        return {}, []
-    for entry in sorted(entries, key=lambda e: e.name):
-        if _not_an_input_name(entry.name):
-            continue
-        p = Path(entry.path)
-        try:
-            if entry.is_symlink():
-                target = p.resolve(strict=True)
-                if not target.is_relative_to(real_root) or target.parent != real_root:
-                    ignored.append(entry.name)
-                    continue
-            else:
-                target = p
-            st = os.stat(target)
-        except (OSError, RuntimeError):
-            ignored.append(entry.name)
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            ignored.append(entry.name)
-            continue
-        found[entry.name] = Candidate(entry.name, target, st.st_size, st.st_mtime_ns)
-    # a symlink to another file of the folder is an alias: the file counts once, by its own name
-    by_path: dict[Path, str] = {}
-    for name, cand in sorted(found.items(), key=lambda kv: (kv[1].path.name != kv[0], kv[0])):
-        if cand.path in by_path:
-            del found[name]
-            ignored.append(name)
-        else:
-            by_path[cand.path] = name
-    return found, sorted(ignored)
-
-
-# ----------------------------------------------------------------------------- cursor
-class _Cursor:
-    """The sensor's memory, stored as JSON.
-
-    ``{"v": 1, "files": {name: entry}, "countries_requested_at": float}`` where
-    an entry is ``{"size", "mtime_ns", "state", ...}`` with ``state``:
-
-    * ``"seen"``: observed once with this size/mtime; registered when unchanged
-      on a later tick and old enough;
-    * ``"registered"``: partitions added (``plan_id``, ``n``, ``first``, ``last``),
-      ``requested`` tells whether its runs were requested;
-    * ``"rejected"``: not a valid input (``error``); retried when it changes.
-    """
-
-    def __init__(self, raw: str | None) -> None:
-        doc: dict = {}
-        if raw:
-            try:
-                doc = json.loads(raw)
-            except ValueError:
-                doc = {}
-        if not isinstance(doc, dict) or doc.get("v") != 1:
-            doc = {}
-        self.files: dict[str, dict] = dict(doc.get("files") or {})
-        self.countries_requested_at: float = float(doc.get("countries_requested_at") or 0.0)
-
-    def dumps(self) -> str:
-        return json.dumps(
-            {"v": 1, "files": self.files, "countries_requested_at": self.countries_requested_at},
-            sort_keys=True,
-            separators=(",", ":"),
-        )
-
-
 def _countries_state(instance: dg.DagsterInstance) -> str:
     """``ready`` (materialized), ``running`` (a run in flight) or ``missing``."""
     if instance.get_latest_materialization_event(COUNTRIES_KEY) is not None:
@@ -266,7 +137,7 @@ def evaluate_input_folder(
     """One tick of the input sensor (a plain function so tests can call it with a clock)."""
     now = time.time() if now is None else now
     instance = context.instance
-    cursor = _Cursor(context.cursor)
+    cursor = Cursor(context.cursor)
     catalog = homeloc.catalog
     found, ignored = scan_input_dir(homeloc.input_dir)
     for name in ignored:
@@ -363,7 +234,7 @@ def evaluate_input_folder(
     if pending and countries == "ready":
         materialized = instance.get_materialized_partitions(HOME_KEY)
         for entry in pending.values():
-            keys = _plan_keys(entry)
+            keys = plan_keys(entry)
             todo = keys if entry.get("rerun") else [k for k in keys if k not in materialized]
             suffix = f"@{entry['mtime_ns']}" if entry.get("rerun") else ""
             for part in consecutive_ranges(todo, keys):
@@ -396,26 +267,6 @@ def evaluate_input_folder(
         run_requests=runs, dynamic_partitions_requests=requests, cursor=cursor.dumps(),
         skip_reason=None if runs or requests else watching_message(homeloc.input_dir, new_files),
     )
-
-
-def watching_message(input_dir: str | Path, files: dict[str, dict]) -> str:
-    """What a quiet tick says: the folder, and its files by state."""
-    states = [e.get("state") for e in files.values()]
-    n_csv = sum(s != "ignored" for s in states)
-    parts = [f"{states.count(s)} {label}" for s, label in (
-        ("registered", "registered"), ("seen", "waiting to be stable"),
-        ("rejected", "not valid (see the warnings)"), ("ignored", "ignored")) if states.count(s)]
-    detail = f" ({', '.join(parts)})" if parts else ""
-    hint = "" if n_csv else "; put a userdays CSV there to start"
-    return f"watching {input_dir}: {n_csv} CSV file(s){detail}{hint}"
-
-
-def _plan_keys(entry: dict) -> list[str]:
-    """The keys of a registered cursor entry (``<plan_id>-<index:05d>``, as the catalog makes them)."""
-    keys = [batch_key(entry["plan_id"], i) for i in range(int(entry["n"]))]
-    if keys and (keys[0] != entry["first"] or keys[-1] != entry["last"]):
-        raise ValueError(f"plan {entry['plan_id']}: key format differs from the catalog's")
-    return keys
 
 
 @dg.sensor(
