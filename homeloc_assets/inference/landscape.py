@@ -22,6 +22,7 @@ privacy-preserving analogue of the chapter's posts.
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import binom, false_discovery_control
 
-from homeloc_assets.hll import grouped_cardinality, grouped_union
+from homeloc_assets.hll import grouped_cardinality, grouped_union_arrow
+from homeloc_assets.hll._hex import arrow_buffers
 from homeloc_assets.inference.homes import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
 
 CLASSES = (CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED)
@@ -145,7 +147,7 @@ def batch_cells(
     ucells, cid = cell_ids(loc.column("latitude").to_numpy(), loc.column("longitude").to_numpy(),
                            resolution)
     gkey, ginv, gcount = _small_groups(cid * 3 + cls, 3 * len(ucells))
-    _, blobs = grouped_union(loc.column("userday_hll"), ginv, len(gkey))
+    _, blobs = grouped_union_arrow(loc.column("userday_hll"), ginv, len(gkey))
     # distinct users per (cell, class): a user has one class
     pair = _sorted_unique(cid.astype(np.int64) * (len(ucls) + 1) + uidx)
     pc_cell, pc_user = pair // (len(ucls) + 1), pair % (len(ucls) + 1)
@@ -178,7 +180,7 @@ def batch_cells(
     return pa.table({
         "cell": pa.array(tcells[rkey // 3], pa.uint64()),
         "cls": pa.array((rkey % 3).astype(np.int8)),
-        "hll": pa.array(blobs, pa.large_binary()).take(pa.array(hll_idx, mask=hll_idx < 0)),
+        "hll": blobs.take(pa.array(hll_idx, mask=hll_idx < 0)),
         "users": pa.array(own_users), "ring_users": pa.array(rcount.astype(np.int64)),
         "locations": pa.array(own_rows),
     }, schema=BATCH_SCHEMA)
@@ -266,13 +268,10 @@ def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups:
     if not len(multi):
         return out
     mg, minv = _unique_inverse(g[multi])
-    _, blobs = grouped_union(hlls.take(pa.array(valid[multi])), minv, len(mg))
-    idx = np.arange(n_groups, dtype=np.int64)
-    src = np.zeros(n_groups, np.int64)  # 0: from out, 1: from the unions
-    src[mg] = 1
-    pos = np.where(src == 1, np.searchsorted(mg, idx), idx)
-    both = pa.chunked_array([out, pa.array(blobs, pa.large_binary())]).combine_chunks()
-    return both.take(pa.array(np.where(src == 1, n_groups + pos, pos)))
+    _, blobs = grouped_union_arrow(hlls.take(pa.array(valid[multi])), minv, len(mg))
+    pos = np.arange(n_groups, dtype=np.int64)  # into out, or past it into the unions
+    pos[mg] = n_groups + np.arange(len(mg))
+    return pa.concat_arrays([out, blobs]).take(pa.array(pos))
 
 
 def combine(tables: Iterable[pa.Table]) -> pa.Table:
@@ -291,31 +290,19 @@ def combine(tables: Iterable[pa.Table]) -> pa.Table:
 
 
 def _hex_column(blobs: pa.Array) -> pa.Array:
-    """bytea hex text (``\\x..``) of a binary column, nulls kept; vectorised."""
+    """bytea hex text (``\\x..``) of a binary column, nulls kept (large_string).
+
+    One ``binascii.hexlify`` of the whole data buffer and one Arrow kernel for the prefixes.
+    """
+    if isinstance(blobs, pa.ChunkedArray):
+        blobs = blobs.combine_chunks() if blobs.num_chunks else pa.array([], pa.large_binary())
     arr = blobs.cast(pa.large_binary())
-    n = len(arr)
-    bufs = arr.buffers()
-    off = np.frombuffer(bufs[1], np.int64)[arr.offset: arr.offset + n + 1]
-    data = (np.frombuffer(bufs[2], np.uint8)[off[0]: off[-1]] if bufs[2] is not None
-            else np.zeros(0, np.uint8))
-    off = off - off[0]
-    lut = np.frombuffer(b"0123456789abcdef", np.uint8)
-    hexed = np.empty((len(data), 2), np.uint8)
-    hexed[:, 0], hexed[:, 1] = lut[data >> 4], lut[data & 15]
-    lens = np.diff(off)
-    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
-    out_len = np.where(valid, 2 * lens + 2, 0)
-    out = np.empty(int(out_len.sum()), np.uint8)
-    ooff = np.concatenate([[0], np.cumsum(out_len)]).astype(np.int64)
-    starts = ooff[:-1][valid]
-    out[starts] = ord("\\")
-    out[starts + 1] = ord("x")
-    body = np.ones(len(out), bool)
-    body[starts] = body[starts + 1] = False
-    out[body] = hexed.reshape(-1)
-    validity = pa.py_buffer(np.packbits(valid, bitorder="little").tobytes())
-    return pa.LargeStringArray.from_buffers(
-        n, pa.py_buffer(ooff.tobytes()), pa.py_buffer(out.tobytes()), validity)
+    data, off, valid = arrow_buffers(arr)
+    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little").tobytes())
+    digits = pa.LargeStringArray.from_buffers(
+        len(arr), pa.py_buffer(off * 2), pa.py_buffer(binascii.hexlify(data)), validity)
+    return pc.binary_join_element_wise(pa.scalar("\\x", pa.large_string()), digits,
+                                       pa.scalar("", pa.large_string()))
 
 
 def binom_two_sided(k: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
@@ -570,7 +557,7 @@ def batch_regions(user_guid: pa.Array, hlls: pa.Array, region_index: np.ndarray,
     first[rid[::-1]] = np.arange(len(rid))[::-1]
     rnames = pa.array(np.asarray(names, dtype=object)[ridx[rows][first]], pa.string())
     gkey, ginv, gcount = _small_groups(rid * 3 + ucls[uidx], 3 * len(ucodes))
-    _, blobs = grouped_union(pc.take(hlls, pa.array(rows)), ginv, len(gkey))
+    _, blobs = grouped_union_arrow(pc.take(hlls, pa.array(rows)), ginv, len(gkey))
     pair = _sorted_unique(rid * (len(ucls) + 1) + uidx)
     p_reg, p_user = pair // (len(ucls) + 1), pair % (len(ucls) + 1)
     users = np.bincount(np.searchsorted(gkey, p_reg * 3 + ucls[p_user]), minlength=len(gkey))
@@ -578,7 +565,7 @@ def batch_regions(user_guid: pa.Array, hlls: pa.Array, region_index: np.ndarray,
     return pa.table({
         "region_code": ucodes.take(g_reg), "region": rnames.take(g_reg),
         "cls": pa.array((gkey % 3).astype(np.int8)),
-        "hll": pa.array(blobs, pa.large_binary()),
+        "hll": blobs,
         "users": pa.array(users.astype(np.int64)), "locations": pa.array(gcount.astype(np.int64)),
     }, schema=REGION_BATCH_SCHEMA)
 
