@@ -89,7 +89,10 @@ def cell_ids(lat: np.ndarray, lon: np.ndarray, resolution: int) -> tuple[np.ndar
     lon = np.ascontiguousarray(lon, dtype=np.float64)
     if not len(lat):
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    order = np.lexsort((lon, lat))
+    # any order that brings equal pairs together will do: sort by a mix of their bits (a
+    # collision only splits a pair's run in two, which still gives each run its cell)
+    mix = lat.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ lon.view(np.uint64)
+    order = np.argsort(mix)
     a, b = lat[order], lon[order]
     new = np.ones(len(a), bool)
     new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
@@ -148,12 +151,16 @@ def batch_cells(
                            resolution)
     gkey, ginv, gcount = _small_groups(cid * 3 + cls, 3 * len(ucells))
     _, blobs = grouped_union_arrow(loc.column("userday_hll"), ginv, len(gkey))
-    # distinct users per (cell, class): a user has one class
-    pair = _sorted_unique(cid.astype(np.int64) * (len(ucls) + 1) + uidx)
-    pc_cell, pc_user = pair // (len(ucls) + 1), pair % (len(ucls) + 1)
-    users = np.bincount(np.searchsorted(gkey, pc_cell * 3 + ucls[pc_user]), minlength=len(gkey))
+    # distinct users per (cell, class): a user has one class; keys ``cell << b | user``
+    b = max(1, int(len(ucls)).bit_length())
+    user_mask = (1 << b) - 1
+    pair = _sorted_unique((cid << b) | uidx)
+    pc_cell, pc_user = pair >> b, pair & user_mask
+    pc_cls = ucls[pc_user].astype(np.int64)
+    users = np.bincount(np.searchsorted(gkey, pc_cell * 3 + pc_cls), minlength=len(gkey))
     # users counted distinct over each cell's k-ring: expand (user, cell) to the
-    # cells whose ring contains it (the ring is symmetric), then unique
+    # cells whose ring contains it (the ring is symmetric), then unique the keys
+    # ``(ring cell * 3 + class) << b | user`` (a user has one class)
     center, nbr = _rings(ucells, ring)
     order = np.argsort(center, kind="stable")
     starts = np.searchsorted(center[order], np.arange(len(ucells)))
@@ -163,10 +170,10 @@ def batch_cells(
     # every cell with rows is a centre of some pair, so the targets are all ring cells
     tcells = _sorted_unique(nbr)
     tid = np.searchsorted(tcells, nbr[order])[base]
-    tu = np.repeat(pc_user, rep)
-    tkey = _sorted_unique(tid.astype(np.int64) * (len(ucls) + 1) + tu)
-    t_cell, t_user = tkey // (len(ucls) + 1), tkey % (len(ucls) + 1)
-    rkey, _, rcount = _small_groups(t_cell * 3 + ucls[t_user], 3 * len(tcells))
+    tkey = _sorted_unique(((tid * 3) << b) + np.repeat((pc_cls << b) | pc_user, rep))
+    ring_counts = np.bincount(tkey >> b, minlength=3 * len(tcells))
+    rkey = np.flatnonzero(ring_counts)
+    rcount = ring_counts[rkey]
     # one table keyed by (cell, class), sorted; every own group is a ring group
     # (a cell is in its own ring), so own columns are scattered into ring rows
     at = np.searchsorted(rkey, np.searchsorted(tcells, ucells[gkey // 3]) * 3 + gkey % 3)
