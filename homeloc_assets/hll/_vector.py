@@ -105,7 +105,7 @@ def _binary(data: npt.NDArray[np.uint8], offsets: Ints) -> pa.LargeBinaryArray:
 
 def _headers(codes: Ints, stype: int, params: dict[int, Params]) -> pa.LargeBinaryArray:
     """The 3-byte headers of storage type ``stype`` for groups of params ``codes``."""
-    uniq = np.unique(codes)
+    uniq = _distinct(codes)
     table = np.array([np.frombuffer(params[int(c)].header(stype), np.uint8) for c in uniq.tolist()],
                      np.uint8).reshape(len(uniq), 3)
     rows = table[np.searchsorted(uniq, codes)] if len(uniq) > 1 else np.broadcast_to(
@@ -139,6 +139,14 @@ def _group_order(group: Ints, n_ids: int) -> Ints:
         perm = o if perm is None else perm[o]
         shift += 16
     return perm
+
+
+def _distinct(codes: Ints) -> Ints:
+    """Sorted distinct values of ``codes`` (params codes: nearly always one value, no sort)."""
+    if not len(codes):
+        return codes[:0]
+    lo, hi = codes.min(), codes.max()
+    return np.array([lo], codes.dtype) if lo == hi else np.unique(codes)
 
 
 def _groups_with(g: Ints, mask: Mask, n_groups: int) -> Mask:
@@ -219,15 +227,17 @@ def _grouped(
     union_group, union_value = _explicit_union(
         p, x_group, x_count, np.flatnonzero(multi[x_group]), n_groups, distinct, want_bytes
     )
-    codes = np.unique(group_code[has_rows]).tolist()
+    codes = _distinct(group_code[has_rows]).tolist()
     threshold = _explicit_thresholds(group_code, codes)
     # hll.c's explicit_union keeps the first EXPLICIT value of a group as it is and
     # promotes only when a new element would pass the threshold: the union stays
     # EXPLICIT while its distinct count is at most max(threshold, first value's size)
     first_size = np.zeros(n_groups, np.int64)
-    if len(x_group):
-        groups_seen, first_at = np.unique(x_group, return_index=True)
-        first_size[groups_seen] = x_count[first_at]
+    if len(x_group):  # x_rows ascend: a group's first value is its lowest position
+        first_at = np.full(n_groups, len(x_group), np.int64)
+        np.minimum.at(first_at, x_group, np.arange(len(x_group)))
+        seen = first_at < len(x_group)
+        first_size[seen] = x_count[first_at[seen]]
     stays_explicit = (has_rows & ~undefined & ~has_registers
                       & (distinct <= np.maximum(threshold, first_size)))
     card[stays_explicit] = distinct[stays_explicit]
@@ -246,7 +256,7 @@ def _grouped(
                         stays_explicit & multi, union_group, union_value, group_code, params)
 
     # ---- estimator groups, per params code
-    for c in np.unique(group_code[estimated]).tolist():
+    for c in _distinct(group_code[estimated]).tolist():
         pr = params_of_code(c)
         selected = np.flatnonzero(estimated & (group_code == c))
         gamma_m2(pr.nregs)  # raises for too few registers, like hll_cardinality
