@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from scipy.stats import binom, false_discovery_control
 
 from homeloc_assets.hll import grouped_cardinality, grouped_union_arrow
-from homeloc_assets.hll._hex import arrow_buffers
+from homeloc_assets.hll._hex import arrow_buffers, not_null_mask
 from homeloc_assets.inference.homes import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
 
 CLASSES = (CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED)
@@ -264,7 +264,7 @@ def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups:
     if isinstance(hlls, pa.ChunkedArray):
         hlls = hlls.combine_chunks() if hlls.num_chunks else pa.array([], pa.large_binary())
     hlls = hlls.cast(pa.large_binary())
-    valid = np.flatnonzero(~np.asarray(hlls.is_null().to_numpy(zero_copy_only=False), bool))
+    valid = np.flatnonzero(not_null_mask(hlls))
     g = groups[valid]
     n = np.bincount(g, minlength=n_groups)
     pick = np.full(n_groups, -1, np.int64)
@@ -282,7 +282,11 @@ def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups:
 
 
 def combine(tables: Iterable[pa.Table]) -> pa.Table:
-    """Union batch tables per (cell, class); same bytes as one union over all rows."""
+    """Union batch tables per (cell, class); same bytes as one union over all rows.
+
+    Cells with no HLL in any batch (only a neighbour of cells with rows) are left out:
+    :func:`landscape_table` has one row per cell with rows and uses only their ring counts.
+    """
     held: list[pa.Table] = []
     rows = 0
     for t in tables:
@@ -293,7 +297,12 @@ def combine(tables: Iterable[pa.Table]) -> pa.Table:
             rows = held[0].num_rows
     if not held:
         return BATCH_SCHEMA.empty_table()
-    return _reduce(pa.concat_tables(held))
+    t = pa.concat_tables(held)
+    cell = t.column("cell").to_numpy()
+    own = _sorted_unique(cell[not_null_mask(t.column("hll").combine_chunks())])
+    at = np.minimum(np.searchsorted(own, cell), max(len(own) - 1, 0))
+    keep = own[at] == cell if len(own) else np.zeros(len(cell), bool)
+    return _reduce(t if keep.all() else t.filter(pa.array(keep)))
 
 
 def _hex_column(blobs: pa.Array) -> pa.Array:
@@ -530,6 +539,10 @@ class BatchLandscapeSpec:
         return classify_batch(homes, info, region_homes=region_homes).select(
             ["user_guid", "classification"])
 
+
+#: columns of the batch tables written without Parquet dictionary encoding: nearly every
+#: value distinct (building their dictionaries took 40 % of writing a cells table)
+NO_DICTIONARY = ("cell", "hll")
 
 REGION_BATCH_SCHEMA = pa.schema([
     ("region_code", pa.string()), ("region", pa.string()), ("cls", pa.int8()),
