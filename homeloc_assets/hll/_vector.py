@@ -744,14 +744,34 @@ def _estimate_exact(
     card[selected] = estimate_from_sums(pr, sums, zero_regs)
 
 
+def _pack_full(regs: Bytes, w: int) -> Bytes:
+    """FULL payloads (registers as one big-endian bit stream, ``w`` bits each) of register rows.
+
+    Eight registers are exactly ``w`` bytes: each such group is built as one integer
+    and cut into its bytes (no per-bit arrays); rows of other lengths bit by bit.
+    """
+    k, m = regs.shape
+    if m % 8:
+        bits = np.unpackbits(regs[:, :, None], axis=2)[:, :, 8 - w :].reshape(k, m * w)
+        return np.packbits(bits, axis=1)
+    eight = regs.reshape(k, m // 8, 8)
+    word = eight[:, :, 0].astype(np.uint64)
+    for i in range(1, 8):
+        word <<= np.uint64(w)
+        word |= eight[:, :, i]
+    out = np.empty((k, m // 8, w), np.uint8)
+    for j in range(w):
+        out[:, :, j] = word >> np.uint64(8 * (w - 1 - j))
+    return out.reshape(k, m // 8 * w)
+
+
 def _pack_groups(pr: Params, regs: Bytes, group_ids: Ints, n_filled: Ints, out: _Out) -> None:
     """Union bytes (SPARSE or FULL, as hll.c ``multiset_pack``) of register rows ``regs``."""
     w, log2m, m = pr.regwidth, pr.log2m, pr.nregs
     sparse = n_filled * (log2m + w) < m * w if pr.sparseon else np.zeros(len(group_ids), bool)
     full_at = np.flatnonzero(~sparse)
     if len(full_at):
-        bits = np.unpackbits(regs[full_at][:, :, None], axis=2)[:, :, 8 - w :].reshape(len(full_at), m * w)
-        packed = np.packbits(bits, axis=1)
+        packed = _pack_full(regs[full_at], w)
         width = packed.shape[1]
         body = _binary(packed.reshape(-1), np.arange(len(full_at) + 1, dtype=np.int64) * width)
         out.put(group_ids[full_at], _with_header(pr.header(FULL), body))
@@ -759,8 +779,11 @@ def _pack_groups(pr: Params, regs: Bytes, group_ids: Ints, n_filled: Ints, out: 
     if not len(sparse_at):
         return
     if log2m + w == 16:
-        r, c = np.nonzero(regs[sparse_at])
-        fields = ((c.astype(np.uint32) << np.uint32(w)) | regs[sparse_at][r, c]).astype(">u2")
+        sub = regs if len(sparse_at) == len(regs) else regs[sparse_at]
+        flat = np.flatnonzero(sub)
+        value = sub.reshape(-1)[flat]
+        r, c = flat >> log2m, (flat & (m - 1)).astype(np.uint32)
+        fields = ((c << np.uint32(w)) | value).astype(">u2")
         ends = np.cumsum(np.bincount(r, minlength=len(sparse_at)))
         body = _binary(fields.view(np.uint8), np.concatenate([[0], ends]).astype(np.int64) * 2)
         out.put(group_ids[sparse_at], _with_header(pr.header(SPARSE), body))

@@ -139,7 +139,7 @@ def batch_cells(
     """
     inside = pc.fill_null(pc.equal(locations.column("country_code"),
                                    pa.scalar(study_country_code)), False)
-    loc = locations.filter(inside)
+    loc = locations.select(["user_guid", "latitude", "longitude", "userday_hll"]).filter(inside)
     uidx = pc.index_in(loc.column("user_guid"), classes.column("user_guid")).to_numpy(
         zero_copy_only=False)
     if len(uidx) and np.isnan(np.asarray(uidx, dtype=float)).any():
