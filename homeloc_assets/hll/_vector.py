@@ -1,10 +1,12 @@
 """Vectorised batch functions over many hlls (the pipeline's hot path).
 
 Owns ``hll_union_agg ... GROUP BY`` with its cardinality
-(:func:`grouped_cardinality`, :func:`grouped_union`) over a column validated
-and unpacked by ``_inspect._parse``.  All work is numpy, split by storage
-type; there is no per-row Python loop over valid rows (only over compressed
-result groups in ``grouped_union`` to build their bytes).  Hex text is
+(:func:`grouped_cardinality`, :func:`grouped_union`, :func:`grouped_union_arrow`)
+over a column validated and unpacked by ``_inspect._parse``.  All work is numpy
+and Arrow, split by storage type; there is no per-row or per-group Python loop
+(the union bytes are built as Arrow arrays of many groups, see :class:`_Out`;
+only SPARSE results whose entries are not 16 bits wide and the dense estimator's
+results, both rare parameter sets, are encoded one group at a time).  Hex text is
 decoded by ``_hex.unhex_many``.
 
 Semantics follow ``_ops`` (PostgreSQL's): per group, NULL rows are skipped;
