@@ -24,6 +24,7 @@ from homeloc_assets.defs.landscape import write_landscape
 from homeloc_assets.geo import CountryLookup, dissolve_countries, load_world_countries
 from homeloc_assets.inference import process_batch
 from homeloc_assets.inference.landscape import (
+    NO_DICTIONARY,
     BatchLandscapeSpec,
     LandscapeParams,
     batch_tables,
@@ -72,7 +73,8 @@ def main(csv: str, work: str, resolution: int = 8, ring: int = 1) -> None:
         tables = clock("landscape in the worker: batch_tables", batch_tables, res, spec,
                        ref.hll_params)
         path = work_dir / "t" / "landscape" / f"{key}.parquet"
-        clock("landscape in the worker: write", write_table, tables["cells"], path)
+        clock("landscape in the worker: write", write_table, tables["cells"], path,
+              no_dictionary=NO_DICTIONARY)
         cells.append(path)
     parts = clock("landscape_cells: read", lambda: [pq.read_table(p) for p in cells])
     combined = clock("landscape_cells: combine", combine, parts)

@@ -242,11 +242,12 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
     for old in Path(setup.stats_dir, LANDSCAPE_CACHE).glob(f"{ref.key}.*.parquet"):
         old.unlink(missing_ok=True)
     if setup.landscape is not None:
-        from homeloc_assets.inference.landscape import batch_tables
+        from homeloc_assets.inference.landscape import NO_DICTIONARY, batch_tables
 
         spec = setup.landscape
         for kind, table in batch_tables(result, spec, ref.hll_params).items():
-            write_table(table, landscape_cache_path(setup.stats_dir, ref.key, kind, spec.tag(kind)))
+            write_table(table, landscape_cache_path(setup.stats_dir, ref.key, kind, spec.tag(kind)),
+                        no_dictionary=NO_DICTIONARY)
     stats = dict(result.stats, key=ref.key, plan_id=ref.plan_id, index=ref.index)
     if _STATE.get("dask_token"):
         stats["run_token"] = _STATE["dask_token"]  # lets a rerun task see it was done (Dask)

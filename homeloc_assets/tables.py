@@ -28,12 +28,19 @@ _STRUCTURAL = r'[,"\r\n]'
 PARQUET_COMPRESSION = "lz4"
 
 
-def write_table(table: pa.Table, target: str | Path, fmt: str = "parquet") -> Path:
-    """Write ``table`` to ``target`` atomically as Parquet or CSV (one header)."""
+def write_table(table: pa.Table, target: str | Path, fmt: str = "parquet",
+                no_dictionary: Sequence[str] = ()) -> Path:
+    """Write ``table`` to ``target`` atomically as Parquet or CSV (one header).
+
+    ``no_dictionary``: Parquet columns written without dictionary encoding (columns of
+    nearly distinct values, e.g. hll bytes, where building the dictionary is wasted work).
+    """
     target = Path(target)
     with atomic_path(target) as tmp:
         if fmt == "parquet":
-            pq.write_table(table, tmp, compression=PARQUET_COMPRESSION)
+            dictionary = ([n for n in table.column_names if n not in set(no_dictionary)]
+                          if no_dictionary else True)
+            pq.write_table(table, tmp, compression=PARQUET_COMPRESSION, use_dictionary=dictionary)
         elif fmt == "csv":
             with csv_writer(tmp, table.schema) as w:
                 w.write_table(table)

@@ -514,3 +514,15 @@ def test_hex_and_params_code():
     assert res.ok.tolist() == [True, False, False]
     assert res.reason[2] == "unknown hll type 7"
     assert res.storage_type.tolist() == [hll.EMPTY, -1, -1]
+
+
+def test_full_packing_equals_the_bit_by_bit_reference():
+    """``_pack_full`` (eight registers as one integer) gives the bytes of the plain bit stream."""
+    from homeloc_assets.hll._vector import _pack_full
+
+    rng = np.random.default_rng(0)
+    for w in range(1, 8):
+        for m in (4, 8, 16, 2048, 1 << 14):
+            regs = rng.integers(0, 1 << w, (3, m)).astype(np.uint8)
+            ref = np.packbits(np.unpackbits(regs[:, :, None], axis=2)[:, :, 8 - w :].reshape(3, m * w), axis=1)
+            assert np.array_equal(_pack_full(regs, w), ref), (w, m)

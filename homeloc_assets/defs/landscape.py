@@ -44,6 +44,7 @@ from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.exports import exports_lock
 from homeloc_assets.geo.layers import LayerSpec, layer_assets, load_layer
 from homeloc_assets.inference.landscape import (
+    NO_DICTIONARY,
     PARAMS_KEY,
     BatchLandscapeSpec,
     batch_cells,
@@ -138,7 +139,7 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
                                   locs.column("userday_hll").combine_chunks(), located.index,
                                   located.names, located.codes, classes)
             target = stage(kind, key)
-            write_table(t, target)
+            write_table(t, target, no_dictionary=NO_DICTIONARY)
             out[kind] = target
         return out
 

@@ -4,7 +4,8 @@ Owns everything about ``hll`` values outside the database: the storage
 format (``_format``), the scalar operations with hll.c's semantics and
 estimator (``_ops``), the ``hll_hash_*`` functions (``_hash``), the hex
 text of whole columns (``_hex``), the validation of whole columns
-(``_inspect``) and the grouped union for the pipeline (``_vector``).  No
+(``_inspect``) and the grouped union for the pipeline (``_vector``;
+:func:`grouped_union_arrow` gives the unions as one Arrow array).  No
 Dagster here.
 
 Why hand-written: python-hll on PyPI is unmaintained and fails to import on
@@ -49,7 +50,7 @@ from ._hash import (
 from ._hex import unhex_many
 from ._inspect import InspectResult, inspect_many, params_of_code
 from ._ops import add, cardinality, describe, empty, union
-from ._vector import grouped_cardinality, grouped_union
+from ._vector import grouped_cardinality, grouped_union, grouped_union_arrow
 
 __all__ = [
     "EMPTY",
@@ -63,6 +64,7 @@ __all__ = [
     "InspectResult",
     "grouped_cardinality",
     "grouped_union",
+    "grouped_union_arrow",
     "inspect_many",
     "params_of_code",
     "unhex_many",

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from ._format import HLLError
 
-__all__ = ["HEX_PAIRS", "HEX_VALUE", "arrow_buffers", "hex_ascii", "unhex_many"]
+__all__ = ["HEX_PAIRS", "HEX_VALUE", "arrow_buffers", "hex_ascii", "not_null_mask", "unhex_many"]
 
 #: HEX_VALUE[c] = the value of ASCII hex digit c (either case), 255 for any other byte.
 HEX_VALUE = np.full(256, 255, dtype=np.uint8)
@@ -66,11 +66,16 @@ def arrow_buffers(
     if n:
         data = data[offsets[0] : offsets[-1]]
         offsets -= offsets[0]
-    if arr.null_count:
-        not_null = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    else:
-        not_null = np.ones(n, dtype=bool)
-    return data, offsets, not_null
+    return data, offsets, not_null_mask(arr)
+
+
+def not_null_mask(arr: pa.Array) -> npt.NDArray[np.bool_]:
+    """True where ``arr`` is not null, from its validity bitmap (no per-value Arrow boolean)."""
+    n = len(arr)
+    if not arr.null_count:
+        return np.ones(n, dtype=bool)
+    bits = np.unpackbits(np.frombuffer(arr.buffers()[0], np.uint8), bitorder="little")
+    return bits[arr.offset : arr.offset + n].astype(bool)
 
 
 def _as_large_string(values: object) -> pa.Array:

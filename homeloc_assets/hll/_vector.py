@@ -1,10 +1,12 @@
 """Vectorised batch functions over many hlls (the pipeline's hot path).
 
 Owns ``hll_union_agg ... GROUP BY`` with its cardinality
-(:func:`grouped_cardinality`, :func:`grouped_union`) over a column validated
-and unpacked by ``_inspect._parse``.  All work is numpy, split by storage
-type; there is no per-row Python loop over valid rows (only over compressed
-result groups in ``grouped_union`` to build their bytes).  Hex text is
+(:func:`grouped_cardinality`, :func:`grouped_union`, :func:`grouped_union_arrow`)
+over a column validated and unpacked by ``_inspect._parse``.  All work is numpy
+and Arrow, split by storage type; there is no per-row or per-group Python loop
+(the union bytes are built as Arrow arrays of many groups, see :class:`_Out`;
+only SPARSE results whose entries are not 16 bits wide and the dense estimator's
+results, both rare parameter sets, are encoded one group at a time).  Hex text is
 decoded by ``_hex.unhex_many``.
 
 Semantics follow ``_ops`` (PostgreSQL's): per group, NULL rows are skipped;
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._format import (
     EMPTY,
@@ -51,10 +55,72 @@ from ._inspect import (
 )
 from ._ops import POW2_NEG, estimate_from_sums, gamma_m2, rho_and_index
 
-__all__ = ["grouped_cardinality", "grouped_union"]
+__all__ = ["grouped_cardinality", "grouped_union", "grouped_union_arrow"]
 
-#: union bytes per group (None: no rows), filled in place; None when only cardinalities are wanted
-UnionOut = list[bytes | None] | None
+
+class _Out:
+    """The union bytes of ``n`` groups, collected as Arrow arrays of several groups at a time.
+
+    Every piece is a ``large_binary`` array with the bytes of the groups ``ids``
+    (each group at most once); :meth:`array` puts them in group order with one
+    Arrow ``take`` (memcpy per value), groups without a piece null. No Python
+    ``bytes`` per group.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.ids: list[Ints] = []
+        self.arrays: list[pa.Array] = []
+
+    def put(self, ids: Ints, arr: pa.Array) -> None:
+        if len(ids):
+            self.ids.append(np.asarray(ids, np.int64))
+            self.arrays.append(arr)
+
+    def put_list(self, ids: Ints, blobs: list[bytes]) -> None:
+        self.put(ids, pa.array(blobs, pa.large_binary()))
+
+    def array(self) -> pa.LargeBinaryArray:
+        if not self.ids:
+            return pa.nulls(self.n, pa.large_binary())
+        ids = np.concatenate(self.ids)
+        pos = np.full(self.n, -1, np.int64)
+        pos[ids] = np.arange(len(ids))
+        both = self.arrays[0] if len(self.arrays) == 1 else pa.concat_arrays(self.arrays)
+        if len(ids) == self.n and np.array_equal(ids, np.arange(self.n)):
+            return both
+        return both.take(pa.array(pos, mask=pos < 0))
+
+
+#: union bytes per group, collected; None when only cardinalities are wanted
+UnionOut = _Out | None
+_NOTHING = pa.scalar(b"", pa.large_binary())
+
+
+def _binary(data: npt.NDArray[np.uint8], offsets: Ints) -> pa.LargeBinaryArray:
+    """A large_binary array over ``data`` cut at ``offsets`` (n + 1, from 0), zero-copy."""
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(offsets) - 1,
+        [None, pa.py_buffer(np.ascontiguousarray(offsets, np.int64)),
+         pa.py_buffer(np.ascontiguousarray(data, np.uint8))])
+
+
+def _headers(codes: Ints, stype: int, params: dict[int, Params]) -> pa.LargeBinaryArray:
+    """The 3-byte headers of storage type ``stype`` for groups of params ``codes``."""
+    uniq = _distinct(codes)
+    table = np.array([np.frombuffer(params[int(c)].header(stype), np.uint8) for c in uniq.tolist()],
+                     np.uint8).reshape(len(uniq), 3)
+    rows = table[np.searchsorted(uniq, codes)] if len(uniq) > 1 else np.broadcast_to(
+        table, (len(codes), 3))
+    return _binary(rows.reshape(-1), np.arange(len(codes) + 1, dtype=np.int64) * 3)
+
+
+def _with_header(header: bytes, body: pa.Array) -> pa.Array:
+    """``header + value`` for every value of ``body`` (one Arrow kernel)."""
+    n = len(body)
+    heads = _binary(np.broadcast_to(np.frombuffer(header, np.uint8), (n, len(header))).reshape(-1),
+                    np.arange(n + 1, dtype=np.int64) * len(header))
+    return pc.binary_join_element_wise(heads, body, _NOTHING)
 
 
 # ---------------------------------------------------------------- grouped union
@@ -75,6 +141,14 @@ def _group_order(group: Ints, n_ids: int) -> Ints:
         perm = o if perm is None else perm[o]
         shift += 16
     return perm
+
+
+def _distinct(codes: Ints) -> Ints:
+    """Sorted distinct values of ``codes`` (params codes: nearly always one value, no sort)."""
+    if not len(codes):
+        return codes[:0]
+    lo, hi = codes.min(), codes.max()
+    return np.array([lo], codes.dtype) if lo == hi else np.unique(codes)
 
 
 def _groups_with(g: Ints, mask: Mask, n_groups: int) -> Mask:
@@ -142,7 +216,7 @@ def _grouped(
     has_registers = _groups_with(g, p.valid & ((st == SPARSE) | (st == FULL)), n_groups)
 
     card = np.full(n_groups, np.nan)
-    out: UnionOut = [None] * n_groups if want_bytes else None
+    out: UnionOut = _Out(n_groups) if want_bytes else None
     card[has_rows & ~undefined] = 0.0
 
     # ---- explicit: exact distinct counts per group
@@ -155,15 +229,17 @@ def _grouped(
     union_group, union_value = _explicit_union(
         p, x_group, x_count, np.flatnonzero(multi[x_group]), n_groups, distinct, want_bytes
     )
-    codes = np.unique(group_code[has_rows]).tolist()
+    codes = _distinct(group_code[has_rows]).tolist()
     threshold = _explicit_thresholds(group_code, codes)
     # hll.c's explicit_union keeps the first EXPLICIT value of a group as it is and
     # promotes only when a new element would pass the threshold: the union stays
     # EXPLICIT while its distinct count is at most max(threshold, first value's size)
     first_size = np.zeros(n_groups, np.int64)
-    if len(x_group):
-        groups_seen, first_at = np.unique(x_group, return_index=True)
-        first_size[groups_seen] = x_count[first_at]
+    if len(x_group):  # x_rows ascend: a group's first value is its lowest position
+        first_at = np.full(n_groups, len(x_group), np.int64)
+        np.minimum.at(first_at, x_group, np.arange(len(x_group)))
+        seen = first_at < len(x_group)
+        first_size[seen] = x_count[first_at[seen]]
     stays_explicit = (has_rows & ~undefined & ~has_registers
                       & (distinct <= np.maximum(threshold, first_size)))
     card[stays_explicit] = distinct[stays_explicit]
@@ -171,17 +247,18 @@ def _grouped(
 
     if out is not None:
         params = {c: params_of_code(c) for c in codes}
-        for gi in np.flatnonzero(has_rows & undefined).tolist():
-            out[gi] = params[int(group_code[gi])].header(UNDEFINED)
+        gids = np.flatnonzero(has_rows & undefined)
+        out.put(gids, _headers(group_code[gids], UNDEFINED, params))
         no_values = has_rows & ~undefined & ~has_registers & (distinct == 0) & (n_values == 0)
-        for gi in np.flatnonzero(no_values).tolist():
-            # only EMPTY rows, or EXPLICIT rows with no elements
-            out[gi] = params[int(group_code[gi])].header(EXPLICIT if has_explicit[gi] else EMPTY)
+        # only EMPTY rows, or EXPLICIT rows with no elements
+        for stype, which in ((EXPLICIT, has_explicit), (EMPTY, ~has_explicit)):
+            gids = np.flatnonzero(no_values & which)
+            out.put(gids, _headers(group_code[gids], stype, params))
         _explicit_bytes(p, x_group, out, stays_explicit & ~multi & (n_values > 0),
                         stays_explicit & multi, union_group, union_value, group_code, params)
 
     # ---- estimator groups, per params code
-    for c in np.unique(group_code[estimated]).tolist():
+    for c in _distinct(group_code[estimated]).tolist():
         pr = params_of_code(c)
         selected = np.flatnonzero(estimated & (group_code == c))
         gamma_m2(pr.nregs)  # raises for too few registers, like hll_cardinality
@@ -260,28 +337,26 @@ def _union_by_packed_keys(
 
 
 def _explicit_bytes(
-    p: _Parsed, x_group: Ints, out: list[bytes | None], single: Mask, multi_result: Mask,
+    p: _Parsed, x_group: Ints, out: _Out, single: Mask, multi_result: Mask,
     union_group: Ints, union_value: Ints, group_code: Ints, params: dict[int, Params],
 ) -> None:
     """Union bytes of groups that stay EXPLICIT: one row's bytes, or the union's values."""
-    raw = p.data.tobytes()
-    pick = single[x_group]
-    for r, gi in zip(p.x_rows[pick].tolist(), x_group[pick].tolist(), strict=True):
-        s = int(p.start[r])
-        out[gi] = raw[s : s + int(p.length[r])]
+    pick = np.flatnonzero(single[x_group])
+    if len(pick):
+        out.put(x_group[pick], p.arr.take(pa.array(p.x_rows[pick], pa.int64())))
     if not len(union_group):
         return
     m = multi_result[union_group]
     groups = union_group[m]
     if not len(groups):  # every multi-row group went past the threshold
         return
-    vals = union_value[m].astype(">i8").tobytes()
-    bounds = np.flatnonzero(np.diff(groups)) + 1
-    starts = np.concatenate([[0], bounds]).tolist()
-    ends = np.concatenate([bounds, [len(groups)]]).tolist()
-    for a, b in zip(starts, ends, strict=True):
-        gi = int(groups[a])
-        out[gi] = params[int(group_code[gi])].header(EXPLICIT) + vals[8 * a : 8 * b]
+    vals = union_value[m].astype(">i8")
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(groups)) + 1])
+    gids = groups[starts]
+    ends = np.append(starts[1:], len(groups)).astype(np.int64)
+    body = _binary(vals.view(np.uint8), np.concatenate([[0], ends]) * 8)
+    out.put(gids, pc.binary_join_element_wise(_headers(group_code[gids], EXPLICIT, params),
+                                              body, _NOTHING))
 
 
 def _packed_regs(padded: Bytes, payload_start: Ints, reg: Ints, w: int) -> Bytes:
@@ -671,33 +746,52 @@ def _estimate_exact(
     card[selected] = estimate_from_sums(pr, sums, zero_regs)
 
 
-def _pack_groups(
-    pr: Params, regs: Bytes, group_ids: Ints, n_filled: Ints, out: list[bytes | None]
-) -> None:
+def _pack_full(regs: Bytes, w: int) -> Bytes:
+    """FULL payloads (registers as one big-endian bit stream, ``w`` bits each) of register rows.
+
+    Eight registers are exactly ``w`` bytes: each such group is built as one integer
+    and cut into its bytes (no per-bit arrays); rows of other lengths bit by bit.
+    """
+    k, m = regs.shape
+    if m % 8:
+        bits = np.unpackbits(regs[:, :, None], axis=2)[:, :, 8 - w :].reshape(k, m * w)
+        return np.packbits(bits, axis=1)
+    eight = regs.reshape(k, m // 8, 8)
+    word = eight[:, :, 0].astype(np.uint64)
+    for i in range(1, 8):
+        word <<= np.uint64(w)
+        word |= eight[:, :, i]
+    out = np.empty((k, m // 8, w), np.uint8)
+    for j in range(w):
+        out[:, :, j] = word >> np.uint64(8 * (w - 1 - j))
+    return out.reshape(k, m // 8 * w)
+
+
+def _pack_groups(pr: Params, regs: Bytes, group_ids: Ints, n_filled: Ints, out: _Out) -> None:
     """Union bytes (SPARSE or FULL, as hll.c ``multiset_pack``) of register rows ``regs``."""
     w, log2m, m = pr.regwidth, pr.log2m, pr.nregs
     sparse = n_filled * (log2m + w) < m * w if pr.sparseon else np.zeros(len(group_ids), bool)
-    sparse_header, full_header = pr.header(SPARSE), pr.header(FULL)
     full_at = np.flatnonzero(~sparse)
     if len(full_at):
-        bits = np.unpackbits(regs[full_at][:, :, None], axis=2)[:, :, 8 - w :].reshape(len(full_at), m * w)
-        packed = np.packbits(bits, axis=1)
-        for i, gi in enumerate(group_ids[full_at].tolist()):
-            out[gi] = full_header + packed[i].tobytes()
+        packed = _pack_full(regs[full_at], w)
+        width = packed.shape[1]
+        body = _binary(packed.reshape(-1), np.arange(len(full_at) + 1, dtype=np.int64) * width)
+        out.put(group_ids[full_at], _with_header(pr.header(FULL), body))
     sparse_at = np.flatnonzero(sparse)
     if not len(sparse_at):
         return
     if log2m + w == 16:
-        r, c = np.nonzero(regs[sparse_at])
-        fields = ((c.astype(np.uint32) << np.uint32(w)) | regs[sparse_at][r, c]).astype(">u2").tobytes()
-        ends = np.cumsum(np.bincount(r, minlength=len(sparse_at))).tolist()
-        a0 = 0
-        for gi, e in zip(group_ids[sparse_at].tolist(), ends, strict=True):
-            out[gi] = sparse_header + fields[2 * a0 : 2 * e]
-            a0 = e
+        sub = regs if len(sparse_at) == len(regs) else regs[sparse_at]
+        flat = np.flatnonzero(sub)
+        value = sub.reshape(-1)[flat]
+        r, c = flat >> log2m, (flat & (m - 1)).astype(np.uint32)
+        fields = ((c << np.uint32(w)) | value).astype(">u2")
+        ends = np.cumsum(np.bincount(r, minlength=len(sparse_at)))
+        body = _binary(fields.view(np.uint8), np.concatenate([[0], ends]).astype(np.int64) * 2)
+        out.put(group_ids[sparse_at], _with_header(pr.header(SPARSE), body))
     else:
-        for i, gi in zip(sparse_at.tolist(), group_ids[sparse_at].tolist(), strict=True):
-            out[gi] = encode_compressed(pr, regs[i], SPARSE)
+        out.put_list(group_ids[sparse_at],
+                     [encode_compressed(pr, regs[i], SPARSE) for i in sparse_at.tolist()])
 
 
 # ---------------------------------------------------------------- estimator, dense
@@ -744,8 +838,8 @@ def _estimate_dense(
         card[groups] = estimate_from_sums(pr, sums, zeros)
         if out is not None:
             n_filled = nregs - zeros
-            for i, gi in enumerate(groups.tolist()):
-                out[gi] = encode_compressed(pr, regs[i], choose_compressed_type(pr, int(n_filled[i])))
+            out.put_list(groups, [encode_compressed(pr, regs[i], choose_compressed_type(pr, int(n_filled[i])))
+                                  for i in range(len(groups))])
 
 
 # ---------------------------------------------------------------- public
@@ -765,6 +859,15 @@ def grouped_union(
     blobs: object, groups: object, n_groups: int | None = None
 ) -> tuple[Floats, list[bytes | None]]:
     """Like :func:`grouped_cardinality`, plus the union bytes per group (None where no rows)."""
+    card, out = grouped_union_arrow(blobs, groups, n_groups)
+    return card, out.to_pylist()
+
+
+def grouped_union_arrow(
+    blobs: object, groups: object, n_groups: int | None = None
+) -> tuple[Floats, pa.LargeBinaryArray]:
+    """Like :func:`grouped_union`, with the union bytes as one Arrow ``large_binary`` array
+    (null where a group has no rows): no Python object per group."""
     card, out = _grouped(blobs, groups, n_groups, want_bytes=True)
     assert out is not None
-    return card, out
+    return card, out.array()

@@ -22,6 +22,7 @@ privacy-preserving analogue of the chapter's posts.
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import binom, false_discovery_control
 
-from homeloc_assets.hll import grouped_cardinality, grouped_union
+from homeloc_assets.hll import grouped_cardinality, grouped_union_arrow
+from homeloc_assets.hll._hex import arrow_buffers, not_null_mask
 from homeloc_assets.inference.homes import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
 
 CLASSES = (CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED)
@@ -87,7 +89,10 @@ def cell_ids(lat: np.ndarray, lon: np.ndarray, resolution: int) -> tuple[np.ndar
     lon = np.ascontiguousarray(lon, dtype=np.float64)
     if not len(lat):
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    order = np.lexsort((lon, lat))
+    # any order that brings equal pairs together will do: sort by a mix of their bits (a
+    # collision only splits a pair's run in two, which still gives each run its cell)
+    mix = lat.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ lon.view(np.uint64)
+    order = np.argsort(mix)
     a, b = lat[order], lon[order]
     new = np.ones(len(a), bool)
     new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
@@ -134,7 +139,7 @@ def batch_cells(
     """
     inside = pc.fill_null(pc.equal(locations.column("country_code"),
                                    pa.scalar(study_country_code)), False)
-    loc = locations.filter(inside)
+    loc = locations.select(["user_guid", "latitude", "longitude", "userday_hll"]).filter(inside)
     uidx = pc.index_in(loc.column("user_guid"), classes.column("user_guid")).to_numpy(
         zero_copy_only=False)
     if len(uidx) and np.isnan(np.asarray(uidx, dtype=float)).any():
@@ -145,13 +150,17 @@ def batch_cells(
     ucells, cid = cell_ids(loc.column("latitude").to_numpy(), loc.column("longitude").to_numpy(),
                            resolution)
     gkey, ginv, gcount = _small_groups(cid * 3 + cls, 3 * len(ucells))
-    _, blobs = grouped_union(loc.column("userday_hll"), ginv, len(gkey))
-    # distinct users per (cell, class): a user has one class
-    pair = _sorted_unique(cid.astype(np.int64) * (len(ucls) + 1) + uidx)
-    pc_cell, pc_user = pair // (len(ucls) + 1), pair % (len(ucls) + 1)
-    users = np.bincount(np.searchsorted(gkey, pc_cell * 3 + ucls[pc_user]), minlength=len(gkey))
+    _, blobs = grouped_union_arrow(loc.column("userday_hll"), ginv, len(gkey))
+    # distinct users per (cell, class): a user has one class; keys ``cell << b | user``
+    b = max(1, int(len(ucls)).bit_length())
+    user_mask = (1 << b) - 1
+    pair = _sorted_unique((cid << b) | uidx)
+    pc_cell, pc_user = pair >> b, pair & user_mask
+    pc_cls = ucls[pc_user].astype(np.int64)
+    users = np.bincount(np.searchsorted(gkey, pc_cell * 3 + pc_cls), minlength=len(gkey))
     # users counted distinct over each cell's k-ring: expand (user, cell) to the
-    # cells whose ring contains it (the ring is symmetric), then unique
+    # cells whose ring contains it (the ring is symmetric), then unique the keys
+    # ``(ring cell * 3 + class) << b | user`` (a user has one class)
     center, nbr = _rings(ucells, ring)
     order = np.argsort(center, kind="stable")
     starts = np.searchsorted(center[order], np.arange(len(ucells)))
@@ -161,10 +170,10 @@ def batch_cells(
     # every cell with rows is a centre of some pair, so the targets are all ring cells
     tcells = _sorted_unique(nbr)
     tid = np.searchsorted(tcells, nbr[order])[base]
-    tu = np.repeat(pc_user, rep)
-    tkey = _sorted_unique(tid.astype(np.int64) * (len(ucls) + 1) + tu)
-    t_cell, t_user = tkey // (len(ucls) + 1), tkey % (len(ucls) + 1)
-    rkey, _, rcount = _small_groups(t_cell * 3 + ucls[t_user], 3 * len(tcells))
+    tkey = _sorted_unique(((tid * 3) << b) + np.repeat((pc_cls << b) | pc_user, rep))
+    ring_counts = np.bincount(tkey >> b, minlength=3 * len(tcells))
+    rkey = np.flatnonzero(ring_counts)
+    rcount = ring_counts[rkey]
     # one table keyed by (cell, class), sorted; every own group is a ring group
     # (a cell is in its own ring), so own columns are scattered into ring rows
     at = np.searchsorted(rkey, np.searchsorted(tcells, ucells[gkey // 3]) * 3 + gkey % 3)
@@ -178,7 +187,7 @@ def batch_cells(
     return pa.table({
         "cell": pa.array(tcells[rkey // 3], pa.uint64()),
         "cls": pa.array((rkey % 3).astype(np.int8)),
-        "hll": pa.array(blobs, pa.large_binary()).take(pa.array(hll_idx, mask=hll_idx < 0)),
+        "hll": blobs.take(pa.array(hll_idx, mask=hll_idx < 0)),
         "users": pa.array(own_users), "ring_users": pa.array(rcount.astype(np.int64)),
         "locations": pa.array(own_rows),
     }, schema=BATCH_SCHEMA)
@@ -255,7 +264,7 @@ def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups:
     if isinstance(hlls, pa.ChunkedArray):
         hlls = hlls.combine_chunks() if hlls.num_chunks else pa.array([], pa.large_binary())
     hlls = hlls.cast(pa.large_binary())
-    valid = np.flatnonzero(~np.asarray(hlls.is_null().to_numpy(zero_copy_only=False), bool))
+    valid = np.flatnonzero(not_null_mask(hlls))
     g = groups[valid]
     n = np.bincount(g, minlength=n_groups)
     pick = np.full(n_groups, -1, np.int64)
@@ -266,17 +275,18 @@ def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups:
     if not len(multi):
         return out
     mg, minv = _unique_inverse(g[multi])
-    _, blobs = grouped_union(hlls.take(pa.array(valid[multi])), minv, len(mg))
-    idx = np.arange(n_groups, dtype=np.int64)
-    src = np.zeros(n_groups, np.int64)  # 0: from out, 1: from the unions
-    src[mg] = 1
-    pos = np.where(src == 1, np.searchsorted(mg, idx), idx)
-    both = pa.chunked_array([out, pa.array(blobs, pa.large_binary())]).combine_chunks()
-    return both.take(pa.array(np.where(src == 1, n_groups + pos, pos)))
+    _, blobs = grouped_union_arrow(hlls.take(pa.array(valid[multi])), minv, len(mg))
+    pos = np.arange(n_groups, dtype=np.int64)  # into out, or past it into the unions
+    pos[mg] = n_groups + np.arange(len(mg))
+    return pa.concat_arrays([out, blobs]).take(pa.array(pos))
 
 
 def combine(tables: Iterable[pa.Table]) -> pa.Table:
-    """Union batch tables per (cell, class); same bytes as one union over all rows."""
+    """Union batch tables per (cell, class); same bytes as one union over all rows.
+
+    Cells with no HLL in any batch (only a neighbour of cells with rows) are left out:
+    :func:`landscape_table` has one row per cell with rows and uses only their ring counts.
+    """
     held: list[pa.Table] = []
     rows = 0
     for t in tables:
@@ -287,35 +297,28 @@ def combine(tables: Iterable[pa.Table]) -> pa.Table:
             rows = held[0].num_rows
     if not held:
         return BATCH_SCHEMA.empty_table()
-    return _reduce(pa.concat_tables(held))
+    t = pa.concat_tables(held)
+    cell = t.column("cell").to_numpy()
+    own = _sorted_unique(cell[not_null_mask(t.column("hll").combine_chunks())])
+    at = np.minimum(np.searchsorted(own, cell), max(len(own) - 1, 0))
+    keep = own[at] == cell if len(own) else np.zeros(len(cell), bool)
+    return _reduce(t if keep.all() else t.filter(pa.array(keep)))
 
 
 def _hex_column(blobs: pa.Array) -> pa.Array:
-    """bytea hex text (``\\x..``) of a binary column, nulls kept; vectorised."""
+    """bytea hex text (``\\x..``) of a binary column, nulls kept (large_string).
+
+    One ``binascii.hexlify`` of the whole data buffer and one Arrow kernel for the prefixes.
+    """
+    if isinstance(blobs, pa.ChunkedArray):
+        blobs = blobs.combine_chunks() if blobs.num_chunks else pa.array([], pa.large_binary())
     arr = blobs.cast(pa.large_binary())
-    n = len(arr)
-    bufs = arr.buffers()
-    off = np.frombuffer(bufs[1], np.int64)[arr.offset: arr.offset + n + 1]
-    data = (np.frombuffer(bufs[2], np.uint8)[off[0]: off[-1]] if bufs[2] is not None
-            else np.zeros(0, np.uint8))
-    off = off - off[0]
-    lut = np.frombuffer(b"0123456789abcdef", np.uint8)
-    hexed = np.empty((len(data), 2), np.uint8)
-    hexed[:, 0], hexed[:, 1] = lut[data >> 4], lut[data & 15]
-    lens = np.diff(off)
-    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
-    out_len = np.where(valid, 2 * lens + 2, 0)
-    out = np.empty(int(out_len.sum()), np.uint8)
-    ooff = np.concatenate([[0], np.cumsum(out_len)]).astype(np.int64)
-    starts = ooff[:-1][valid]
-    out[starts] = ord("\\")
-    out[starts + 1] = ord("x")
-    body = np.ones(len(out), bool)
-    body[starts] = body[starts + 1] = False
-    out[body] = hexed.reshape(-1)
-    validity = pa.py_buffer(np.packbits(valid, bitorder="little").tobytes())
-    return pa.LargeStringArray.from_buffers(
-        n, pa.py_buffer(ooff.tobytes()), pa.py_buffer(out.tobytes()), validity)
+    data, off, valid = arrow_buffers(arr)
+    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little").tobytes())
+    digits = pa.LargeStringArray.from_buffers(
+        len(arr), pa.py_buffer(off * 2), pa.py_buffer(binascii.hexlify(data)), validity)
+    return pc.binary_join_element_wise(pa.scalar("\\x", pa.large_string()), digits,
+                                       pa.scalar("", pa.large_string()))
 
 
 def binom_two_sided(k: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
@@ -537,6 +540,10 @@ class BatchLandscapeSpec:
             ["user_guid", "classification"])
 
 
+#: columns of the batch tables written without Parquet dictionary encoding: nearly every
+#: value distinct (building their dictionaries took 40 % of writing a cells table)
+NO_DICTIONARY = ("cell", "hll")
+
 REGION_BATCH_SCHEMA = pa.schema([
     ("region_code", pa.string()), ("region", pa.string()), ("cls", pa.int8()),
     ("hll", pa.large_binary()), ("users", pa.int64()), ("locations", pa.int64()),
@@ -570,7 +577,7 @@ def batch_regions(user_guid: pa.Array, hlls: pa.Array, region_index: np.ndarray,
     first[rid[::-1]] = np.arange(len(rid))[::-1]
     rnames = pa.array(np.asarray(names, dtype=object)[ridx[rows][first]], pa.string())
     gkey, ginv, gcount = _small_groups(rid * 3 + ucls[uidx], 3 * len(ucodes))
-    _, blobs = grouped_union(pc.take(hlls, pa.array(rows)), ginv, len(gkey))
+    _, blobs = grouped_union_arrow(pc.take(hlls, pa.array(rows)), ginv, len(gkey))
     pair = _sorted_unique(rid * (len(ucls) + 1) + uidx)
     p_reg, p_user = pair // (len(ucls) + 1), pair % (len(ucls) + 1)
     users = np.bincount(np.searchsorted(gkey, p_reg * 3 + ucls[p_user]), minlength=len(gkey))
@@ -578,7 +585,7 @@ def batch_regions(user_guid: pa.Array, hlls: pa.Array, region_index: np.ndarray,
     return pa.table({
         "region_code": ucodes.take(g_reg), "region": rnames.take(g_reg),
         "cls": pa.array((gkey % 3).astype(np.int8)),
-        "hll": pa.array(blobs, pa.large_binary()),
+        "hll": blobs,
         "users": pa.array(users.astype(np.int64)), "locations": pa.array(gcount.astype(np.int64)),
     }, schema=REGION_BATCH_SCHEMA)
 
