@@ -20,9 +20,9 @@ Debian's Chromium:
 * and the UI recomputed nothing ``homeloc run`` had done (no new runs).
 
 Screenshots go to each test's ``tmp_path``. The batch size is set through
-``HOMELOC_BATCH_USERS`` for both commands (2 batches of 1,500 users): with
-``homeloc run --batch-users`` only, a ``homeloc ui --input`` sensor re-plans the
-file with the default size (see the report of this walk).
+``HOMELOC_BATCH_USERS`` for both commands (2 batches of 1,500 users). That a
+``homeloc ui --input F`` sensor keeps the batches of ``homeloc run --batch-users N``
+(it used to re-plan F with its own size) is ``test_sensor_after_run.py``.
 """
 
 from __future__ import annotations
