@@ -142,6 +142,25 @@ class Catalog:
         self._plans[plan_id] = plan
         return plan_id, [batch_key(plan_id, b.index) for b in plan.batches]
 
+    def dataset_plan_of(self, path: str | Path, size: int, mtime_ns: int) -> tuple[str, list[str]] | None:
+        """The data set's plan of ``path`` as the file is now (same size and mtime): ``(plan_id, keys)``.
+
+        Whatever batch size that plan was made with: the input sensor keeps the
+        batches ``homeloc run --batch-users N`` made of the same file instead of
+        re-planning it with its own size (which would retire them). None when
+        the data set holds no plan of that file in that state.
+        """
+        want = str(Path(path).resolve())
+        for plan_id in self.dataset() or []:
+            try:
+                plan = self.load_plan(plan_id)
+            except (KeyError, OSError, ValueError):
+                continue
+            if (str(Path(plan.path).resolve()) == want and plan.size == size
+                    and plan.mtime_ns == mtime_ns):
+                return plan_id, self.keys(plan_id)
+        return None
+
     def load_plan(self, plan_id: str) -> BatchPlan:
         """The stored plan ``plan_id``."""
         if plan_id not in self._plans:

@@ -58,6 +58,94 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_server(proc: subprocess.Popen, url: str, log: Path, timeout: float = SERVER_START_S) -> None:
+    """Until ``url/server_info`` answers 200; fails the test if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[:4]} exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"no webserver at {url} after {timeout}s; see {log}")
+        time.sleep(0.5)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 15) -> bool:
+    """End ``proc`` (started with ``start_new_session``) and every process of its group.
+
+    SIGTERM first; ``dagster dev``'s code servers outlive it until their
+    heartbeat times out, so the group then gets SIGKILL in any case. True when
+    no process of the group is left within ``timeout`` seconds.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@contextlib.contextmanager
+def chromium_page(width: int = 1600, height: int = 1000):
+    """A page of Debian's headless Chromium (closed afterwards)."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            pg = browser.new_page(viewport={"width": width, "height": height})
+            pg.set_default_timeout(30_000)
+            yield pg
+        finally:
+            browser.close()
+
+
+def figure_shown(pg, alt: str) -> dict:
+    """The figure ``img[alt=alt]`` of the open asset page, once it has loaded: its sizes.
+
+    ``natural`` (the PNG's width, 0 if it did not load), the drawn ``width`` and
+    ``height``, its ``right`` edge and ``clip`` (where the nearest clipping
+    ancestor ends), and ``src``.
+    """
+    img = pg.locator(f'img[alt="{alt}"]')
+    img.first.wait_for(state="visible", timeout=30_000)
+    img.first.scroll_into_view_if_needed()
+    pg.wait_for_function(
+        "(alt) => { const i = document.querySelector(`img[alt=\"${alt}\"]`);"
+        " return i && i.complete && i.naturalWidth > 0; }", arg=alt, timeout=30_000)
+    return img.first.evaluate(
+        """i => {
+            const r = i.getBoundingClientRect();
+            let clip = document.documentElement.clientWidth, el = i.parentElement;
+            for (; el; el = el.parentElement) {  // the nearest ancestor that clips
+                const o = getComputedStyle(el).overflowX;
+                if (o !== 'visible') { clip = Math.min(clip, el.getBoundingClientRect().right); }
+            }
+            return {natural: i.naturalWidth, width: r.width, height: r.height,
+                    right: r.right, clip: clip, src: i.getAttribute('src')};
+        }""")
+
+
+def assert_figure_readable(shown: dict) -> None:
+    """Served from the compute-log folder, loaded, drawn at least 700 px wide and not cut off."""
+    assert shown["src"].startswith("/logs/homeloc_figures/"), shown
+    assert shown["natural"] >= 700, shown
+    assert shown["width"] >= 700 and shown["height"] >= 250, shown  # drawn, not a thumbnail
+    assert shown["right"] <= shown["clip"] + 1, shown  # whole, not cut off at the right
+
+
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
     """A Dagster home and HOMELOC_* folders with a planned 2-batch input and the countries."""
@@ -114,42 +202,17 @@ def webserver(planned):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"dagster-webserver exited with {proc.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"dagster-webserver not up after {SERVER_START_S}s; see {log.name}")
-            time.sleep(0.5)
+        wait_for_server(proc, url, Path(log.name))
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc)
         log.close()
 
 
 @pytest.fixture()
 def page(webserver):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            pg = browser.new_page(viewport={"width": 1600, "height": 1000})
-            pg.set_default_timeout(30_000)
-            yield pg
-        finally:
-            browser.close()
+    with chromium_page() as pg:
+        yield pg
 
 
 def _skip_community_dialog(pg) -> None:
@@ -244,27 +307,7 @@ def test_report_figure_is_displayed_on_the_asset_page(planned, webserver, page):
                       ("home_rule_sensitivity", "sensitivity")):
         page.goto(f"{webserver}/assets/{name}", timeout=60_000)
         _skip_community_dialog(page)
-        img = page.locator(f'img[alt="{alt}"]')
-        img.first.wait_for(state="visible", timeout=30_000)
-        img.first.scroll_into_view_if_needed()
-        page.wait_for_function(
-            "(alt) => { const i = document.querySelector(`img[alt=\"${alt}\"]`);"
-            " return i && i.complete && i.naturalWidth > 0; }", arg=alt, timeout=30_000)
-        shown = img.first.evaluate(
-            """i => {
-                const r = i.getBoundingClientRect();
-                let clip = document.documentElement.clientWidth, el = i.parentElement;
-                for (; el; el = el.parentElement) {  // the nearest ancestor that clips
-                    const o = getComputedStyle(el).overflowX;
-                    if (o !== 'visible') { clip = Math.min(clip, el.getBoundingClientRect().right); }
-                }
-                return {natural: i.naturalWidth, width: r.width, height: r.height,
-                        right: r.right, clip: clip, src: i.getAttribute('src')};
-            }""")
-        assert shown["src"].startswith("/logs/homeloc_figures/"), shown
-        assert shown["natural"] >= 700, shown
-        assert shown["width"] >= 700 and shown["height"] >= 250, shown  # drawn, not a thumbnail
-        assert shown["right"] <= shown["clip"] + 1, shown  # whole, not cut off at the right
+        assert_figure_readable(figure_shown(page, alt))
         if name == "tourist_origins_map":  # the top-10 table is inline too
             assert page.get_by_text("Top home countries of Tourists").first.is_visible()
         page.screenshot(path=str(ARTIFACTS / f"report_{name}.png"), full_page=True)

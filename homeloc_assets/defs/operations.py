@@ -197,7 +197,9 @@ def evaluate_input_folder(
             new_files[name] = {**entry, "state": "rejected", "error": msg}
             continue
         try:
-            plan_id, keys = catalog.register(cand.path, homeloc.batch_users)
+            # a file `homeloc run` planned (any --batch-users) keeps its batches
+            plan_id, keys = (catalog.dataset_plan_of(cand.path, cand.size, cand.mtime_ns)
+                             or catalog.register(cand.path, homeloc.batch_users))
         except (InputError, OSError, ValueError) as exc:
             context.log.warning(f"{name}: not registered: {exc}")
             new_files[name] = {**entry, "state": "rejected", "error": str(exc)[:500]}
