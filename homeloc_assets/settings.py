@@ -220,6 +220,14 @@ class Settings:
             from homeloc_assets.executors import validate_address
 
             validate_address(self.dask_scheduler)
+        if not 0 < self.pg_port < 65536:
+            raise ValueError(f"HOMELOC_PG_PORT={self.pg_port}: must be a port (1-65535)")
+        for name in ("pg_retries", "sensor_settle_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{option(name).env}={getattr(self, name)}: must be >= 0")
+        for name in ("sensor_interval_seconds", "automation_interval_seconds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{option(name).env}={getattr(self, name)}: must be at least 1")
         return self
 
     @property

@@ -44,6 +44,10 @@ def test_settings_from_environment_and_bad_values():
         Settings.from_env({"HOMELOC_BATCH_USERS": "many"})
     with pytest.raises(ValueError, match="HOMELOC_HLL_BACKEND"):
         Settings.from_env({"HOMELOC_HLL_BACKEND": "redis"})
+    for env in [{"HOMELOC_PG_PORT": "0"}, {"HOMELOC_PG_RETRIES": "-1"},
+                {"HOMELOC_SENSOR_INTERVAL_SECONDS": "0"}]:
+        with pytest.raises(ValueError, match=next(iter(env))):
+            Settings.from_env(env)
 
 
 @pytest.mark.slow
