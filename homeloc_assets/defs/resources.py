@@ -78,8 +78,8 @@ class HomelocConfig(dg.ConfigurableResource):
 
     @property
     def catalog(self) -> Catalog:
-        """The batch plans."""
-        return Catalog(self.storage_dir)
+        """The batch plans (in ``<output>/.homeloc`` when ``storage_dir`` is empty)."""
+        return Catalog(self.settings.storage_path)
 
 
 class HllBackendResource(dg.ConfigurableResource):
