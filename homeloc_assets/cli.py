@@ -34,6 +34,40 @@ class CliError(Exception):
 
 
 # --------------------------------------------------------------------------- run
+def add_setting_flags(p) -> None:
+    """The flags of the settings that have one (``settings.Option.flag``): type, help and
+    default named from ``Settings``; ``dest`` is the setting's name, ``None`` when not given."""
+    from homeloc_assets.settings import options, shown_default
+
+    for f, opt in options():
+        if not opt.flag:
+            continue
+        if isinstance(f.default, bool):  # --no-X switches a default-on setting off
+            p.add_argument(opt.flag, dest=f.name, action="store_const", const=not f.default,
+                           default=None, help=opt.help)
+            continue
+        shown = shown_default(f.name)
+        default = f"default: {opt.env}, else {shown}" if shown else f"default: {opt.env}"
+        metavar = opt.metavar or opt.flag.lstrip("-").upper().replace("-", "_")
+        p.add_argument(opt.flag, dest=f.name, default=None,
+                       metavar=None if opt.choices else metavar,
+                       type=None if opt.choices else type(f.default), choices=opt.choices,
+                       action="append" if opt.repeat else "store",
+                       help=f"{opt.help} ({default})")
+
+
+def setting_changes(args) -> dict:
+    """The settings given as flags (``add_setting_flags``), as ``Settings.with_`` changes."""
+    from homeloc_assets.settings import options
+
+    changes = {}
+    for f, opt in options():
+        value = getattr(args, f.name, None) if opt.flag else None
+        if value is not None:
+            changes[f.name] = ";".join(value) if opt.repeat else value
+    return changes
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser(
         "run", help="run the whole pipeline on a userdays CSV",
@@ -45,31 +79,7 @@ def _add_run(sub) -> None:
         epilog="Exit codes: 0 success, 1 machine failure (disk, database), 2 bad input or usage, "
                "130/143 interrupted (run again to resume).")
     p.add_argument("--input", required=True, help="userdays CSV sorted by user_guid")
-    p.add_argument("--out", default=None, help="export folder (default: HOMELOC_OUTPUT_DIR or ./out)")
-    p.add_argument("--backend", choices=["embedded", "postgres"], default=None,
-                   help="HLL engine (default: HOMELOC_HLL_BACKEND or embedded)")
-    p.add_argument("--study-country", default=None, help="name or ISO alpha-3 code (default Germany)")
-    p.add_argument("--min-userdays", type=float, default=None,
-                   help="users with fewer distinct userdays are undetermined (default 0)")
-    p.add_argument("--min-share", type=float, default=None,
-                   help="users whose home has a smaller share of their userdays are undetermined (default 0)")
-    p.add_argument("--min-margin", type=float, default=None,
-                   help="users whose home leads the runner-up by fewer userdays are undetermined (default 0)")
-    p.add_argument("--layer", action="append", default=None, metavar="NAME=SPEC",
-                   help="extra region layer, repeatable: NAME=h3:RES or NAME=PATH[#NAME_COLUMN,CODE_COLUMN] "
-                        "(default: HOMELOC_LAYERS)")
-    p.add_argument("--study-region", default=None, metavar="LAYER=CODE",
-                   help="a region of a layer inside the study country: classes Local, Domestic tourist, "
-                        "International tourist")
-    p.add_argument("--batch-users", type=int, default=None, help="users per batch (default 50000)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
-    p.add_argument("--max-reject-share", type=float, default=None,
-                   help="fail when more than this share of rows is rejected (default 0.01)")
-    p.add_argument("--max-no-country-share", type=float, default=None,
-                   help="fail when more than this share of points is in no country (default 0.2)")
-    p.add_argument("--dask", default=None, metavar="SCHEDULER",
-                   help="run the batches on this Dask cluster, tcp://host:8786 or a scheduler "
-                        "file (default: HOMELOC_DASK_SCHEDULER, else a local process pool)")
+    add_setting_flags(p)
     p.add_argument("--dagster-home", default=None,
                    help="Dagster instance folder, to see the runs in the UI "
                         "(default: DAGSTER_HOME, else <out>/.homeloc/dagster_home, "
@@ -77,12 +87,6 @@ def _add_run(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="recompute finished batches too")
     p.add_argument("--no-figures", action="store_true",
                    help="skip the report figures (<out>/figures, a few seconds)")
-    p.add_argument("--cell-resolution", type=int, default=None,
-                   help="H3 resolution of the landscape cells (default 8)")
-    p.add_argument("--cell-ring", type=int, default=None,
-                   help="neighbour rings pooled per landscape cell (default 1)")
-    p.add_argument("--no-landscape", action="store_true",
-                   help="skip the landscape cells (landscape_cells.parquet/.gpkg and maps)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -239,32 +243,13 @@ def cmd_run(args) -> int:
         base = Settings.from_env()
     except ValueError as exc:  # e.g. a bad HOMELOC_DASK_SCHEDULER: one line, not a traceback
         raise CliError(str(exc), EXIT_USAGE) from None
-    out = Path(args.out or base.output_dir)
+    changes = setting_changes(args)
+    out = Path(changes.pop("output_dir", None) or base.output_dir)
     try:
-        settings = base.with_(
-            output_dir=str(out),
-            input_dir=str(input_path.parent),
-            backend=args.backend,
-            study_country=args.study_country,
-            min_userdays=args.min_userdays,
-            min_share=args.min_share,
-            min_margin=args.min_margin,
-            layers=";".join(args.layer) if args.layer else None,
-            study_region=args.study_region,
-            batch_users=args.batch_users,
-            workers=args.workers,
-            max_reject_share=args.max_reject_share,
-            cell_resolution=args.cell_resolution,
-            cell_ring=args.cell_ring,
-            max_no_country_share=args.max_no_country_share,
-            dask_scheduler=args.dask,
-            landscape=False if args.no_landscape else None,
-        )
+        settings = base.with_(output_dir=str(out), input_dir=str(input_path.parent), **changes)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     _check_writable(out, settings.storage_path)
-    if args.backend:
-        os.environ["HOMELOC_HLL_BACKEND"] = args.backend
     # the project's persistent instance (what `homeloc ui` shows) unless another is named
     home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or default_dagster_home(settings))
     instance = _instance(home)
@@ -358,17 +343,17 @@ def cmd_run(args) -> int:
         final.append("home_rule_sensitivity")
     publish_cfg = dict(log_cfg)
     publish_cfg["ops"] = {"homeloc_published": {"config": {
-        "figures": not args.no_figures, "landscape": not args.no_landscape}}}
-    if args.no_landscape:
+        "figures": not args.no_figures, "landscape": settings.landscape}}}
+    if not settings.landscape:
         final.append("homeloc_published")  # else after the landscape: all switch together
     res = dg.materialize(assets, selection=final,
                          instance=instance, resources=resources,
-                         run_config=publish_cfg if args.no_landscape else log_cfg,
+                         run_config=publish_cfg if not settings.landscape else log_cfg,
                          tags={DATASET_TAG: plan_id}, raise_on_error=False)
     if not res.success:
         raise CliError(*_failure(res))
     _print_check_failures(res)
-    if not args.no_landscape:
+    if settings.landscape:
         from homeloc_assets.defs.landscape import landscape_batch_keys, make_landscape_assets
 
         batch_keys = landscape_batch_keys(settings.layer_specs)

@@ -46,6 +46,7 @@ def build_assets(settings: Settings) -> list:
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     """Definitions for ``settings`` (default: from the ``HOMELOC_*`` environment)."""
+    from_env = settings is None
     settings = settings or Settings.from_env()
     return dg.Definitions(
         assets=build_assets(settings),
@@ -54,7 +55,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         jobs=JOBS,
         resources={
             "homeloc": HomelocConfig.from_settings(settings),
-            "hll_backend": HllBackendResource.from_env(settings.backend),
+            "hll_backend": HllBackendResource.from_settings(settings, env_vars=from_env),
             "io_manager": HomelocIOManager(base_dir=str(settings.tables_path)),
         },
     )

@@ -1,17 +1,54 @@
 """Configuration of homeloc, read from ``HOMELOC_*`` environment variables.
 
-One dataclass serves the Dagster definitions and the CLI (whose flags override
-the environment), so both run with the same settings. Secrets are not here:
+One dataclass owns every setting (default, variable, flag, help) and serves the
+Dagster definitions and the CLI (whose flags override the environment), so both
+run with the same settings. Secrets are not here:
 the PostgreSQL password is read from the environment at connect time only.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 
-DEFAULT_BATCH_USERS = 50_000
+#: where each setting goes: ``run`` the ``HomelocConfig`` resource, ``backend`` the
+#: ``HllBackendResource``, ``operations`` the sensors and schedules (fixed when the
+#: definitions load)
+GROUPS = ("run", "backend", "operations")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one setting is given: its variable, ``homeloc run`` flag, help and README default."""
+
+    env: str | None
+    help: str
+    flag: str | None = None
+    group: str = "run"
+    #: the default as the README shows it, when not the value itself (e.g. ``one per core``)
+    shown: str | None = None
+    metavar: str | None = None
+    #: the flag may be repeated; the values are joined with ``;`` (the variable's form)
+    repeat: bool = False
+    choices: tuple[str, ...] | None = None
+
+
+def setting(default, env: str | None, help: str, **kw):
+    """A ``Settings`` field: its default and its :class:`Option` (in the field's metadata)."""
+    return field(default=default, metadata={"option": Option(env, help, **kw)})
+
+
+#: variables read outside ``Settings`` (documented in the README's table too): the
+#: password is read from the environment only at connect time and never stored
+OTHER_ENV = {
+    "HOMELOC_PG_PASSWORD": "PostgreSQL password, read only at connect time",
+    "PGPASSWORD": "libpq's own password variable (kept out of messages like HOMELOC_PG_PASSWORD)",
+    "DAGSTER_HOME": "the Dagster instance (homeloc run --dagster-home)",
+}
+
+PASSWORD_ENV = "HOMELOC_PG_PASSWORD"
 
 
 def _cpu_workers() -> int:
@@ -23,78 +60,137 @@ def _cpu_workers() -> int:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a run needs to know. Defaults suit one person on one machine."""
+    """Everything a run needs to know. Defaults suit one person on one machine.
 
-    input_dir: str = "data/input"
-    output_dir: str = "out"
-    storage_dir: str = ""
-    backend: str = "embedded"
-    study_country: str = "Germany"
-    min_userdays: float = 0.0
-    min_share: float = 0.0
-    min_margin: float = 0.0
-    layers: str = ""
-    study_region: str = ""
-    batch_users: int = DEFAULT_BATCH_USERS
-    workers: int = 0
-    max_reject_share: float = 0.01
-    #: stop above this share of points in no country (likely swapped or wrong coordinates)
-    max_no_country_share: float = 0.2
-    countries_path: str = ""
-    countries_name_column: str = "ADMIN"
-    countries_code_column: str = "ISO_A3_EH"
-    cell_resolution: int = 8
-    cell_ring: int = 1
-    landscape_min_observations: int = 30
-    landscape_min_difference: float = 0.10
-    landscape_max_q: float = 0.05
+    This class owns every setting: its default, variable, ``homeloc run`` flag and
+    help text (:func:`options`). The Dagster resources, the CLI and the README's
+    configuration table are derived from it or checked against it by tests.
+    """
+
+    input_dir: str = setting("data/input", "HOMELOC_INPUT_DIR",
+                             "folder the input sensor watches for *.csv")
+    output_dir: str = setting("out", "HOMELOC_OUTPUT_DIR", "export folder", flag="--out",
+                             metavar="FOLDER")
+    storage_dir: str = setting("", "HOMELOC_STORAGE_DIR", "partition files, batch plans, caches",
+                               shown="<output>/.homeloc")
+    backend: str = setting("embedded", "HOMELOC_HLL_BACKEND", "HLL engine", flag="--backend",
+                           group="backend", choices=("embedded", "postgres"))
+    pg_dsn: str = setting("", "HOMELOC_PG_DSN", "libpq DSN or URL, best without password",
+                          group="backend")
+    pg_host: str = setting("127.0.0.1", "HOMELOC_PG_HOST", "PostgreSQL host", group="backend")
+    pg_port: int = setting(5432, "HOMELOC_PG_PORT", "PostgreSQL port", group="backend")
+    pg_db: str = setting("postgres", "HOMELOC_PG_DB", "PostgreSQL database", group="backend")
+    pg_user: str = setting("postgres", "HOMELOC_PG_USER", "PostgreSQL role", group="backend")
+    pg_retries: int = setting(5, "HOMELOC_PG_RETRIES",
+                              "reconnect attempts when the server goes away", group="backend")
+    study_country: str = setting("Germany", "HOMELOC_STUDY_COUNTRY", "name or ISO alpha-3 code",
+                                 flag="--study-country")
+    min_userdays: float = setting(
+        0.0, "HOMELOC_MIN_USERDAYS", "users with fewer distinct userdays are undetermined",
+        flag="--min-userdays")
+    min_share: float = setting(
+        0.0, "HOMELOC_MIN_SHARE",
+        "users whose home has a smaller share of their userdays are undetermined",
+        flag="--min-share")
+    min_margin: float = setting(
+        0.0, "HOMELOC_MIN_MARGIN",
+        "users whose home leads the runner-up by fewer userdays are undetermined",
+        flag="--min-margin")
+    layers: str = setting(
+        "", "HOMELOC_LAYERS",
+        "extra region layer, repeatable: NAME=h3:RES or NAME=PATH[#NAME_COLUMN,CODE_COLUMN]",
+        flag="--layer", metavar="NAME=SPEC", repeat=True)
+    study_region: str = setting(
+        "", "HOMELOC_STUDY_REGION",
+        "a region of a layer inside the study country: classes Local, Domestic tourist, "
+        "International tourist", flag="--study-region", metavar="LAYER=CODE")
+    batch_users: int = setting(50_000, "HOMELOC_BATCH_USERS", "users per batch",
+                               flag="--batch-users")
+    workers: int = setting(0, "HOMELOC_WORKERS", "worker processes for batches",
+                           flag="--workers", shown="one per core")
+    max_reject_share: float = setting(
+        0.01, "HOMELOC_MAX_REJECT_SHARE", "fail when more than this share of rows is rejected",
+        flag="--max-reject-share")
+    max_no_country_share: float = setting(
+        0.2, "HOMELOC_MAX_NO_COUNTRY_SHARE",
+        "fail when more than this share of points is in no country (likely swapped or wrong "
+        "coordinates)", flag="--max-no-country-share")
+    countries_path: str = setting("", "HOMELOC_COUNTRIES_PATH",
+                                  "own countries file (default: Natural Earth 1:10m)",
+                                  shown="Natural Earth 1:10m")
+    countries_name_column: str = setting("ADMIN", "HOMELOC_COUNTRIES_NAME_COLUMN",
+                                         "name column of the countries file")
+    countries_code_column: str = setting("ISO_A3_EH", "HOMELOC_COUNTRIES_CODE_COLUMN",
+                                         "code column of the countries file")
+    cell_resolution: int = setting(8, "HOMELOC_CELL_RESOLUTION",
+                                   "H3 resolution of the landscape cells",
+                                   flag="--cell-resolution")
+    cell_ring: int = setting(1, "HOMELOC_CELL_RING",
+                             "neighbour rings pooled per landscape cell", flag="--cell-ring")
+    landscape_min_observations: int = setting(
+        30, "HOMELOC_LANDSCAPE_MIN_OBSERVATIONS", "fewer pooled observations: too little data")
+    landscape_min_difference: float = setting(
+        0.10, "HOMELOC_LANDSCAPE_MIN_DIFFERENCE", "share difference a cell needs")
+    landscape_max_q: float = setting(0.05, "HOMELOC_LANDSCAPE_MAX_Q",
+                                     "Benjamini-Yekutieli q limit")
     #: batch workers also compute each batch's landscape tables (``homeloc run --no-landscape``: off)
-    landscape: bool = True
-    #: Dask scheduler (tcp://host:8786 or a scheduler .json file); empty: local process pool
-    dask_scheduler: str = ""
+    landscape: bool = setting(
+        True, None, "skip the landscape cells (landscape_cells.parquet/.gpkg and maps)",
+        flag="--no-landscape")
+    dask_scheduler: str = setting(
+        "", "HOMELOC_DASK_SCHEDULER",
+        "run the batches on this Dask cluster, tcp://host:8786 or a scheduler file",
+        flag="--dask", metavar="SCHEDULER", shown="a local process pool")
+    sensor_interval_seconds: int = setting(30, "HOMELOC_SENSOR_INTERVAL_SECONDS",
+                                           "seconds between input sensor ticks",
+                                           group="operations")
+    sensor_settle_seconds: int = setting(
+        30, "HOMELOC_SENSOR_SETTLE_SECONDS",
+        "a file's mtime must be at least this old before it is registered", group="operations")
+    automation_interval_seconds: int = setting(
+        30, "HOMELOC_AUTOMATION_INTERVAL_SECONDS",
+        "seconds between evaluations of the automation conditions", group="operations")
+    heal_cron: str = setting("0 2 * * *", "HOMELOC_HEAL_CRON", "cron of the nightly heal",
+                             group="operations")
+    heal_timezone: str = setting("UTC", "HOMELOC_HEAL_TIMEZONE",
+                                 "time zone of the nightly heal's cron", group="operations")
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Settings from ``HOMELOC_*`` variables (unset ones keep their defaults)."""
-        env = dict(os.environ if env is None else env)
-        d = cls()
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``HOMELOC_*`` variables (unset or empty ones keep their defaults).
 
-        def get(name: str, default):
-            raw = env.get(name)
+        A password inside ``HOMELOC_PG_DSN`` is cut out of the DSN here: it is not kept
+        (the backend reads it from the environment again at connect time).
+        """
+        env = os.environ if env is None else env
+        values = {}
+        for f, opt in options():
+            raw = env.get(opt.env) if opt.env else None
             if raw is None or raw == "":
-                return default
+                continue
             try:
-                return type(default)(raw)
+                values[f.name] = type(f.default)(raw)
             except ValueError:
-                raise ValueError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
+                raise ValueError(
+                    f"{opt.env}={raw!r} is not a valid {type(f.default).__name__}") from None
+        if values.get("pg_dsn"):
+            from homeloc_assets.backends.postgres import split_password
 
-        return cls(
-            input_dir=get("HOMELOC_INPUT_DIR", d.input_dir),
-            output_dir=get("HOMELOC_OUTPUT_DIR", d.output_dir),
-            storage_dir=get("HOMELOC_STORAGE_DIR", d.storage_dir),
-            backend=get("HOMELOC_HLL_BACKEND", d.backend),
-            study_country=get("HOMELOC_STUDY_COUNTRY", d.study_country),
-            min_userdays=get("HOMELOC_MIN_USERDAYS", d.min_userdays),
-            min_share=get("HOMELOC_MIN_SHARE", d.min_share),
-            min_margin=get("HOMELOC_MIN_MARGIN", d.min_margin),
-            layers=get("HOMELOC_LAYERS", d.layers),
-            study_region=get("HOMELOC_STUDY_REGION", d.study_region),
-            batch_users=get("HOMELOC_BATCH_USERS", d.batch_users),
-            workers=get("HOMELOC_WORKERS", d.workers),
-            max_reject_share=get("HOMELOC_MAX_REJECT_SHARE", d.max_reject_share),
-            max_no_country_share=get("HOMELOC_MAX_NO_COUNTRY_SHARE", d.max_no_country_share),
-            countries_path=get("HOMELOC_COUNTRIES_PATH", d.countries_path),
-            countries_name_column=get("HOMELOC_COUNTRIES_NAME_COLUMN", d.countries_name_column),
-            countries_code_column=get("HOMELOC_COUNTRIES_CODE_COLUMN", d.countries_code_column),
-            cell_resolution=get("HOMELOC_CELL_RESOLUTION", d.cell_resolution),
-            cell_ring=get("HOMELOC_CELL_RING", d.cell_ring),
-            landscape_min_observations=get("HOMELOC_LANDSCAPE_MIN_OBSERVATIONS",
-                                           d.landscape_min_observations),
-            landscape_min_difference=get("HOMELOC_LANDSCAPE_MIN_DIFFERENCE",
-                                         d.landscape_min_difference),
-            landscape_max_q=get("HOMELOC_LANDSCAPE_MAX_Q", d.landscape_max_q),
-            dask_scheduler=get("HOMELOC_DASK_SCHEDULER", d.dask_scheduler),
-        ).validated()
+            values["pg_dsn"] = split_password(values["pg_dsn"])[0]
+        return cls(**values).validated()
+
+    def group(self, name: str) -> dict[str, object]:
+        """The values of the settings of one of :data:`GROUPS`."""
+        return {f.name: getattr(self, f.name) for f, opt in options() if opt.group == name}
+
+    @property
+    def pg_settings(self):
+        """``backends.PostgresSettings`` for these settings (the password stays in the
+        environment)."""
+        from homeloc_assets.backends.postgres import PostgresSettings
+
+        return PostgresSettings(dsn=self.pg_dsn or None, host=self.pg_host, port=self.pg_port,
+                                dbname=self.pg_db, user=self.pg_user, retries=self.pg_retries)
 
     def validated(self) -> Settings:
         """Check ranges; raise ValueError with the setting's name."""
@@ -124,6 +220,14 @@ class Settings:
             from homeloc_assets.executors import validate_address
 
             validate_address(self.dask_scheduler)
+        if not 0 < self.pg_port < 65536:
+            raise ValueError(f"HOMELOC_PG_PORT={self.pg_port}: must be a port (1-65535)")
+        for name in ("pg_retries", "sensor_settle_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{option(name).env}={getattr(self, name)}: must be >= 0")
+        for name in ("sensor_interval_seconds", "automation_interval_seconds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{option(name).env}={getattr(self, name)}: must be at least 1")
         return self
 
     @property
@@ -180,3 +284,25 @@ class Settings:
     def n_workers(self) -> int:
         """Worker processes for batches (0 = one per core)."""
         return self.workers if self.workers > 0 else _cpu_workers()
+
+
+DEFAULTS = Settings()
+DEFAULT_BATCH_USERS = DEFAULTS.batch_users
+
+
+def options() -> list[tuple[Field, Option]]:
+    """Every field of :class:`Settings` with its :class:`Option`, in order."""
+    return [(f, f.metadata["option"]) for f in fields(Settings)]
+
+
+def shown_default(name: str) -> str:
+    """The default of ``name`` as the README and ``--help`` show it ("" for none)."""
+    opt, default = option(name), Settings.__dataclass_fields__[name].default
+    if opt.shown:
+        return opt.shown
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+def option(name: str) -> Option:
+    """The :class:`Option` of the setting ``name``."""
+    return Settings.__dataclass_fields__[name].metadata["option"]

@@ -171,3 +171,35 @@ def test_env_example_names_every_compose_variable(compose):
     example = (DEPLOY / "env.example").read_text()
     for name in names:
         assert re.search(rf"^{name}=", example, flags=re.M), name
+
+
+def _dg() -> Path | None:
+    import sys
+
+    exe = Path(sys.executable).parent / "dg"
+    return exe if exe.exists() else None
+
+
+@pytest.mark.skipif(_dg() is None, reason="dagster-dg-cli is not installed")
+def test_dg_check_and_list_defs_load_the_project(tmp_path):
+    """``dg check defs`` / ``dg list defs`` find the project through pyproject's ``[tool.dg]``
+    and load the same definitions as ``workspace.yaml`` (which stays for ``dagster dev``)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DAGSTER_HOME": str(tmp_path),
+           "HOMELOC_OUTPUT_DIR": str(tmp_path / "out"), "NO_COLOR": "1", "COLUMNS": "300"}
+    check = subprocess.run([str(_dg()), "check", "defs"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "All definitions loaded successfully" in check.stdout + check.stderr
+    listed = subprocess.run([str(_dg()), "list", "defs", "--json"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "user_classification" in listed.stdout and "homeloc_input_sensor" in listed.stdout
+    ws = load(ROOT / "workspace.yaml")["load_from"][0]["python_module"]
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dg"]["project"]
+    assert ws["module_name"] == project["code_location_target_module"]
+    assert ws["location_name"] == project["code_location_name"]

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from homeloc_assets.backends.base import BackendError
+from homeloc_assets.settings import DEFAULTS, PASSWORD_ENV
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,12 @@ class PostgresSettings:
     """
 
     dsn: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 5432
-    dbname: str = "postgres"
-    user: str = "postgres"
-    password_env: str = "HOMELOC_PG_PASSWORD"
-    retries: int = 5
+    host: str = DEFAULTS.pg_host
+    port: int = DEFAULTS.pg_port
+    dbname: str = DEFAULTS.pg_db
+    user: str = DEFAULTS.pg_user
+    password_env: str = PASSWORD_ENV
+    retries: int = DEFAULTS.pg_retries
     backoff_seconds: float = 0.5
     connect_timeout: int = 10
     _dsn_password: str | None = field(default=None, repr=False, compare=False)
@@ -106,16 +107,10 @@ class PostgresSettings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> PostgresSettings:
-        """Read ``HOMELOC_PG_DSN`` or ``HOMELOC_PG_HOST/PORT/DB/USER``."""
-        env = dict(os.environ if env is None else env)
-        return cls(
-            dsn=env.get("HOMELOC_PG_DSN") or None,
-            host=env.get("HOMELOC_PG_HOST", cls.host),
-            port=int(env.get("HOMELOC_PG_PORT", cls.port)),
-            dbname=env.get("HOMELOC_PG_DB", cls.dbname),
-            user=env.get("HOMELOC_PG_USER", cls.user),
-            retries=int(env.get("HOMELOC_PG_RETRIES", cls.retries)),
-        )
+        """From ``HOMELOC_PG_DSN`` or ``HOMELOC_PG_HOST/PORT/DB/USER`` (read by ``Settings``)."""
+        from homeloc_assets.settings import Settings
+
+        return Settings.from_env(env).pg_settings
 
     def connect_kwargs(self) -> dict[str, object]:
         """Arguments for ``psycopg2.connect``; the password only from the environment."""
@@ -156,7 +151,7 @@ def redact(text: str) -> str:
     """Remove passwords from a DSN, URL or error message."""
     text = _SECRET_PATTERNS[0].sub(r"\1***", text)
     text = _SECRET_PATTERNS[1].sub(r"\1***\3", text)
-    secrets = [os.environ.get("HOMELOC_PG_PASSWORD"), os.environ.get("PGPASSWORD")]
+    secrets = [os.environ.get(PASSWORD_ENV), os.environ.get("PGPASSWORD")]
     env_dsn = os.environ.get("HOMELOC_PG_DSN")
     if env_dsn:
         secrets.append(split_password(env_dsn)[1])

@@ -41,25 +41,20 @@ from homeloc_assets.inputs.folder import (  # the folder logic needs no Dagster
     scan_input_dir,
     watching_message,
 )
+from homeloc_assets.settings import Settings
 
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw) if raw.strip() else default
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-
-
+#: sensor timing and the heal schedule (``HOMELOC_SENSOR_*``, ``HOMELOC_AUTOMATION_*``,
+#: ``HOMELOC_HEAL_*``), fixed when the definitions load
+_OPS = Settings.from_env()
 #: Seconds between input sensor ticks.
-SENSOR_INTERVAL_SECONDS = _env_int("HOMELOC_SENSOR_INTERVAL_SECONDS", 30)
+SENSOR_INTERVAL_SECONDS = _OPS.sensor_interval_seconds
 #: A file's mtime must be at least this old before it is registered.
-SETTLE_SECONDS = _env_int("HOMELOC_SENSOR_SETTLE_SECONDS", 30)
+SETTLE_SECONDS = _OPS.sensor_settle_seconds
 #: Seconds between evaluations of the automation conditions.
-AUTOMATION_INTERVAL_SECONDS = _env_int("HOMELOC_AUTOMATION_INTERVAL_SECONDS", 30)
+AUTOMATION_INTERVAL_SECONDS = _OPS.automation_interval_seconds
 #: Cron of the nightly heal, in HOMELOC_HEAL_TIMEZONE (default UTC, not the server's zone).
-HEAL_CRON = os.environ.get("HOMELOC_HEAL_CRON", "0 2 * * *")
-HEAL_TIMEZONE = os.environ.get("HOMELOC_HEAL_TIMEZONE", "UTC")
+HEAL_CRON = _OPS.heal_cron
+HEAL_TIMEZONE = _OPS.heal_timezone
 #: Re-request the countries run after a failure at most this often.
 COUNTRIES_RETRY_SECONDS = 600
 #: Runs that started longer ago than this are not counted as "in flight" by the heal

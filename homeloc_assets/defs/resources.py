@@ -1,68 +1,85 @@
-"""Dagster resources: the run settings and the HLL backend (embedded or PostgreSQL)."""
+"""Dagster resources: the run settings and the HLL backend (embedded or PostgreSQL).
+
+Both are views of :class:`~homeloc_assets.settings.Settings`, which owns every
+setting: each field's default and description here come from it, and
+``homeloc_tests/test_cli.py`` checks that the fields are exactly its ``run`` and
+``backend`` groups with the same types.
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields
+import os
 
 import dagster as dg
 from pydantic import Field
 
 from homeloc_assets.backends import HllBackend, PostgresSettings, make_backend
 from homeloc_assets.catalog import Catalog
-from homeloc_assets.settings import Settings
+from homeloc_assets.settings import PASSWORD_ENV, Settings, option
+
+
+def _field(name: str, **kw):
+    """The resource field of the setting ``name``: its default and help, naming its variable."""
+    opt = option(name)
+    default = Settings.__dataclass_fields__[name].default
+    text = opt.help[:1].upper() + opt.help[1:] + (f" ({opt.env})." if opt.env else ".")
+    return Field(default=default, description=text, **kw)
 
 
 class HomelocConfig(dg.ConfigurableResource):
-    """Where data lives and how it is judged (see README, "Configuration")."""
+    """Where data lives and how it is judged (see README, "Configuration").
 
-    input_dir: str = Field(description="Folder watched for userdays CSVs (HOMELOC_INPUT_DIR).")
-    output_dir: str = Field(description="Where the exports go (HOMELOC_OUTPUT_DIR).")
-    storage_dir: str = Field(description="Partition files and batch plans.")
-    study_country: str = Field(default="Germany", description="Name or ISO alpha-3 code.")
-    min_userdays: float = Field(default=0.0, description="Below: undetermined.")
-    min_share: float = Field(default=0.0, description="Home share below: undetermined.")
-    min_margin: float = Field(default=0.0, description="Margin to the runner-up below: undetermined.")
-    layers: str = Field(default="", description="Extra region layers NAME=SPEC;... (HOMELOC_LAYERS).")
-    study_region: str = Field(default="", description="LAYER=CODE inside the study country.")
-    batch_users: int = Field(default=50_000, description="Users per batch partition.")
-    workers: int = Field(default=0, description="Worker processes (0 = one per core).")
-    max_reject_share: float = Field(default=0.01, description="Fail above this share of rejected rows.")
-    max_no_country_share: float = Field(
-        default=0.2, description="Fail above this share of points in no country "
-                                 "(HOMELOC_MAX_NO_COUNTRY_SHARE).")
-    countries_path: str = Field(default="", description="Own countries file (default: Natural Earth).")
-    countries_name_column: str = "ADMIN"
-    countries_code_column: str = "ISO_A3_EH"
-    cell_resolution: int = Field(default=8, description="H3 resolution of the landscape cells.")
-    cell_ring: int = Field(default=1, description="Neighbour rings pooled per cell (k).")
-    landscape_min_observations: int = Field(default=30, description="Fewer: too little data.")
-    landscape_min_difference: float = Field(default=0.10, description="Share difference needed.")
-    landscape_max_q: float = Field(default=0.05, description="Benjamini-Yekutieli q limit.")
+    The ``run`` settings; the backend's are in :class:`HllBackendResource`
+    (:meth:`settings_with` joins both).
+    """
+
+    input_dir: str = _field("input_dir")
+    output_dir: str = _field("output_dir")
+    storage_dir: str = _field("storage_dir")
+    study_country: str = _field("study_country")
+    min_userdays: float = _field("min_userdays")
+    min_share: float = _field("min_share")
+    min_margin: float = _field("min_margin")
+    layers: str = _field("layers")
+    study_region: str = _field("study_region")
+    batch_users: int = _field("batch_users")
+    workers: int = _field("workers")
+    max_reject_share: float = _field("max_reject_share")
+    max_no_country_share: float = _field("max_no_country_share")
+    countries_path: str = _field("countries_path")
+    countries_name_column: str = _field("countries_name_column")
+    countries_code_column: str = _field("countries_code_column")
+    cell_resolution: int = _field("cell_resolution")
+    cell_ring: int = _field("cell_ring")
+    landscape_min_observations: int = _field("landscape_min_observations")
+    landscape_min_difference: float = _field("landscape_min_difference")
+    landscape_max_q: float = _field("landscape_max_q")
     landscape: bool = Field(default=True, description=(
         "Batch workers also compute each batch's landscape tables (off: --no-landscape)."))
-    dask_scheduler: str = Field(
-        default="",
-        description="Dask scheduler for the batches, tcp://host:8786 or a scheduler .json file "
-                    "(HOMELOC_DASK_SCHEDULER); empty: a local process pool.",
-    )
+    dask_scheduler: str = _field("dask_scheduler")
 
     @classmethod
     def from_settings(cls, s: Settings) -> HomelocConfig:
         """The resource for ``s`` (storage resolved to its default if unset)."""
-        values = {f.name: getattr(s, f.name) for f in fields(Settings) if f.name in cls.model_fields}
+        values = s.group("run")
         values["storage_dir"] = str(s.storage_path)
         return cls(**values)
 
     @property
     def settings(self) -> Settings:
-        """As a plain ``Settings``."""
-        return Settings(**{f.name: getattr(self, f.name) for f in fields(Settings)
-                           if f.name in type(self).model_fields})
+        """The run settings as a plain ``Settings`` (backend settings at their defaults:
+        :meth:`settings_with` adds them)."""
+        return Settings(**{name: getattr(self, name) for name in Settings().group("run")})
+
+    def settings_with(self, hll_backend: HllBackendResource) -> Settings:
+        """All settings: these and the backend's."""
+        return Settings(**{name: getattr(self, name) for name in Settings().group("run")},
+                        **hll_backend.values)
 
     @property
     def catalog(self) -> Catalog:
-        """The batch plans."""
-        return Catalog(self.storage_dir)
+        """The batch plans (in ``<output>/.homeloc`` when ``storage_dir`` is empty)."""
+        return Catalog(self.settings.storage_path)
 
 
 class HllBackendResource(dg.ConfigurableResource):
@@ -73,14 +90,21 @@ class HllBackendResource(dg.ConfigurableResource):
     ``pg_password_env`` when connecting, never stored in config or shown.
     """
 
-    backend: str = Field(default="embedded", description="embedded | postgres")
-    pg_dsn: str = Field(default="", description="libpq DSN without password (HOMELOC_PG_DSN).")
-    pg_host: str = "127.0.0.1"
-    pg_port: int = 5432
-    pg_db: str = "postgres"
-    pg_user: str = "postgres"
-    pg_password_env: str = "HOMELOC_PG_PASSWORD"
-    pg_retries: int = 5
+    backend: str = _field("backend")
+    pg_dsn: str = _field("pg_dsn")
+    pg_host: str = _field("pg_host")
+    pg_port: int = _field("pg_port")
+    pg_db: str = _field("pg_db")
+    pg_user: str = _field("pg_user")
+    pg_retries: int = _field("pg_retries")
+    pg_password_env: str = Field(
+        default=PASSWORD_ENV,
+        description="Name of the variable the password is read from at connect time.")
+
+    @property
+    def values(self) -> dict[str, object]:
+        """The ``backend`` settings of this resource."""
+        return {name: getattr(self, name) for name in Settings().group("backend")}
 
     @property
     def pg_settings(self) -> PostgresSettings:
@@ -100,17 +124,26 @@ class HllBackendResource(dg.ConfigurableResource):
         return make_backend(self.backend, self.pg_settings if self.backend == "postgres" else None)
 
     @classmethod
-    def from_env(cls, backend: str | None = None) -> HllBackendResource:
-        """From ``HOMELOC_HLL_BACKEND`` and ``HOMELOC_PG_*``."""
-        pg = PostgresSettings.from_env()
-        import os
+    def from_settings(cls, s: Settings, env_vars: bool = False,
+                      env: dict[str, str] | None = None) -> HllBackendResource:
+        """The resource for ``s``.
 
-        return cls(
-            backend=backend or os.environ.get("HOMELOC_HLL_BACKEND", "embedded") or "embedded",
-            pg_dsn=pg.dsn or "",
-            pg_host=pg.host,
-            pg_port=pg.port,
-            pg_db=pg.dbname,
-            pg_user=pg.user,
-            pg_retries=pg.retries,
-        )
+        With ``env_vars`` (the definitions ``workspace.yaml`` and ``dg`` load), a connection part set in the environment (``env``, default ``os.environ``) and
+        not changed in ``s`` becomes a ``dg.EnvVar``: Dagster shows the variable's name
+        and reads it when a run starts. The DSN stays a value, with any password cut
+        out (an ``EnvVar`` would bring the password back into the resource).
+        """
+        env = os.environ if env is None else env
+        values: dict[str, object] = s.group("backend")
+        parts = ("pg_host", "pg_port", "pg_db", "pg_user", "pg_retries") if env_vars else ()
+        for name in parts:
+            var = option(name).env
+            raw = env.get(var or "")
+            if raw and str(values[name]) == raw:
+                values[name] = dg.EnvVar.int(var) if isinstance(values[name], int) else dg.EnvVar(var)
+        return cls(**values)
+
+    @classmethod
+    def from_env(cls, backend: str | None = None) -> HllBackendResource:
+        """From ``HOMELOC_HLL_BACKEND`` and ``HOMELOC_PG_*`` (``backend`` overrides)."""
+        return cls.from_settings(Settings.from_env().with_(backend=backend))
