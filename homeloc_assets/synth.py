@@ -27,6 +27,17 @@ How the data is built (all vectorised with numpy, chunk by chunk):
   the home country has more than twice the distinct days of any other
   country (safe against the HLL estimate error above 160 values).
 
+Shapes (``--shape``, :data:`SHAPES`): ``default`` as above; ``seed``, the
+real data's shape: 43-character base64 HMAC-SHA256-like ids (mixed case,
+``+``, ``/``), values of ``hll_set_defaults(11, 5, 0, 1)`` (no EXPLICIT,
+SPARSE from the first element: ``\\x138b40…``) whose elements are
+``hll_hash_text`` of :func:`userday_text` (Murmur3-128 hex of
+``"user_guid:YYYY-MM-DD"``; one hash per user and day, shared by all of the
+user's locations that day), a 0.05° grid and a heavier tail of locations per
+user; ``heavy``, power users: about 17 % SPARSE and 8 % FULL values at the
+default parameters. ``--params`` sets the header and storage types for other
+expthresh/sparseon values (log2m 11 and regwidth 5 only).
+
 EXPLICIT values (most rows) are encoded as header ``12 8b 7f`` followed by the
 hashes as big-endian int64 sorted by signed value; the hex text of all rows is
 produced with lookup tables on uint8 views. Rows with more than 160 distinct
