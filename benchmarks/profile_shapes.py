@@ -126,17 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=200_000)
     p.add_argument("--shapes", default="default,seed,heavy")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", action="store_true", help="also the 20k sample of make run")
     p.add_argument("--out", type=Path, default=None, help="also write the reports here")
     args = p.parse_args(argv)
     from homeloc_assets import synth
 
     texts = []
-    for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
-        work = DATA_DIR / f"profile_{shape}"
+    jobs = [(s.strip(), args.users, args.seed) for s in args.shapes.split(",") if s.strip()]
+    if args.sample:
+        jobs.append(("default", 20_000, 7))
+    for shape, users, seed in jobs:
+        work = DATA_DIR / f"profile_{shape}_{users}"
         work.mkdir(parents=True, exist_ok=True)
         path = work / "in.csv"
-        log(f"{shape}: generating {args.users:,} users")
-        s = synth.generate(args.users, path, seed=args.seed, **synth.SHAPES[shape])
+        log(f"{shape}: generating {users:,} users")
+        s = synth.generate(users, path, seed=seed, **synth.SHAPES[shape])
         la = os.getloadavg()[0]
         log(f"{shape}: profiling homeloc run")
         prof, wall = profile_run(path, work)
