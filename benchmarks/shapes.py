@@ -21,8 +21,12 @@ resumes: every batch is already finished). The load average is recorded
 around every measurement. A markdown table goes to stdout and to
 ``benchmarks/results/shapes_<date>.md`` (raw figures as JSON next to it).
 
+With ``--readme`` the table also replaces the one between the
+``shapes.py`` markers of ``benchmarks/README.md`` (the prose around it, with
+the load and the findings, stays to be updated by hand).
+
 Usage: ``python benchmarks/shapes.py [--users 200000] [--shapes default,seed,heavy]
-[--keep-data] [--skip-sample]``.
+[--keep-data] [--skip-sample] [--readme]``.
 """
 
 from __future__ import annotations
@@ -221,6 +225,14 @@ def _homes(out: Path) -> pd.DataFrame | None:
     return pd.read_csv(p, dtype=str, keep_default_na=False) if p.exists() else None
 
 
+def put_in_readme(table: str, readme: Path = HERE / "README.md") -> None:
+    """Replace the table between ``<!-- shapes.py:start -->`` and ``:end -->`` in ``readme``."""
+    start, end = "<!-- shapes.py:start -->", "<!-- shapes.py:end -->"
+    text = readme.read_text()
+    i, j = text.index(start) + len(start), text.index(end)
+    readme.write_text(text[:i] + "\n" + table + "\n" + text[j:])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the per-shape benchmark; print and save the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -231,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-postgis", action="store_true")
     p.add_argument("--keep-data", action="store_true", help="keep the generated files")
     p.add_argument("--out", type=Path, default=None, help="markdown file")
+    p.add_argument(
+        "--readme",
+        action="store_true",
+        help="also put the table between the shapes.py markers of benchmarks/README.md",
+    )
     args = p.parse_args(argv)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -391,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             path.unlink(missing_ok=True)
             path.with_name(path.name + ".truth.csv").unlink(missing_ok=True)
     save()
+    if args.readme:
+        put_in_readme(markdown_table(rows, COLUMNS))
     log(f"wrote {out_md}")
     print(render())
     return 0
