@@ -27,6 +27,17 @@ How the data is built (all vectorised with numpy, chunk by chunk):
   the home country has more than twice the distinct days of any other
   country (safe against the HLL estimate error above 160 values).
 
+Shapes (``--shape``, :data:`SHAPES`): ``default`` as above; ``seed``, the
+real data's shape: 43-character base64 HMAC-SHA256-like ids (mixed case,
+``+``, ``/``), values of ``hll_set_defaults(11, 5, 0, 1)`` (no EXPLICIT,
+SPARSE from the first element: ``\\x138b40…``) whose elements are
+``hll_hash_text`` of :func:`userday_text` (Murmur3-128 hex of
+``"user_guid:YYYY-MM-DD"``; one hash per user and day, shared by all of the
+user's locations that day), a 0.05° grid and a heavier tail of locations per
+user; ``heavy``, power users: about 17 % SPARSE and 8 % FULL values at the
+default parameters. ``--params`` sets the header and storage types for other
+expthresh/sparseon values (log2m 11 and regwidth 5 only).
+
 EXPLICIT values (most rows) are encoded as header ``12 8b 7f`` followed by the
 hashes as big-endian int64 sorted by signed value; the hex text of all rows is
 produced with lookup tables on uint8 views. Rows with more than 160 distinct
@@ -53,10 +64,14 @@ from homeloc_assets.hll._hex import hex_ascii
 from homeloc_assets.hll._ops import rho_and_index
 
 __all__ = [
+    "SHAPES",
     "SynthSummary",
     "generate",
+    "params_bytes",
+    "shape_kwargs",
     "synth_main",
     "truth_path_for",
+    "userday_text",
 ]
 
 # postgresql-hll storage at the default parameters.
@@ -401,6 +416,13 @@ class _Params:
     n_days: int
     local_travel_share: float
     explicit_max: int
+    sparse: bool = True
+    cutoff_byte: int = CUTOFF_BYTE
+    heavy_days_median: float = 400.0
+    heavy_days_sigma: float = 0.9
+    heavy_days_min: int = 100
+    userday_text: bool = False
+    day_text: tuple[str, ...] = ()
 
 
 def _sorted_unique(a: np.ndarray) -> np.ndarray:
@@ -425,10 +447,16 @@ def _chunk(
     prm: _Params,
     day_hash: np.ndarray,
     day_rank: np.ndarray,
-    day_be: np.ndarray,
+    elements: list | None = None,
 ) -> tuple[pa.Table, pa.Table, dict[str, int], int]:
-    """Rows and truth of the users whose 32-char ids are ``guid_hex`` (U, 32) uint8."""
-    n_users = len(guid_hex)
+    """Rows and truth of the users whose ids are ``guid_hex`` (U, width) uint8 (ASCII).
+
+    With ``prm.userday_text`` the elements are ``hll_hash_text`` of
+    :func:`userday_text` (one hash per distinct (user, day)) instead of
+    ``hll_hash_bigint(day)``. Returns also, when ``elements`` is a list, one
+    (row, day) array pair appended to it (for the tests' PostgreSQL check).
+    """
+    n_users, id_width = guid_hex.shape
     study = world.study
     n_countries = len(world.names)
     ndays = prm.n_days
@@ -493,7 +521,13 @@ def _chunk(
     hm_user = row_user[hm]
     hm_k = 1 + np.floor(rng.lognormal(prm.days_mu, prm.days_sigma, len(hm))).astype(np.int64)
     heavy = rng.random(len(hm)) < prm.heavy_share
-    hm_k[heavy] = np.clip(np.rint(rng.lognormal(np.log(400.0), 0.9, int(heavy.sum()))), 100, 8000)
+    hm_k[heavy] = np.clip(
+        np.rint(
+            rng.lognormal(np.log(prm.heavy_days_median), prm.heavy_days_sigma, int(heavy.sum()))
+        ),
+        prm.heavy_days_min,
+        8000,
+    )
     lo = np.where(heavy, 0, active0[hm_user])
     width = np.where(heavy, ndays, span[hm_user])
     hm_rows = np.repeat(hm, hm_k)
@@ -515,8 +549,27 @@ def _chunk(
 
     e_row = np.concatenate([ab_rows, hm_rows, st_rows])
     e_day = np.concatenate([ab_days, hm_days, st_days])
-    ekey = _sorted_unique((e_row << _NDAY_BITS) | day_rank[e_day])
-    e_row, e_rank = ekey >> _NDAY_BITS, ekey & ((1 << _NDAY_BITS) - 1)
+    if prm.userday_text:
+        # one hash per distinct (user, day), shared by all rows of that user and day
+        ekey = _sorted_unique((e_row << _NDAY_BITS) | e_day)
+        e_row, e_day = ekey >> _NDAY_BITS, ekey & ((1 << _NDAY_BITS) - 1)
+        if elements is not None:
+            elements.append((e_row, e_day))
+        ud = _sorted_unique(row_user[e_row] * ndays + e_day)
+        ud_hash = _userday_hashes(guid_hex, ud // ndays, ud % ndays, prm.day_text)
+        e_hash = ud_hash[np.searchsorted(ud, row_user[e_row] * ndays + e_day)]
+        order = np.lexsort((e_hash, e_row))  # by row, then by signed hash (EXPLICIT order)
+        e_row, e_hash = e_row[order], e_hash[order]
+        if len(e_row) > 1:  # a hash collision inside one row is one element
+            keep = np.concatenate([[True], (e_row[1:] != e_row[:-1]) | (e_hash[1:] != e_hash[:-1])])
+            e_row, e_hash = e_row[keep], e_hash[keep]
+    else:
+        ekey = _sorted_unique((e_row << _NDAY_BITS) | day_rank[e_day])
+        e_row, e_rank = ekey >> _NDAY_BITS, ekey & ((1 << _NDAY_BITS) - 1)
+        if elements is not None:
+            order_day = np.argsort(day_rank)
+            elements.append((e_row, order_day[e_rank]))
+        e_hash = day_hash[e_rank]
     cnt = np.bincount(e_row, minlength=n_rows_out).astype(np.int64)
     e_first = np.concatenate([[0], np.cumsum(cnt)[:-1]])
 
@@ -528,10 +581,10 @@ def _chunk(
     if len(big):
         big_entries = np.flatnonzero(np.repeat(cnt > explicit_max, cnt))
         local_row = np.searchsorted(big, e_row[big_entries])
-        t_row, t_idx, t_val = filled_registers(local_row, day_hash[e_rank[big_entries]])
+        t_row, t_idx, t_val = filled_registers(local_row, e_hash[big_entries])
         filled = np.bincount(t_row, minlength=len(big))
         sparse_bytes = (filled * (LOG2M + REGWIDTH) + 7) // 8
-        is_sparse = sparse_bytes < FULL_BYTES
+        is_sparse = (sparse_bytes < FULL_BYTES) & prm.sparse
         htype[big] = np.where(is_sparse, TYPE_SPARSE, TYPE_FULL)
         payload[big] = np.where(is_sparse, sparse_bytes, FULL_BYTES)
     nbytes = 4 + payload
@@ -540,12 +593,12 @@ def _chunk(
     buf = np.zeros(int(off[-1]), dtype=np.uint8)
     buf[starts + 1] = htype
     buf[starts + 2] = PARAM_BYTE
-    buf[starts + 3] = CUTOFF_BYTE
+    buf[starts + 3] = prm.cutoff_byte
     expl = np.repeat(htype == TYPE_EXPLICIT, cnt)
     xr = e_row[expl]
     j = np.flatnonzero(expl) - e_first[xr]
     dest_pos = starts[xr] + 4 + 8 * j
-    buf[dest_pos[:, None] + np.arange(8)] = day_be[e_rank[expl]]
+    buf[dest_pos[:, None] + np.arange(8)] = e_hash[expl].astype(">i8").view(np.uint8).reshape(-1, 8)
     if len(big):
         t_first = np.concatenate([[0], np.cumsum(filled)[:-1]])
         sp = is_sparse[t_row]
@@ -567,7 +620,9 @@ def _chunk(
     guid_rows = guid_hex[row_user].reshape(-1)
     table = pa.table(
         {
-            "user_guid": _string_array(guid_rows, np.arange(n_rows_out + 1, dtype=np.int64) * 32),
+            "user_guid": _string_array(
+                guid_rows, np.arange(n_rows_out + 1, dtype=np.int64) * id_width
+            ),
             "latitude": world.pool_lat.take(pa.array(point)),
             "longitude": world.pool_lon.take(pa.array(point)),
             "userday_hll": _string_array(text, 2 * off),
@@ -578,7 +633,7 @@ def _chunk(
     truth = pa.table(
         {
             "user_guid": _string_array(
-                guid_hex.reshape(-1), np.arange(n_users + 1, dtype=np.int64) * 32
+                guid_hex.reshape(-1), np.arange(n_users + 1, dtype=np.int64) * id_width
             ),
             "home_country": names.take(pa.array(home)),
             "home_country_code": codes.take(pa.array(home)),
@@ -588,6 +643,16 @@ def _chunk(
     types = {name: int(np.count_nonzero(htype == t)) for t, name in HLL_TYPE_NAMES.items()}
     max_rows = int(np.bincount(row_user, minlength=n_users).max()) if n_rows_out else 0
     return table, truth, types, max_rows
+
+
+def _write_elements(fh, table: pa.Table, e_row: np.ndarray, e_day: np.ndarray, day_text) -> None:
+    """Append each element of a chunk as ``user_guid,latitude,longitude,day,userday``."""
+    g = table["user_guid"].to_pylist()
+    la = table["latitude"].to_pylist()
+    lo = table["longitude"].to_pylist()
+    for r, d in zip(e_row.tolist(), e_day.tolist(), strict=True):
+        date = day_text[d]
+        fh.write(f"{g[r]},{la[r]},{lo[r]},{d},{userday_text(g[r], date)}\n")
 
 
 def _guids(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -601,6 +666,121 @@ def _guids(rng: np.random.Generator, n: int) -> np.ndarray:
             raise RuntimeError("duplicate random user ids; use another seed")
     raw = ids.astype(">u8").view(np.uint8).reshape(n, 16)
     return hex_ascii(raw)
+
+
+_B64 = np.frombuffer(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", dtype=np.uint8
+)
+B64_ID_LEN = 43
+
+
+def _guids_base64(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n distinct HMAC-SHA256-like ids, byte-sorted, as (n, 43) uint8 ASCII.
+
+    Like ``RTRIM(ENCODE(HMAC(id, key, 'sha256'), 'base64'), '=')``: 32 random
+    bytes in standard base64 (mixed case, ``+`` and ``/``) without the ``=``.
+    """
+    raw = np.zeros((n, 33), dtype=np.uint8)
+    raw[:, :32] = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
+    g = raw.reshape(n, 11, 3).astype(np.uint32)
+    v = (g[:, :, 0] << 16) | (g[:, :, 1] << 8) | g[:, :, 2]
+    six = np.stack([(v >> 18) & 63, (v >> 12) & 63, (v >> 6) & 63, v & 63], axis=2)
+    text = _B64[six.reshape(n, 44)[:, :B64_ID_LEN]]
+    keys = np.ascontiguousarray(text).view(f"S{B64_ID_LEN}").ravel()
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    if n > 1 and (keys[1:] == keys[:-1]).any():  # probability ~n**2 / 2**257
+        raise RuntimeError("duplicate random user ids; use another seed")
+    return np.ascontiguousarray(text[order])
+
+
+def _day_texts(n_days: int) -> tuple[str, ...]:
+    """ISO dates of days 0..n_days-1 counted from 2000-01-01."""
+    d = np.datetime64("2000-01-01") + np.arange(n_days)
+    return tuple(str(x) for x in d)
+
+
+def userday_text(user_guid: str, date: str) -> str:
+    """The hashed userday of the seed's shape: 32 hex digits of Murmur3-128 of ``"user:date"``.
+
+    The file's elements are ``hll_hash_text(userday_text(user, date))``,
+    so ``hll_add_agg(hll_hash_text(userday), 11, 5, 0, 1)`` over a row's
+    userdays in PostgreSQL gives the row's value.
+    """
+    import mmh3
+
+    return mmh3.hash_bytes(f"{user_guid}:{date}".encode()).hex()
+
+
+def _userday_hashes(
+    guid_ascii: np.ndarray, user: np.ndarray, day: np.ndarray, day_text: Sequence[str]
+) -> np.ndarray:
+    """``hll_hash_text(userday_text(guid, date))`` of each (user, day) pair (int64)."""
+    import mmh3
+
+    hb = mmh3.hash_bytes
+    h64 = mmh3.hash64
+    ids = [bytes(r).decode("ascii") + ":" for r in guid_ascii]
+    out = np.fromiter(
+        (
+            h64(hb((ids[u] + day_text[d]).encode()).hex().encode(), 0, True, True)[0]
+            for u, d in zip(user.tolist(), day.tolist(), strict=True)
+        ),
+        dtype=np.int64,
+        count=len(user),
+    )
+    return out
+
+
+def params_bytes(log2m: int, regwidth: int, expthresh: int, sparseon: int) -> tuple[int, int, int]:
+    """(parameter byte, cutoff byte, largest EXPLICIT count) of postgresql-hll parameters.
+
+    Only log2m 11 and regwidth 5 are generated (SPARSE entries are then 16-bit
+    chunks); expthresh is -1 (auto: 160), 0 (no EXPLICIT) or a power of two.
+    """
+    if (log2m, regwidth) != (LOG2M, REGWIDTH):
+        raise ValueError(f"--params: only log2m {LOG2M} and regwidth {REGWIDTH} are generated")
+    if sparseon not in (0, 1):
+        raise ValueError("--params: sparseon must be 0 or 1")
+    if expthresh == -1:
+        code, emax = 63, EXPLICIT_MAX
+    elif expthresh == 0:
+        code, emax = 0, 0
+    elif expthresh > 0 and expthresh & (expthresh - 1) == 0 and expthresh <= 16384:
+        code, emax = expthresh.bit_length(), expthresh
+    else:
+        raise ValueError("--params: expthresh must be -1, 0 or a power of two up to 16384")
+    return PARAM_BYTE, (sparseon << 6) | code, emax
+
+
+#: ``homeloc synth --shape``: presets of :func:`generate`'s keyword arguments.
+SHAPES: dict[str, dict] = {
+    "default": {},
+    # The seed's real shape: base64 HMAC ids, hll_set_defaults(11, 5, 0, 1)
+    # (every value SPARSE from the first element, ``\x138b40``), userdays as
+    # hll_hash_text of a hashed "user:date", a coarser grid, a heavier tail of
+    # locations per user (the seed finds a user with 500 locations in its first
+    # 100 users).
+    "seed": {
+        "ids": "base64",
+        "userdays": "text",
+        "params": (11, 5, 0, 1),
+        "grid_step": 0.05,
+        "rows_mu": 0.5,
+        "rows_sigma": 1.35,
+        "max_rows": 3000,
+    },
+    # Power users: about 17 % SPARSE and 8 % FULL values at the default
+    # parameters (the rest EXPLICIT), base64 ids.
+    "heavy": {
+        "ids": "base64",
+        "heavy_share": 0.3,
+        "heavy_days_median": 560.0,
+        "heavy_days_sigma": 0.8,
+        "heavy_days_min": 175,
+        "chunk_users": 25_000,
+    },
+}
 
 
 _WORLD_CACHE: dict[tuple, tuple[object, _World]] = {}
@@ -629,6 +809,13 @@ def generate(
     study_pool_size: int = 30_000,
     countries=None,
     progress: Callable[[int, int, int], None] | None = None,
+    ids: str = "hex",
+    userdays: str = "bigint",
+    params: tuple[int, int, int, int] | None = None,
+    heavy_days_median: float = 400.0,
+    heavy_days_sigma: float = 0.9,
+    heavy_days_min: int = 100,
+    elements_path: str | Path | None = None,
 ) -> SynthSummary:
     """Write ``n_users`` synthetic users to ``out_path`` (+ ``<out>.truth.csv``); deterministic per seed.
 
@@ -640,6 +827,16 @@ def generate(
     number of values stored as EXPLICIT (PostgreSQL's auto threshold, 160, by
     default); 0 stores every value as SPARSE (or FULL), which PostgreSQL
     accepts too, like input whose values all start with ``\\x138b7f``.
+
+    ``ids``: ``"hex"`` (32 lowercase hex digits) or ``"base64"`` (43
+    characters, like the seed's HMAC ids). ``userdays``: ``"bigint"``
+    (elements ``hll_hash_bigint(day)``) or ``"text"``
+    (``hll_hash_text(userday_text(user, date))``, per user). ``params``
+    (log2m, regwidth, expthresh, sparseon) sets the header bytes and the
+    storage types (overrides ``explicit_max``). ``heavy_days_*``: the
+    lognormal number of days of a heavy location. ``elements_path``, for
+    tests of small files: also write every element as a CSV
+    ``user_guid,latitude,longitude,day,userday`` (userday: the hashed text).
     """
     from homeloc_assets.atomic import atomic_path
 
@@ -648,6 +845,14 @@ def generate(
         raise ValueError("n_users must be >= 1")
     if not 0 < n_days <= 1 << _NDAY_BITS:
         raise ValueError(f"n_days must be in 1..{1 << _NDAY_BITS}")
+    if ids not in ("hex", "base64"):
+        raise ValueError(f"ids must be 'hex' or 'base64', not {ids!r}")
+    if userdays not in ("bigint", "text"):
+        raise ValueError(f"userdays must be 'bigint' or 'text', not {userdays!r}")
+    cutoff, sparse = CUTOFF_BYTE, True
+    if params is not None:
+        _, cutoff, explicit_max = params_bytes(*params)
+        sparse = bool(params[3])
     out_path = Path(out_path)
     truth_path = truth_path_for(out_path)
     # The world (pools, weights) depends on the countries and these parameters
@@ -694,10 +899,23 @@ def generate(
         n_days=n_days,
         local_travel_share=local_travel_share,
         explicit_max=explicit_max,
+        sparse=sparse,
+        cutoff_byte=cutoff,
+        heavy_days_median=heavy_days_median,
+        heavy_days_sigma=heavy_days_sigma,
+        heavy_days_min=heavy_days_min,
+        userday_text=userdays == "text",
+        day_text=_day_texts(n_days) if userdays == "text" else (),
     )
     day_hash, day_rank = _day_hashes(n_days)
-    day_be = day_hash.astype(">i8").view(np.uint8).reshape(n_days, 8)
-    guids = _guids(np.random.default_rng([seed, 1]), n_users)
+    make_ids = _guids if ids == "hex" else _guids_base64
+    guids = make_ids(np.random.default_rng([seed, 1]), n_users)
+    day_text = prm.day_text or _day_texts(n_days)
+    elements: list | None = [] if elements_path is not None else None
+    efh = None
+    if elements_path is not None:
+        efh = open(elements_path, "w")  # noqa: SIM115 - closed below
+        efh.write("user_guid,latitude,longitude,day,userday\n")
 
     schema = pa.schema([(c, pa.large_string()) for c in HEADER.split(",")])
     truth_schema = pa.schema([(c, pa.large_string()) for c in TRUTH_HEADER.split(",")])
@@ -717,8 +935,10 @@ def generate(
                 hi = min(lo + chunk_users, n_users)
                 rng = np.random.default_rng([seed, 3, ci])
                 table, truth, t, mx = _chunk(
-                    rng, guids[lo:hi], world, prm, day_hash, day_rank, day_be
+                    rng, guids[lo:hi], world, prm, day_hash, day_rank, elements
                 )
+                if efh is not None and elements:
+                    _write_elements(efh, table, *elements.pop(), day_text)
                 w.write_table(table.cast(schema))
                 tw.write_table(truth.cast(truth_schema))
                 n_rows += table.num_rows
@@ -729,6 +949,8 @@ def generate(
                 if progress is not None:
                     progress(hi, n_users, n_rows)
         size = tmp.stat().st_size
+    if efh is not None:
+        efh.close()
     return SynthSummary(
         out_path=out_path,
         truth_path=truth_path,
@@ -757,11 +979,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--study-country", default="Germany", help="name or code (default Germany)")
     p.add_argument("--local-share", type=float, default=0.7, help="share of locals (default 0.7)")
-    p.add_argument("--chunk-users", type=int, default=200_000, help="users per chunk")
+    p.add_argument(
+        "--chunk-users",
+        type=int,
+        default=None,
+        help="users per chunk (default 200,000; heavy 25,000)",
+    )
+    p.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="default",
+        help="default: hex ids, 11/5/-1/1 values of hll_hash_bigint(day); seed: the real data's "
+        "shape (43-char base64 HMAC ids, 11/5/0/1 values, SPARSE from the first element, userdays "
+        "hll_hash_text of a hashed user:date, coarser grid, heavier tail of locations); heavy: "
+        "power users (about 17%% SPARSE and 8%% FULL values)",
+    )
+    p.add_argument(
+        "--params",
+        default=None,
+        metavar="LOG2M,REGWIDTH,EXPTHRESH,SPARSEON",
+        help="postgresql-hll parameters of the values, like hll_set_defaults (e.g. 11,5,0,1; "
+        "only log2m 11 / regwidth 5); overrides the shape's and --explicit-max",
+    )
+    p.add_argument("--ids", choices=("hex", "base64"), default=None, help="id format (shape's)")
+    p.add_argument(
+        "--userdays", choices=("bigint", "text"), default=None, help="element hashes (shape's)"
+    )
     p.add_argument(
         "--explicit-max",
         type=int,
-        default=EXPLICIT_MAX,
+        default=None,
         help="largest value count stored as EXPLICIT (default 160, PostgreSQL's); "
         "0 writes every value as SPARSE/FULL",
     )
@@ -822,16 +1069,56 @@ def synth_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def parse_params(text: str) -> tuple[int, int, int, int]:
+    """``"11,5,0,1"`` -> (11, 5, 0, 1), checked by :func:`params_bytes`."""
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--params {text!r}: four integers LOG2M,REGWIDTH,EXPTHRESH,SPARSEON"
+        ) from None
+    if len(parts) != 4:
+        raise ValueError(f"--params {text!r}: four integers LOG2M,REGWIDTH,EXPTHRESH,SPARSEON")
+    params_bytes(*parts)
+    return parts  # type: ignore[return-value]
+
+
+def shape_kwargs(
+    shape: str = "default",
+    params: str | None = None,
+    ids: str | None = None,
+    userdays: str | None = None,
+    explicit_max: int | None = None,
+    chunk_users: int | None = None,
+) -> dict:
+    """:func:`generate`'s keyword arguments for a ``--shape`` and its overrides."""
+    kw = dict(SHAPES[shape])
+    if explicit_max is not None:
+        kw.pop("params", None)
+        kw["explicit_max"] = explicit_max
+    if params is not None:
+        kw["params"] = parse_params(params)
+    if ids is not None:
+        kw["ids"] = ids
+    if userdays is not None:
+        kw["userdays"] = userdays
+    if chunk_users is not None:
+        kw["chunk_users"] = chunk_users
+    return kw
+
+
 def _run(args: argparse.Namespace, progress: Callable[[int, int, int], None]) -> SynthSummary:
+    kw = shape_kwargs(
+        args.shape, args.params, args.ids, args.userdays, args.explicit_max, args.chunk_users
+    )
     return generate(
         args.users,
         args.out,
         seed=args.seed,
         study_country=args.study_country,
         local_share=args.local_share,
-        chunk_users=args.chunk_users,
-        explicit_max=args.explicit_max,
         progress=progress,
+        **kw,
     )
 
 

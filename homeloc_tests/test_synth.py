@@ -251,3 +251,169 @@ def test_postgres_accepts_sparse_only_values(sparse_only, pg_conn):
     for text, pg_card, repacked in rows:
         assert pg_card == pytest.approx(hll.cardinality(text), rel=1e-12)
         assert repacked == text
+
+
+# ---------------------------------------------------------------- shapes (issue 16)
+B64_ID = re.compile(r"^[A-Za-z0-9+/]{43}$")
+
+
+@pytest.fixture(scope="module")
+def seed_shape(tmp_path_factory, countries):
+    """``--shape seed``: base64 ids, 11/5/0/1 values of hashed user:date texts, with the elements."""
+    d = tmp_path_factory.mktemp("synth_seed")
+    out = d / "seed.csv"
+    summary = synth.generate(
+        1500, out, seed=7, countries=countries, elements_path=d / "el.csv", **synth.SHAPES["seed"]
+    )
+    data = pd.read_csv(out, dtype=str, keep_default_na=False)
+    elements = pd.read_csv(d / "el.csv", dtype=str, keep_default_na=False)
+    return summary, data, elements
+
+
+@pytest.mark.slow
+def test_seed_shape_ids_values_and_truth(seed_shape):
+    summary, data, elements = seed_shape
+    truth = pd.read_csv(summary.truth_path, dtype=str, keep_default_na=False)
+    assert truth["user_guid"].str.fullmatch(B64_ID.pattern).all()
+    ids = truth["user_guid"]
+    assert ids.str.contains("[a-z]").all() and ids.str.contains("[A-Z]").any()
+    assert ids.str.contains(r"\+").any() and ids.str.contains("/").any()
+    b = [g.encode() for g in ids]
+    assert b == sorted(b) and len(set(b)) == len(b), "byte-sorted, distinct"
+    assert list(pd.unique(data["user_guid"])) == list(ids)
+    # every value SPARSE from the first element (or FULL), header 8b40, canonical
+    assert summary.hll_types["explicit"] == 0
+    assert data["userday_hll"].str.match(r"^\\x1[34]8b40").all()
+    assert data["userday_hll"].str.startswith("\\x138b40").mean() > 0.99
+    for text in data["userday_hll"][:400]:
+        assert hll.to_hex(hll.union([text])) == text
+    # heavy tail of locations per user
+    per_user = data.groupby("user_guid").size()
+    assert per_user.max() >= 20 * per_user.median()
+    # the elements file is what the values are made of: hll_hash_text(userday_text(user, date))
+    assert len(elements) >= len(data)
+    one = elements.iloc[0]
+    date = str(np.datetime64("2000-01-01") + int(one["day"]))
+    assert one["userday"] == synth.userday_text(one["user_guid"], date)
+    assert re.fullmatch("[0-9a-f]{32}", one["userday"])
+    first = data.iloc[0]
+    mine = elements[
+        (elements["user_guid"] == first["user_guid"])
+        & (elements["latitude"] == first["latitude"])
+        & (elements["longitude"] == first["longitude"])
+    ]
+    ref = hll.empty(11, 5, 0, 1)
+    for u in mine["userday"]:
+        ref = hll.add(ref, hll.hash_text(u))
+    assert hll.to_hex(ref) == first["userday_hll"]
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_seed_shape_values_equal_postgresql_hll_add_agg(seed_shape, pg_conn):
+    """For a sample of users: hll_add_agg(hll_hash_text(userday), 11, 5, 0, 1) per row = the file."""
+    _, data, elements = seed_shape
+    users = set(pd.unique(data["user_guid"])[::7])
+    big = data.groupby("user_guid").size()
+    users |= set(big.nlargest(5).index)  # the users with the most rows too
+    el = elements[elements["user_guid"].isin(users)]
+    buf = io.StringIO()
+    el[["user_guid", "latitude", "longitude", "userday"]].to_csv(buf, index=False)
+    buf.seek(0)
+    with pg_conn.cursor() as cur:
+        cur.execute("CREATE EXTENSION IF NOT EXISTS hll")
+        cur.execute(
+            "CREATE TEMP TABLE synth_el (user_guid text, latitude text, longitude text, "
+            "userday text)"
+        )
+        cur.copy_expert("COPY synth_el FROM STDIN WITH (FORMAT csv, HEADER true)", buf)
+        cur.execute(
+            "SELECT user_guid, latitude, longitude, "
+            "hll_add_agg(hll_hash_text(userday), 11, 5, 0, 1)::text, "
+            "hll_cardinality(hll_add_agg(hll_hash_text(userday), 11, 5, 0, 1)) "
+            "FROM synth_el GROUP BY 1, 2, 3"
+        )
+        rows = cur.fetchall()
+        cur.execute("DROP TABLE synth_el")
+    mine = data[data["user_guid"].isin(users)].set_index(["user_guid", "latitude", "longitude"])
+    assert len(rows) == len(mine) > 500
+    for g, la, lo, pg_text, pg_card in rows:
+        text = mine.loc[(g, la, lo), "userday_hll"]
+        assert pg_text == text, (g, la, lo)
+        assert hll.cardinality(text) == pg_card
+
+
+@pytest.mark.slow
+def test_heavy_shape_type_mix(tmp_path, countries):
+    s = synth.generate(
+        2000, tmp_path / "h.csv", seed=2, countries=countries, **synth.SHAPES["heavy"]
+    )
+    n = sum(s.hll_types.values())
+    assert 0.14 < s.hll_types["sparse"] / n < 0.20
+    assert 0.06 < s.hll_types["full"] / n < 0.10
+    data = pd.read_csv(tmp_path / "h.csv", dtype=str, keep_default_na=False)
+    assert data["user_guid"].str.fullmatch(B64_ID.pattern).all()
+    for text in data["userday_hll"][::25]:
+        assert hll.to_hex(hll.union([text])) == text
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_params_flag_other_thresholds(tmp_path, countries, pg_conn):
+    """--params with expthresh 16 / sparseon 0: the bytes are PostgreSQL's for those settings."""
+    for params in ((11, 5, 16, 1), (11, 5, -1, 0)):
+        out = tmp_path / f"p{params[2]}_{params[3]}.csv"
+        el = tmp_path / f"p{params[2]}_{params[3]}.el.csv"
+        synth.generate(
+            150,
+            out,
+            seed=4,
+            countries=countries,
+            params=params,
+            elements_path=el,
+            userdays="text",
+            heavy_share=0.05,
+        )
+        data = pd.read_csv(out, dtype=str, keep_default_na=False)
+        elements = pd.read_csv(el, dtype=str, keep_default_na=False)
+        with pg_conn.cursor() as cur:
+            cur.execute(
+                "SELECT g, la, lo, hll_add_agg(hll_hash_text(u), %s, %s, %s, %s)::text "
+                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS t(g, la, lo, u) "
+                "GROUP BY 1, 2, 3",
+                (
+                    *params,
+                    *(list(elements[c]) for c in ("user_guid", "latitude", "longitude", "userday")),
+                ),
+            )
+            ref = {(g, la, lo): v for g, la, lo, v in cur.fetchall()}
+        got = {(r.user_guid, r.latitude, r.longitude): r.userday_hll for r in data.itertuples()}
+        assert got == ref, params
+
+
+def test_params_validation():
+    assert synth.params_bytes(11, 5, 0, 1) == (0x8B, 0x40, 0)
+    assert synth.params_bytes(11, 5, -1, 1) == (0x8B, 0x7F, 160)
+    assert synth.params_bytes(11, 5, 16, 0) == (0x8B, 0x05, 16)
+    for bad in ((12, 5, 0, 1), (11, 5, 3, 1), (11, 5, 0, 2)):
+        with pytest.raises(ValueError):
+            synth.params_bytes(*bad)
+
+
+@pytest.mark.slow
+def test_seed_shape_through_homeloc_run_equals_truth(tmp_path):
+    """``homeloc synth --shape seed`` then ``homeloc run``: every home is the truth."""
+    from homeloc_tests.helpers import homeloc
+
+    src = tmp_path / "seed.csv"
+    res = homeloc("synth", "--users", "2000", "--out", str(src), "--seed", "5", "--shape", "seed")
+    assert "sparse" in res.stdout
+    out = tmp_path / "out"
+    homeloc(
+        "run", "--input", str(src), "--out", str(out), "--quiet", "--no-figures", "--no-landscape"
+    )
+    homes = pd.read_csv(out / "user_home_locations.csv", dtype=str, keep_default_na=False)
+    truth = pd.read_csv(synth.truth_path_for(src), dtype=str, keep_default_na=False)
+    merged = truth.merge(homes, on="user_guid", how="left")
+    assert len(homes) == len(truth) == 2000
+    assert (merged["country"] == merged["home_country"]).all()
