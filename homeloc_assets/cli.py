@@ -617,6 +617,11 @@ def _report(exc: BaseException, signals: _Signals) -> int:
         return EXIT_FAILED
     from homeloc_assets.batch_runner import describe_error
 
+    full = _full_disk(os.environ.get("DAGSTER_HOME"))
+    if full:  # e.g. SQLite's "disk I/O error" from the Dagster instance on a full disk
+        print(f"homeloc: error: {full}: No space left on device ({describe_error(exc)})",
+              file=sys.stderr)
+        return EXIT_FAILED
     if os.environ.get("HOMELOC_DEBUG"):
         import traceback
 
@@ -624,6 +629,20 @@ def _report(exc: BaseException, signals: _Signals) -> int:
     print(f"homeloc: error: {describe_error(exc)} (HOMELOC_DEBUG=1 shows the traceback)",
           file=sys.stderr)
     return EXIT_FAILED
+
+
+def _full_disk(*folders: str | None) -> str | None:
+    """The first of ``folders`` whose file system has no free space left, else None."""
+    for folder in folders:
+        if not folder:
+            continue
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            continue
+        if st.f_bavail * st.f_frsize < (1 << 20):
+            return folder
+    return None
 
 
 def os_error_text(exc: OSError) -> str:

@@ -71,6 +71,24 @@ def layer_landscape_assets(name: str) -> tuple[str, str]:
     return f"landscape_batch_layer_{name}", f"landscape_layer_{name}"
 
 
+def remove_dead_staged(folder: Path, key: str) -> None:
+    """Delete ``.<key>.<pid>-<ns>.staged`` files of processes that no longer run (kill -9).
+
+    The IO manager moves a live run's staged files into place; a killed run's
+    stay behind. Files of a live process (another run on the same batches) are kept.
+    """
+    for p in folder.glob(f".{key}.*.staged"):
+        pid = p.name[len(key) + 2:].partition("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocConfig,
                           layers: tuple[LayerSpec, ...]):
     """Stage each batch's landscape tables: the ones the batch worker left when it made them with
@@ -88,9 +106,10 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
         lookup_dir = Path(homeloc.storage_dir) / "lookup"
         located_by = {s.name: load_layer(s, lookup_dir) for s in layers}
     def stage(kind: str, key: str) -> Path:
-        target = tdir / kinds[kind] / f".{key}.{time.time_ns()}.staged"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
+        folder = tdir / kinds[kind]
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_dead_staged(folder, key)
+        return folder / f".{key}.{os.getpid()}-{time.time_ns()}.staged"
 
     def one(key: str) -> tuple[dict[str, Path], int]:
         out: dict[str, Path] = {}
