@@ -270,7 +270,8 @@ def test_symlink_escaping_the_folder_is_ignored(env, tmp_path):
 
 def test_hidden_temp_and_non_regular_files_are_ignored(env):
     inbox, cfg, instance = env
-    for name in (".hidden.csv", ".a.csv.x1y2.tmp", "a.csv.part", "notes.txt", "~lock.csv"):
+    for name in (".hidden.csv", ".a.csv.x1y2.tmp", "a.csv.part", "notes.txt", "~lock.csv",
+                 "sample.csv.truth.csv"):
         write_csv(inbox / name, users=10)
     (inbox / "dir.csv").mkdir()
     os.mkfifo(inbox / "pipe.csv")  # opening it would block the sensor
@@ -285,17 +286,17 @@ def test_hidden_temp_and_non_regular_files_are_ignored(env):
 
 def test_invalid_csv_is_rejected_once_and_not_retried_until_changed(env):
     inbox, cfg, instance = env
-    bad = inbox / "a.csv.truth.csv"
+    bad = inbox / "not_userdays.csv"
     bad.write_text("user_guid,home_country\nx,Germany\n")
     set_age(bad, 3600)
     t = Ticker(instance, cfg)
     t.tick()
     res = t.tick()
-    entry = json.loads(res.cursor)["files"]["a.csv.truth.csv"]
+    entry = json.loads(res.cursor)["files"]["not_userdays.csv"]
     assert entry["state"] == "rejected" and "latitude" in entry["error"]
     assert t.keys == [] and not res.run_requests
     res = t.tick()
-    assert json.loads(res.cursor)["files"]["a.csv.truth.csv"]["state"] == "rejected"
+    assert json.loads(res.cursor)["files"]["not_userdays.csv"]["state"] == "rejected"
 
 
 def test_unparseable_cursor_starts_over(env):

@@ -64,6 +64,7 @@ def _not_an_input_name(name: str) -> bool:
     return (
         name.startswith((".", "~", "#"))
         or low.endswith((".tmp", ".part", ".partial", ".crdownload", ".swp", "~"))
+        or low.endswith(".truth.csv")  # homeloc synth's truth beside its sample: not an input
         or not low.endswith((".csv", ".csv.gz"))
     )
 
