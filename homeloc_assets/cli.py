@@ -101,11 +101,19 @@ def default_dagster_home(settings) -> Path:
 
 def _instance(home: Path):
     """The Dagster instance in ``home``, made with the project's dagster.yaml when new."""
+    import fcntl
+
     import dagster as dg
 
     prepare_dagster_home(home)
     os.environ["DAGSTER_HOME"] = str(home.resolve())
-    return dg.DagsterInstance.get()
+    # two runs starting at once would both create the SQLite schema (UNIQUE constraint
+    # failed: alembic_version): the first creates it, the second waits for that
+    with open(home / ".homeloc-instance.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        instance = dg.DagsterInstance.get()
+        instance.get_runs_count()  # the run storage's tables exist from here on
+    return instance
 
 
 def prepare_dagster_home(home: Path) -> None:

@@ -51,7 +51,10 @@ class HomelocIOManager(dg.ConfigurableIOManager):
             for key, staged in obj.files.items():
                 target = self.path_for(asset, key, fmt)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, target)
+                if Path(staged).resolve() != target.resolve():
+                    os.replace(staged, target)
+                    # rename of two links to one file does nothing (POSIX): drop the staged name
+                    Path(staged).unlink(missing_ok=True)
             context.add_output_metadata({"partitions_written": len(obj.files), **obj.metadata})
             return
         if obj is None:
