@@ -570,7 +570,8 @@ def cmd_ui(args) -> int:
         cmd += ["-w", str(ws)]
     else:
         cmd += ["-m", "homeloc_assets.definitions"]
-    return subprocess.call(cmd, cwd=root if ws.exists() else None, env=env)
+    # run from the instance folder: from the project root Dagster warns about its dagster.yaml
+    return subprocess.call(cmd, cwd=env["DAGSTER_HOME"], env=env)
 
 
 # -------------------------------------------------------------------------- main

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from matplotlib import ticker as mticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from homeloc_assets.atomic import atomic_path  # noqa: E402
+
+# an empty layer (no tourists from anywhere, say) draws nothing, as it should: no warning line
+warnings.filterwarnings("ignore", message="The GeoSeries you are attempting to plot is empty")
 
 MOLLWEIDE = "ESRI:54009"
 #: Simplification tolerance (degrees) of country outlines on world maps: drawing speed only.

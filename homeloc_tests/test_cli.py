@@ -90,6 +90,7 @@ def test_unknown_study_country_names_close_matches(small_input, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time; test_ui_walk.py starts homeloc ui for real
 def test_homeloc_ui_serves_the_project(tmp_path):
     """`homeloc ui` starts dagster dev on the workspace; /server_info answers."""
     import signal

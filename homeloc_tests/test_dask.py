@@ -26,8 +26,8 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 USERS, BATCH_USERS = 4000, "250"  # 16 batches
 
-#: `make test` runs the byte-identical run, the worker killed mid-batch and the lease
-#: contention; the other cluster faults are marked heavy (`make test-all`)
+#: `make test` runs the worker killed mid-batch (compared byte for byte with the local run)
+#: and the lease tests; the other cluster runs and faults are marked heavy (`make test-all`)
 
 
 def _env() -> dict:
@@ -130,6 +130,7 @@ def _error_line(res: subprocess.CompletedProcess) -> str:
 
 
 # ----------------------------------------------------------------- the cluster
+@pytest.mark.heavy  # CI time; the killed-worker test compares with the local run too
 def test_dask_run_is_byte_identical_to_the_local_pool(cluster, case, tmp_path):
     src, ref = case
     out = tmp_path / "out"

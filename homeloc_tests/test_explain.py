@@ -166,6 +166,7 @@ def layered_run(tmp_path_factory):
     return csv, out, layers
 
 
+@pytest.mark.heavy  # CI time
 def test_explain_reports_every_layer_as_the_run_does(layered_run, countries):
     from homeloc_assets.geo.layers import parse_layers
     from homeloc_assets.inference.rules import HomeRule

@@ -110,6 +110,7 @@ def test_homeloc_run_end_to_end(small_input, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time (45 s); batch-size independence is also tested per batch and in test_landscape
 def test_results_do_not_depend_on_batch_size_or_workers(small_input, tmp_path):
     outs = []
     for bu, workers in [(3000, 1), (250, 2), (97, 2)]:

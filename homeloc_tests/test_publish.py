@@ -151,6 +151,7 @@ def test_a_failing_figure_step_publishes_nothing_new(small_input, tmp_path, monk
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time; the reader race and the failing step are in make test
 @pytest.mark.parametrize("delay", [0.0, pytest.param(0.3, marks=pytest.mark.heavy),
                                    pytest.param(1.0, marks=pytest.mark.heavy)])
 def test_kill_9_after_the_new_exports_leaves_one_complete_set(small_input, tmp_path, delay):

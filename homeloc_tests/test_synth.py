@@ -147,6 +147,7 @@ def test_truth_matches_reference_inference(generated, countries):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time
 def test_deterministic_per_seed(tmp_path, countries):
     a = synth.generate(500, tmp_path / "a.csv", seed=3, countries=countries)
     b = synth.generate(500, tmp_path / "b.csv", seed=3, countries=countries)

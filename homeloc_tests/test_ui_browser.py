@@ -223,6 +223,7 @@ def _skip_community_dialog(pg) -> None:
         skip.click()
 
 
+@pytest.mark.heavy  # CI time; test_ui_walk.py checks every asset
 def test_asset_graph_shows_the_contract(webserver, page):
     page.goto(f"{webserver}/asset-groups", timeout=60_000)
     _skip_community_dialog(page)
@@ -243,6 +244,7 @@ def test_asset_graph_shows_the_contract(webserver, page):
     page.screenshot(path=str(ARTIFACTS / "asset_graph.png"))
 
 
+@pytest.mark.heavy  # CI time; test_ui_walk.py shows every figure inline after homeloc run
 def test_materialise_one_batch_from_the_ui(planned, webserver, page):
     import dagster as dg
 
@@ -281,6 +283,7 @@ def test_materialise_one_batch_from_the_ui(planned, webserver, page):
                 / f"{keys[1]}.parquet").exists()
 
 
+@pytest.mark.heavy  # CI time; test_ui_walk.py shows every figure inline after homeloc run
 def test_report_figure_is_displayed_on_the_asset_page(planned, webserver, page):
     """The map is a picture on the asset's page as it opens: no "[Show Markdown]" click.
 
