@@ -40,7 +40,11 @@ _GENERATION_RE = re.compile(r"^\d{8}T\d{6}\d{6}-[0-9a-f]{8}$")
 
 
 class IncompleteSetError(Exception):
-    """A generation lacks a file that every published set must have."""
+    """A generation lacks a file that every published set must have (``missing``)."""
+
+    def __init__(self, message: str, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 def new_generation_id(salt: str = "") -> str:
@@ -150,7 +154,8 @@ def publish(out_dir: str | Path, generation: str, required: tuple[str, ...] = ()
         raise IncompleteSetError(f"{folder}: no such generation")
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
-        raise IncompleteSetError(f"{folder}: missing {', '.join(missing)}; nothing was published")
+        raise IncompleteSetError(f"{folder}: missing {', '.join(missing)}; nothing was published",
+                                 tuple(missing))
     manifest = manifest_of(folder)
     write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     _fsync_dir(folder)

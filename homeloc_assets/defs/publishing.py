@@ -15,7 +15,7 @@ from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.defs.rules import home_rule_sensitivity
 from homeloc_assets.exports import EXPORT_FILES, exports_lock
 from homeloc_assets.provenance import read_run_info
-from homeloc_assets.publish import IncompleteSetError, generation_dir, publish
+from homeloc_assets.publish import IncompleteSetError, publish
 
 #: what must be complete before a set is published (every unpartitioned step after the exports)
 _AFTER_EXPORTS = [k for a in (*REPORT_ASSETS, *LANDSCAPE_ASSETS, home_rule_sensitivity)
@@ -59,18 +59,17 @@ def homeloc_published(context: dg.AssetExecutionContext, config: PublishConfig,
     info = read_run_info(classification_path(homeloc))
     if not info.generation:
         raise dg.Failure("user_classification was made by an older homeloc: materialize it again")
-    folder = generation_dir(homeloc.output_dir, info.generation)
-    waiting = [n for n in required_files(config) if not (folder / n).is_file()]
-    if waiting:
-        context.log.warning(f"generation {info.generation} is not complete yet (no "
-                            f"{', '.join(waiting)}): the previous set stays published")
-        return dg.MaterializeResult(metadata={"generation": info.generation, "published": False,
-                                              "waiting_for": ", ".join(waiting)})
     try:
         with exports_lock(homeloc.output_dir):
-            manifest = publish(homeloc.output_dir, info.generation)
+            manifest = publish(homeloc.output_dir, info.generation, required=required_files(config))
     except IncompleteSetError as exc:
-        raise dg.Failure(str(exc)) from None
+        if not exc.missing:
+            raise dg.Failure(str(exc)) from None
+        waiting = ", ".join(exc.missing)
+        context.log.warning(f"generation {info.generation} is not complete yet (no {waiting}): "
+                            "the previous set stays published")
+        return dg.MaterializeResult(metadata={"generation": info.generation, "published": False,
+                                              "waiting_for": waiting})
     files = manifest["files"]
     context.log.info(f"published generation {info.generation}: {len(files)} files")
     return dg.MaterializeResult(metadata={
