@@ -232,25 +232,28 @@ class Catalog:
         """``<storage>/dataset.json``: the plans the next classification covers."""
         return self.root / "dataset.json"
 
+    def _dataset_doc(self) -> dict:
+        """``dataset.json`` as stored (empty when missing or unreadable)."""
+        try:
+            doc = json.loads(self.dataset_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
     def set_dataset(self, plan_ids: Iterable[str], source: str) -> None:
         """Make ``plan_ids`` the data set (atomically; ``source`` says who chose it)."""
         doc = {"plans": sorted(set(plan_ids)), "source": source}
-        if self.dataset() != doc["plans"] or self.dataset_source() != source:
+        if self._dataset_doc() != doc:
             write_text_atomic(self.dataset_path, json.dumps(doc, indent=1, sort_keys=True))
 
     def dataset(self) -> list[str] | None:
         """The plans of the data set, or None when nothing chose one yet."""
-        try:
-            return list(json.loads(self.dataset_path.read_text())["plans"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return None
+        plans = self._dataset_doc().get("plans")
+        return list(plans) if isinstance(plans, list) else None
 
     def dataset_source(self) -> str | None:
         """Who chose the data set (``homeloc run``, the input sensor), or None."""
-        try:
-            return json.loads(self.dataset_path.read_text()).get("source")
-        except (FileNotFoundError, ValueError, AttributeError):
-            return None
+        return self._dataset_doc().get("source")
 
     def dataset_keys(self, available: Sequence[str], plan_ids: Sequence[str] | None) -> list[str]:
         """The keys of ``available`` that belong to ``plan_ids`` (all of them when None).
