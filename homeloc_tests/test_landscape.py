@@ -26,6 +26,23 @@ from homeloc_assets.settings import Settings
 CLS = {"Local": "local", "Tourist": "tourist", "undetermined": "undetermined"}
 
 
+def assert_class_unions_equal(by: pd.DataFrame, keys, oracle: pd.DataFrame, checked) -> None:
+    """Per (key, class) the table ``by`` (indexed by cell or region) equals PostgreSQL's
+    ``oracle`` rows (``cls, card, text, users``, keyed by ``keys``): estimate, union bytes and
+    distinct users; a class without rows at a key of ``checked``: 0, 0 and a null HLL."""
+    for key, r in zip(keys, oracle.itertuples(), strict=True):
+        name = CLS[r.cls]
+        assert by.at[key, f"{name}_userdays"] == r.card
+        assert by.at[key, f"{name}_hll"] == r.text  # byte-identical union
+        assert by.at[key, f"{name}_users"] == r.users
+    have = set(zip(keys, oracle.cls, strict=True))
+    for key in checked:
+        for cls, name in CLS.items():
+            if (key, cls) not in have:
+                assert by.at[key, f"{name}_userdays"] == 0
+                assert by.at[key, f"{name}_users"] == 0
+                assert pd.isna(by.at[key, f"{name}_hll"])
+
 def _run(root, csv, batch_users: int, resolution: int = 7, min_userdays: float = 0.0,
          layers: str = "", instance=None):
     settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "out"), workers=1,
@@ -107,18 +124,7 @@ def test_cells_and_hlls_equal_postgresql(run, pg_conn):
             pooled += [(c, *r) for r in cur.fetchall()]
         cur.execute("DROP TABLE loc")
     by = out.set_index("cell")
-    for r in pg.itertuples():
-        name = CLS[r.cls]
-        assert by.at[r.cell, f"{name}_userdays"] == r.card
-        assert by.at[r.cell, f"{name}_hll"] == r.text  # byte-identical union
-        assert by.at[r.cell, f"{name}_users"] == r.users
-    # a class without rows in a cell: 0 userdays, 0 users, null HLL
-    have = set(zip(pg.cell, pg.cls, strict=True))
-    for cell in out.cell[:200]:
-        for cls, name in CLS.items():
-            if (cell, cls) not in have:
-                assert by.at[cell, f"{name}_userdays"] == 0 and by.at[cell, f"{name}_users"] == 0
-                assert pd.isna(by.at[cell, f"{name}_hll"])
+    assert_class_unions_equal(by, pg.cell, pg, out.cell[:200])
     for cell, cls, card, users in pooled:
         if cls != "undetermined":
             assert by.at[cell, f"pooled_{CLS[cls]}_userdays"] == card
@@ -315,18 +321,7 @@ def test_layer_unions_equal_postgresql(layer_run, regions_file, pg_conn):
         assert list(out.region_code) == sorted(set(want.code)) and out.region_code.is_unique
         assert md[f"landscape_layer_{layer}"]["regions"].value == len(out)
         by = out.set_index("region_code")
-        for r in want.itertuples():
-            name = CLS[r.cls]
-            assert by.at[r.code, f"{name}_userdays"] == r.card
-            assert by.at[r.code, f"{name}_hll"] == r.text  # byte-identical union
-            assert by.at[r.code, f"{name}_users"] == r.users
-        have = set(zip(want.code, want.cls, strict=True))
-        for code in out.region_code:
-            for cls, name in CLS.items():
-                if (code, cls) not in have:
-                    assert by.at[code, f"{name}_userdays"] == 0
-                    assert by.at[code, f"{name}_users"] == 0
-                    assert pd.isna(by.at[code, f"{name}_hll"])
+        assert_class_unions_equal(by, want.code, want, out.region_code)
         assert (by.locations == want.groupby("code")["rows"].sum().reindex(by.index)).all()
         lt = by.local_userdays + by.tourist_userdays
         np.testing.assert_allclose(by.tourist_share[lt > 0], (by.tourist_userdays / lt)[lt > 0])
