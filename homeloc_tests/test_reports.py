@@ -348,3 +348,76 @@ def test_each_layer_gets_a_map_of_the_locals_home_regions(layered):
                            / f"{keys[0]}.parquet", columns=["user_guid", "region_code"])
     assert set(halves.join(residents, "user_guid", join_type="inner")["region_code"]
                .to_pylist()) == {"W", "E"}
+
+
+def _pixels(fig):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=60)
+    return np.asarray(Image.open(buf).convert("RGB"), dtype=int)
+
+
+def test_vectorised_polygons_draw_what_geopandas_draws():
+    """draw_polygons: holes, multipolygons, per-geometry colours and empties as GeoDataFrame.plot."""
+    import geopandas as gpd
+    import numpy as np
+    from shapely.geometry import MultiPolygon, Polygon, box
+
+    ring = Polygon([(0, 0), (10, 0), (10, 10), (0, 10)], [[(3, 3), (7, 3), (7, 7), (3, 7)]])
+    multi = MultiPolygon([box(12, 0, 14, 2), box(12, 5, 15, 9)])
+    frame = gpd.GeoDataFrame(geometry=[ring, Polygon(), multi, box(-5, -5, -1, -1)])
+    colours = np.array([[0.8, 0.1, 0.1, 1.0], [0, 0, 0, 1.0], [0.1, 0.6, 0.1, 1.0],
+                        [0.1, 0.1, 0.8, 1.0]])
+    figs = []
+    for vectorised in (False, True):
+        fig = plots._figure(4, 3)
+        ax = fig.add_subplot()
+        if vectorised:
+            plots.draw_polygons(ax, frame.geometry, colours, "#333333", 0.8)
+        else:
+            keep = ~frame.geometry.is_empty.to_numpy()
+            frame[keep].plot(ax=ax, color=colours[keep], edgecolor="#333333", linewidth=0.8)
+        ax.set_xlim(-6, 16)
+        ax.set_ylim(-6, 11)
+        ax.set_aspect("equal")  # what GeoDataFrame.plot sets on the axes
+        ax.set_axis_off()
+        figs.append(_pixels(fig))
+    old, new = figs
+    assert old.shape == new.shape
+    assert (np.abs(old - new).max(axis=2) > 40).mean() < 0.001
+    assert (new[new.shape[0] // 2 - 3, :, :] == 255).all(axis=1).any()  # the hole stays white
+
+
+def test_cells_of_one_colour_are_drawn_as_one_path_with_the_same_pixels():
+    """_add_cells groups cells by colour (one path each) and paints what one path per cell did."""
+    import h3
+    import numpy as np
+    from matplotlib.collections import PolyCollection
+    from shapely.geometry import Polygon
+
+    cells = sorted(h3.grid_disk(h3.latlng_to_cell(52.5, 13.4, 7), 6))
+    geoms = np.array([Polygon([(lng, lat) for lat, lng in h3.cell_to_boundary(c)])
+                      for c in cells], dtype=object)
+    rng = np.random.default_rng(3)
+    colours = np.array([[0.9, 0.2, 0.1, 1.0], [0.1, 0.3, 0.9, 1.0], [0.5, 0.5, 0.5, 1.0]])
+    rgba = colours[rng.integers(0, 3, len(geoms))]
+    pics = []
+    for grouped in (False, True):
+        fig = plots._figure(4, 4)
+        ax = fig.add_subplot()
+        if grouped:
+            plots._add_cells(ax, geoms, rgba)
+            assert len(ax.collections[0].get_paths()) == 3  # one per colour
+        else:
+            verts = [np.asarray(g.exterior.coords) for g in geoms]
+            ax.add_collection(PolyCollection(verts, facecolors=rgba, linewidths=0))
+        ax.set_xlim(13.0, 13.8)
+        ax.set_ylim(52.3, 52.7)
+        ax.set_axis_off()
+        pics.append(_pixels(fig))
+    old, new = pics
+    assert (np.abs(old - new).max(axis=2) > 60).mean() < 0.005
