@@ -109,20 +109,31 @@ def classification_bar(
 
 
 # --------------------------------------------------------------------- maps
-_OUTLINES_CACHE: dict = {}
+_MAP_CACHE: dict = {}
+_MAP_CACHE_SIZE = 8
+
+
+def _cached(key: tuple, make):
+    """``make()``, kept per process for ``key`` (a few maps: the outlines figures share)."""
+    if key not in _MAP_CACHE:
+        if len(_MAP_CACHE) >= _MAP_CACHE_SIZE:
+            _MAP_CACHE.pop(next(iter(_MAP_CACHE)))
+        _MAP_CACHE[key] = make()
+    return _MAP_CACHE[key].copy()
+
+
+def _countries_key(countries: gpd.GeoDataFrame) -> tuple:
+    return (tuple(countries["country_code"]), tuple(countries.total_bounds), len(countries))
 
 
 def world_outlines(countries: gpd.GeoDataFrame, tolerance: float = WORLD_SIMPLIFY_DEG) -> gpd.GeoDataFrame:
     """``countries`` simplified (for drawing) and projected to Mollweide.
 
-    Cached per process for the same countries and tolerance (about 2 s each time
-    for Natural Earth 1:10m otherwise).
+    Cached per process for the same countries and tolerance (about 1–2 s each
+    time for Natural Earth 1:10m otherwise).
     """
-    key = (tolerance, tuple(countries["country_code"]), tuple(countries.total_bounds))
-    if key not in _OUTLINES_CACHE:
-        _OUTLINES_CACHE.clear()
-        _OUTLINES_CACHE[key] = _world_outlines(countries, tolerance)
-    return _OUTLINES_CACHE[key].copy()
+    return _cached(("world", tolerance, *_countries_key(countries)),
+                   lambda: _world_outlines(countries, tolerance))
 
 
 def _world_outlines(countries: gpd.GeoDataFrame, tolerance: float) -> gpd.GeoDataFrame:
@@ -267,7 +278,15 @@ def _fit_aspect(x0: float, x1: float, y0: float, y1: float, aspect: float):
 
 
 def _local_map(countries: gpd.GeoDataFrame, crs: str, xlim, ylim) -> gpd.GeoDataFrame:
-    """The countries inside a projected frame, clipped in lon/lat first (LAEA explodes far away)."""
+    """The countries inside a projected frame, clipped in lon/lat first (LAEA explodes far away).
+
+    Cached per process: the study-region panels of one run share a frame.
+    """
+    return _cached(("local", crs, tuple(xlim), tuple(ylim), *_countries_key(countries)),
+                   lambda: _make_local_map(countries, crs, xlim, ylim))
+
+
+def _make_local_map(countries: gpd.GeoDataFrame, crs: str, xlim, ylim) -> gpd.GeoDataFrame:
     from shapely.geometry import box
 
     frame = gpd.GeoSeries([box(xlim[0], ylim[0], xlim[1], ylim[1])], crs=crs)
