@@ -27,6 +27,7 @@ Screenshots go to each test's ``tmp_path``. The batch size is set through
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -96,29 +97,46 @@ def walk(tmp_path_factory):
     assert len(stats) == USERS // BATCH_USERS, sorted(stats)
     runs_before = len(_run_records(home))
 
-    port = _free_port()
     log_path = clone / "ui.log"
     ui_env = dict(env, HOMELOC_SENSOR_INTERVAL_SECONDS="5")  # a tick soon after the start
+    with homeloc_ui(clone, ui_env, log_path) as url:
+        yield {"url": url, "clone": clone, "out": out, "home": home, "stats": stats,
+               "runs_before": runs_before, "log": log_path, "run_stderr": run.stderr}
+
+
+@contextlib.contextmanager
+def homeloc_ui(clone: Path, env: dict, log_path: Path):
+    """``homeloc ui --out out`` run in ``clone`` on a free port: its URL once it answers.
+
+    Its output goes to ``log_path``; afterwards every process of it is ended.
+    """
+    port = _free_port()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*HOMELOC, "ui", "--out", "out", "--port", str(port)],
-                                cwd=clone, env=ui_env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for_server(proc, url, log_path, timeout=120)
-            yield {"url": url, "clone": clone, "out": out, "home": home, "stats": stats,
-                   "runs_before": runs_before, "log": log_path, "run_stderr": run.stderr}
+            yield url
         finally:
             gone = stop_group(proc)
     assert gone, f"processes of `homeloc ui` (group {proc.pid}) outlived SIGKILL"
 
 
+@contextlib.contextmanager
+def ui_page(url: str):
+    """A Chromium page on ``url``'s catalog, the community dialog dismissed (once per instance)."""
+    with chromium_page() as pg:
+        pg.goto(f"{url}/assets", timeout=60_000)
+        _skip_community_dialog(pg)
+        yield pg
+
+
 @pytest.fixture(scope="module")
 def _browser(walk):
-    """One Chromium page for the walk (the community dialog is dismissed once)."""
-    with chromium_page() as pg:
-        pg.goto(f"{walk['url']}/assets", timeout=60_000)
-        _skip_community_dialog(pg)
+    """One Chromium page for the walk."""
+    with ui_page(walk["url"]) as pg:
         yield pg
 
 
