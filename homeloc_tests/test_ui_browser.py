@@ -116,8 +116,8 @@ def figure_shown(pg, alt: str) -> dict:
     """The figure ``img[alt=alt]`` of the open asset page, once it has loaded: its sizes.
 
     ``natural`` (the PNG's width, 0 if it did not load), the drawn ``width`` and
-    ``height``, its ``right`` edge and ``clip`` (where the nearest clipping
-    ancestor ends), and ``src``.
+    ``height``, its ``right`` edge, ``clip`` (where the nearest clipping
+    ancestor ends) and that ancestor's ``overflow`` (None: the window), and ``src``.
     """
     img = pg.locator(f'img[alt="{alt}"]')
     img.first.wait_for(state="visible", timeout=30_000)
@@ -128,13 +128,14 @@ def figure_shown(pg, alt: str) -> dict:
     return img.first.evaluate(
         """i => {
             const r = i.getBoundingClientRect();
-            let clip = document.documentElement.clientWidth, el = i.parentElement;
-            for (; el; el = el.parentElement) {  // the nearest ancestor that clips
+            let clip = document.documentElement.clientWidth, overflow = null;
+            for (let el = i.parentElement; el; el = el.parentElement) {  // ancestors that clip
                 const o = getComputedStyle(el).overflowX;
                 if (o !== 'visible') { clip = Math.min(clip, el.getBoundingClientRect().right); }
+                if (o !== 'visible' && overflow === null) { overflow = o; }
             }
-            return {natural: i.naturalWidth, width: r.width, height: r.height,
-                    right: r.right, clip: clip, src: i.getAttribute('src')};
+            return {natural: i.naturalWidth, width: r.width, height: r.height, right: r.right,
+                    clip: clip, overflow: overflow, src: i.getAttribute('src')};
         }""")
 
 
