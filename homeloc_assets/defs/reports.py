@@ -99,6 +99,11 @@ def ui_dpi(fig) -> float:
     return min(100.0, UI_WIDTH_PX / float(fig.get_size_inches()[0]))
 
 
+def ui_png(png_file: str | Path) -> bytes:
+    """The UI copy of a saved figure: the :func:`ui_dpi` size, scaled from its PNG file."""
+    return plots.scaled_png(png_file, UI_WIDTH_PX, max_scale=100.0 / plots.SAVE_DPI)
+
+
 def _local_log_manager(instance):
     """The instance's local compute-log manager (the one the webserver's ``/logs/`` route reads)."""
     manager = getattr(instance, "compute_log_manager", None)
@@ -151,7 +156,7 @@ def _publish(context, config: HomelocConfig, fig, name: str, alt: str, extra_md:
     "[Show Markdown]". ``extra_md`` (a table) is its own entry, inline when short.
     """
     paths = plots.save_figure(fig, figures_dir(config), name)
-    png = plots.png_bytes(fig, dpi=ui_dpi(fig))
+    png = ui_png(paths["png"])
     md = ui_figure_markdown(context.instance, png, name, alt)
     if md is None:
         import base64

@@ -15,7 +15,7 @@ from homeloc_assets.defs.classification import (
     classified_batches,
     publication_dir,
 )
-from homeloc_assets.defs.reports import ui_dpi, ui_figure_markdown
+from homeloc_assets.defs.reports import ui_figure_markdown, ui_png
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inference.rules import rule_of
 from homeloc_assets.provenance import read_run_info
@@ -52,10 +52,9 @@ def home_rule_sensitivity(context: dg.AssetExecutionContext, homeloc: HomelocCon
               f"{r['classified']:,} | {r['locals']:,} | {r['tourists']:,} | {r['changed_share']:.1%} |"
               for r in rows if r["min_margin"] == chosen.min_margin]
     md = "\n".join(lines)
-    fig = sensitivity_figure(result.table, chosen)
-    figure = ui_figure_markdown(context.instance, plots.png_bytes(fig, dpi=ui_dpi(fig)),
+    figure = ui_figure_markdown(context.instance, ui_png(result.figure_path),
                                 "sensitivity", "sensitivity") \
-        or plots.figure_markdown(fig, "sensitivity", dpi=80)
+        or plots.figure_markdown(sensitivity_figure(result.table, chosen), "sensitivity", dpi=80)
     context.log.info(f"sensitivity: {len(rows)} settings -> {result.csv_path}")
     return dg.MaterializeResult(metadata={
         "settings": len(rows),
