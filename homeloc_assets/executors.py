@@ -205,8 +205,7 @@ def run_on_worker(ref: BatchRef, setup: batch_runner.WorkerSetup, token: str) ->
 
 def _absolute(refs: Sequence[BatchRef], setup: batch_runner.WorkerSetup):
     """Paths as every worker must see them: absolute (workers have other working folders)."""
-    setup = replace(setup, tables_dir=str(Path(setup.tables_dir).resolve()),
-                    stats_dir=str(Path(setup.stats_dir).resolve()))
+    setup = replace(setup, storage_dir=str(Path(setup.storage_dir).resolve()))
     return [replace(r, path=str(Path(r.path).resolve())) for r in refs], setup
 
 
@@ -221,7 +220,7 @@ def iter_dask(refs: Sequence[BatchRef], setup: batch_runner.WorkerSetup,
     client = connect(address, wait)
     futures = []
     try:
-        storage = str(Path(setup.stats_dir).parent)
+        storage = setup.storage_dir
         check_workers(client, sorted({r.path for r in refs}), storage, wait)
         token = secrets.token_hex(8)
         [shared] = client.scatter([setup], broadcast=True, hash=False)

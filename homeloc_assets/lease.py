@@ -81,7 +81,7 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if fields else None
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def process_alive(pid: int, start: str | None) -> bool:
     """True when process ``pid`` of this host runs and is the one started at ``start``.
 
     A zombie (killed, not yet reaped by its parent) is not alive.
@@ -100,7 +100,7 @@ def _alive(pid: int, start: str | None) -> bool:
     return start is None or fields[19] == start
 
 
-def _node() -> str:
+def node_id() -> str:
     """This machine and pid namespace: pids compare only within one (containers share hostnames)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -160,7 +160,7 @@ class Lease:
         self.heartbeat = heartbeat if heartbeat is not None else max(self.timeout / 6, 0.01)
         self.poll = poll
         self.host = socket.gethostname()
-        self.node = _node()
+        self.node = node_id()
         self.token = secrets.token_hex(16)
         self.waited = False  #: a live holder had it and we waited for its release
         self.took_over: Holder | None = None  #: the stale holder we replaced, if any
@@ -199,7 +199,7 @@ class Lease:
             now = time.monotonic()
             if ident != seen:
                 seen, seen_since = ident, now
-            stale = holder is not None and holder.node == self.node and not _alive(
+            stale = holder is not None and holder.node == self.node and not process_alive(
                 holder.pid, holder.start)
             stale = stale or now - seen_since >= self.timeout
             if stale and self._take_over(holder):

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 
+from homeloc_assets.layout import Layout, OutputLayout
+
 #: where each setting goes: ``run`` the ``HomelocConfig`` resource, ``backend`` the
 #: ``HllBackendResource``, ``operations`` the sensors and schedules (fixed when the
 #: definitions load)
@@ -271,14 +273,24 @@ class Settings:
         return Path(self.storage_dir) if self.storage_dir else Path(self.output_dir) / ".homeloc"
 
     @property
+    def layout(self) -> Layout:
+        """Every file and folder of the storage folder (:class:`homeloc_assets.layout.Layout`)."""
+        return Layout(self.storage_path)
+
+    @property
+    def output_layout(self) -> OutputLayout:
+        """Every file and folder of the output folder."""
+        return OutputLayout(self.output_dir)
+
+    @property
     def tables_path(self) -> Path:
         """Where the IO manager keeps the asset files (``<storage>/assets``)."""
-        return self.storage_path / "assets"
+        return self.layout.assets
 
     @property
     def stats_path(self) -> Path:
         """Where each finished batch records its counts (``<storage>/batch_stats``)."""
-        return self.storage_path / "batch_stats"
+        return self.layout.batch_stats
 
     @property
     def n_workers(self) -> int:

@@ -8,7 +8,6 @@ cover a range of batches: they are processed on all cores.
 
 import hashlib
 import pickle
-from pathlib import Path
 
 import dagster as dg
 import geopandas as gpd
@@ -26,6 +25,7 @@ from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
 from homeloc_assets.geo import CountryLookup
 from homeloc_assets.geo.layers import LayerSpec, layer_assets, load_layer
 from homeloc_assets.inputs.folder import BATCHES_PER_RUN
+from homeloc_assets.layout import Layout
 from homeloc_assets.tables import StagedPartitions
 
 user_batches = dg.DynamicPartitionsDefinition(name="user_batches")
@@ -43,21 +43,11 @@ class BatchRunConfig(dg.Config):
     """Keep batches whose files are complete (resume after a crash) instead of recomputing."""
 
 
-def tables_dir(config: HomelocConfig) -> Path:
-    """Where the IO manager keeps asset files."""
-    return config.settings.tables_path
-
-
-def stats_dir(config: HomelocConfig) -> Path:
-    """Where each finished batch records its counts."""
-    return config.settings.stats_path
-
-
-def country_lookup(countries: gpd.GeoDataFrame, storage_dir: str | Path) -> CountryLookup:
+def country_lookup(countries: gpd.GeoDataFrame, layout: Layout) -> CountryLookup:
     """The grid lookup for ``countries``, cached on disk by the geometries' hash."""
     wkb = shapely.to_wkb(np.asarray(countries.geometry.array, dtype=object))
     digest = hashlib.sha1(b"".join(wkb)).hexdigest()[:16]
-    cache = Path(storage_dir) / "lookup" / f"countries-{digest}.npz"
+    cache = layout.country_lookup_file(digest)
     if cache.exists():
         try:
             return CountryLookup.load(cache, countries)
@@ -205,28 +195,26 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
     keys = list(context.partition_keys)
     catalog = homeloc.catalog
     refs = [catalog.batch(k) for k in keys]
-    tdir, sdir = tables_dir(homeloc), stats_dir(homeloc)
+    layout = homeloc.settings.layout
     layer_names = tuple(spec.name for spec in layers)
     assets = batch_assets(layer_names)
     todo = [
         r for r in refs
-        if not (config.reuse_finished and is_finished(tdir, sdir, r.key, assets))
+        if not (config.reuse_finished and is_finished(layout, r.key, assets))
     ]
     reused = len(refs) - len(todo)
     backend = hll_backend.make()
     context.log.info(f"HLL backend: {backend.check()}")
     backend.close()
-    lookup = country_lookup(countries, homeloc.storage_dir)
+    lookup = country_lookup(countries, layout)
     setup = WorkerSetup(
         country_names=countries["country"].to_numpy(dtype=object),
         country_codes=countries["country_code"].to_numpy(dtype=object),
         lookup_pickle=pickle.dumps(lookup),
         backend=hll_backend.backend,
         pg=hll_backend.pg_settings if hll_backend.backend == "postgres" else None,
-        tables_dir=str(tdir),
-        stats_dir=str(sdir),
-        layers_pickle=pickle.dumps(tuple(
-            load_layer(spec, Path(homeloc.storage_dir) / "lookup") for spec in layers)),
+        storage_dir=str(layout.root),
+        layers_pickle=pickle.dumps(tuple(load_layer(spec, layout.lookup) for spec in layers)),
         layer_names=layer_names,
         landscape=batch_landscape_spec(homeloc, countries, layers),
     )
@@ -246,14 +234,14 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
     run_batches(todo, setup, settings.n_workers, on_done=progress,
                 dask_scheduler=settings.dask_scheduler or None)
 
-    stats = [read_stats(sdir, r.key) for r in refs]
+    stats = [read_stats(layout, r.key) for r in refs]
     total = {
         k: int(sum(s[k] for s in stats))
         for k in ("rows", "rejected", "users", "users_with_home", "points_in_no_country", "ties")
     }
     files = {
         asset: StagedPartitions(
-            {r.key: tdir / asset / f"{r.key}.parquet" for r in refs},
+            {r.key: layout.table(asset, r.key) for r in refs},
             metadata={"batches": len(refs), "batches_reused": reused},
         )
         for asset in assets

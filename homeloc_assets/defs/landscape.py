@@ -15,7 +15,6 @@ country by category and by tourist share. Per extra region layer,
 
 import os
 import shutil
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,14 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from homeloc_assets import plots
-from homeloc_assets.atomic import atomic_path
-from homeloc_assets.batch_runner import landscape_cache_path
-from homeloc_assets.defs.batches import (
-    BACKFILL_BATCHES_PER_RUN,
-    stats_dir,
-    tables_dir,
-    user_batches,
-)
+from homeloc_assets.atomic import atomic_path, remove_dead_staged, staged_path
+from homeloc_assets.defs.batches import BACKFILL_BATCHES_PER_RUN, user_batches
 from homeloc_assets.defs.classification import (
     classification_path,
     publication_dir,
@@ -71,24 +64,6 @@ def layer_landscape_assets(name: str) -> tuple[str, str]:
     return f"landscape_batch_layer_{name}", f"landscape_layer_{name}"
 
 
-def remove_dead_staged(folder: Path, key: str) -> None:
-    """Delete ``.<key>.<pid>-<ns>.staged`` files of processes that no longer run (kill -9).
-
-    The IO manager moves a live run's staged files into place; a killed run's
-    stay behind. Files of a live process (another run on the same batches) are kept.
-    """
-    for p in folder.glob(f".{key}.*.staged"):
-        pid = p.name[len(key) + 2:].partition("-")[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            p.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, another user's
-
-
 def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocConfig,
                           layers: tuple[LayerSpec, ...]):
     """Stage each batch's landscape tables: the ones the batch worker left when it made them with
@@ -99,23 +74,23 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
     keys = list(context.partition_keys)
     code = info.study_country_code
     meta = {_PARAMS_KEY: f"{p.resolution},{p.ring},{code}".encode()}
-    tdir, sdir = tables_dir(homeloc), stats_dir(homeloc)
+    layout = homeloc.layout
     kinds = {"cells": BATCH_CELLS, **{s.name: layer_landscape_assets(s.name)[0] for s in layers}}
     located_by: dict = {}
     if layers:
-        lookup_dir = Path(homeloc.storage_dir) / "lookup"
-        located_by = {s.name: load_layer(s, lookup_dir) for s in layers}
+        located_by = {s.name: load_layer(s, layout.lookup) for s in layers}
+
     def stage(kind: str, key: str) -> Path:
-        folder = tdir / kinds[kind]
+        folder = layout.table(kinds[kind], key).parent
         folder.mkdir(parents=True, exist_ok=True)
         remove_dead_staged(folder, key)
-        return folder / f".{key}.{os.getpid()}-{time.time_ns()}.staged"
+        return staged_path(folder, key)
 
     def one(key: str) -> tuple[dict[str, Path], int]:
         out: dict[str, Path] = {}
         todo = []
         for kind in kinds:
-            cache = landscape_cache_path(sdir, key, kind, spec.tag(kind))
+            cache = layout.landscape_cache_file(key, kind, spec.tag(kind))
             target = stage(kind, key)
             try:
                 os.link(cache, target)
@@ -135,7 +110,7 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
         return out, reused
 
     def _compute(key: str, todo: list[str]) -> dict[str, Path]:
-        files = [tdir / a / f"{key}.parquet" for a in ("user_locations", "user_home_locations")]
+        files = [layout.table(a, key) for a in ("user_locations", "user_home_locations")]
         missing = [f for f in files if not f.exists()]
         if missing:
             raise dg.Failure(f"batch {key} is not materialized yet ({missing[0]})")
@@ -145,7 +120,7 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
         locs = pq.read_table(files[0], columns=cols,
                              filters=[("country_code", "=", code)] if only_cells else None)
         classes = classify_batch(pq.read_table(files[1]), info,
-                                 lambda asset, k=key: tdir / asset / f"{k}.parquet")
+                                 lambda asset, k=key: layout.table(asset, k))
         out = {}
         for kind in todo:
             if kind == "cells":
@@ -315,7 +290,7 @@ _MAP = {
 
 
 def _cells(homeloc: HomelocConfig) -> pa.Table:
-    path = tables_dir(homeloc) / "landscape_cells.parquet"
+    path = homeloc.layout.table("landscape_cells")
     if not path.exists():
         raise dg.Failure(f"landscape_cells is not materialized yet ({path})")
     return pq.read_table(path)

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from homeloc_assets.backends import HllBackend, PostgresSettings, make_backend
 from homeloc_assets.catalog import Catalog
+from homeloc_assets.layout import Layout
 from homeloc_assets.settings import PASSWORD_ENV, Settings, option
 
 
@@ -75,6 +76,11 @@ class HomelocConfig(dg.ConfigurableResource):
         """All settings: these and the backend's."""
         return Settings(**{name: getattr(self, name) for name in Settings().group("run")},
                         **hll_backend.values)
+
+    @property
+    def layout(self) -> Layout:
+        """Every file and folder of the storage folder."""
+        return self.settings.layout
 
     @property
     def catalog(self) -> Catalog:
