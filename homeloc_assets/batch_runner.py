@@ -39,15 +39,12 @@ from homeloc_assets.inference import process_batch
 from homeloc_assets.inputs.reader import USERS_SCHEMA
 from homeloc_assets.layout import Layout
 from homeloc_assets.lease import lease
+from homeloc_assets.names import BATCH_ASSETS
 from homeloc_assets.tables import write_table
 
 #: asset name -> attribute of BatchResult
-BATCH_TABLES = {
-    "user_locations": "locations",
-    "user_country_userdays": "country_userdays",
-    "user_home_locations": "homes",
-    "rejected_rows": "rejects",
-}
+BATCH_TABLES = dict(zip(BATCH_ASSETS, ("locations", "country_userdays", "homes", "rejects"),
+                        strict=True))
 
 
 @dataclass(frozen=True)

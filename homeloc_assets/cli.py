@@ -22,6 +22,14 @@ from pathlib import Path
 
 from homeloc_assets.atomic import write_text_atomic
 from homeloc_assets.layout import Layout, OutputLayout
+from homeloc_assets.names import (
+    COUNTRIES,
+    HOME_RULE_SENSITIVITY,
+    HOMELOC_EXPORTS,
+    HOMELOC_PUBLISHED,
+    USER_CLASSIFICATION,
+    WORLD_COUNTRIES,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -276,8 +284,8 @@ def cmd_run(args) -> int:
     have_countries = countries_file.exists() and (
         marker.exists() and marker.read_text() == source)
     if not have_countries or instance.get_latest_materialization_event(
-            dg.AssetKey("countries")) is None:
-        res = dg.materialize(assets, selection=["world_countries", "countries"],
+            dg.AssetKey(COUNTRIES)) is None:
+        res = dg.materialize(assets, selection=[WORLD_COUNTRIES, COUNTRIES],
                              instance=instance, resources=resources, run_config=log_cfg,
                              raise_on_error=False)
         if not res.success:
@@ -311,26 +319,22 @@ def cmd_run(args) -> int:
         f"backend {settings.backend}; "
         + (f"Dask cluster {settings.dask_scheduler}" if settings.dask_scheduler
            else f"{settings.n_workers} worker(s)"))
-    tags_all = {"dagster/asset_partition_range_start": keys[0],
-                "dagster/asset_partition_range_end": keys[-1]}
+    from homeloc_assets.defs.operations import batch_run_config, range_tags
+
+    tags_all = range_tags(keys)
     step_assets = batch_assets([spec.name for spec in settings.layer_specs])
     todo = [k for k in keys if args.fresh
             or not is_finished(settings.layout, k, step_assets)]
     if len(todo) < len(keys):
         say(f"resuming: {len(keys) - len(todo)} finished batch(es) kept")
     if todo:
-        tags = {
-            "dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1],
-        }
-        run_config = dict(log_cfg)
-        run_config["ops"] = {"user_batch_assets": {"config": {"reuse_finished": not args.fresh}}}
+        run_config = {**log_cfg, **batch_run_config(reuse_finished=not args.fresh)}
         with _Progress(settings.layout, keys, args.quiet):
             res = dg.materialize(
                 assets,
                 selection=step_assets,
                 instance=instance, resources=resources, run_config=run_config,
-                tags=tags, raise_on_error=False,
+                tags=tags_all, raise_on_error=False,
             )
         if not res.success:
             msg, code = _failure(res)
@@ -339,17 +343,17 @@ def cmd_run(args) -> int:
     from homeloc_assets.defs.classification import DATASET_TAG
     from homeloc_assets.defs.reports import REPORT_ASSETS, make_layer_reports
 
-    final = ["user_classification", "homeloc_exports"]
+    final = [USER_CLASSIFICATION, HOMELOC_EXPORTS]
     if not args.no_figures:
         final += [k.to_user_string() for a in (*REPORT_ASSETS,
                                                 *make_layer_reports(settings.layer_specs))
                   for k in a.keys]
-        final.append("home_rule_sensitivity")
+        final.append(HOME_RULE_SENSITIVITY)
     publish_cfg = dict(log_cfg)
-    publish_cfg["ops"] = {"homeloc_published": {"config": {
+    publish_cfg["ops"] = {HOMELOC_PUBLISHED: {"config": {
         "figures": not args.no_figures, "landscape": settings.landscape}}}
     if not settings.landscape:
-        final.append("homeloc_published")  # else after the landscape: all switch together
+        final.append(HOMELOC_PUBLISHED)  # else after the landscape: all switch together
     res = dg.materialize(assets, selection=final,
                          instance=instance, resources=resources,
                          run_config=publish_cfg if not settings.landscape else log_cfg,
@@ -365,7 +369,7 @@ def cmd_run(args) -> int:
                 for k in a.keys if k.to_user_string() not in batch_keys]
         if args.no_figures:
             rest = [k for k in rest if not k.endswith("_map")]
-        for sel, t in ((batch_keys, tags_all), ([*rest, "homeloc_published"], None)):
+        for sel, t in ((batch_keys, tags_all), ([*rest, HOMELOC_PUBLISHED], None)):
             res = dg.materialize(assets, selection=sel, instance=instance, resources=resources,
                                  run_config=log_cfg if t else publish_cfg, tags=t,
                                  raise_on_error=False)
@@ -438,13 +442,23 @@ def _sync_partitions(instance, catalog, name: str, path: Path, plan_id: str, key
     known = set(catalog.plan_ids())
     retire = catalog.keys_to_retire(existing, paths=[path], keep_plan=plan_id)
     retire += [k for k in existing if k not in keys and k not in retire
-               and k.rpartition("-")[0] not in known]
+               and _plan_of(k) not in known]
     for key in retire:
         instance.delete_dynamic_partition(name, key)
     have = set(instance.get_dynamic_partitions(name))
     new = [k for k in keys if k not in have]
     if new:
         instance.add_dynamic_partitions(name, new)
+
+
+def _plan_of(key: str) -> str | None:
+    """The plan of partition ``key`` (None: not a homeloc batch key)."""
+    from homeloc_assets.catalog import split_key
+
+    try:
+        return split_key(key)[0]
+    except ValueError:
+        return None
 
 
 def _print_summary(s: dict, out: Path, elapsed: float) -> None:

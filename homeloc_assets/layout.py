@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from homeloc_assets.names import COUNTRIES, USER_CLASSIFICATION
+
 #: the generations of an output folder, the link to the published one, and its manifest
 GENERATIONS_DIR = "generations"
 CURRENT = "current"
@@ -84,12 +86,12 @@ class Layout:
     @property
     def classification(self) -> Path:
         """``user_classification``'s table."""
-        return self.table("user_classification")
+        return self.table(USER_CLASSIFICATION)
 
     @property
     def countries(self) -> Path:
         """``countries``'s table."""
-        return self.table("countries")
+        return self.table(COUNTRIES)
 
     @property
     def countries_source(self) -> Path:

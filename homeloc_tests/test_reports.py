@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from homeloc_assets import plots
+from homeloc_assets import names, plots
 from homeloc_assets.catalog import Catalog
 from homeloc_assets.definitions import build_definitions
 from homeloc_assets.defs import reports
@@ -23,7 +23,7 @@ from homeloc_assets.settings import Settings
 from homeloc_tests.helpers import HOMELOC
 
 REPORTS = ["classification_report", "tourist_origins_map", "study_country_share_map"]
-BATCH_ASSETS = ["user_locations", "user_country_userdays", "user_home_locations", "rejected_rows"]
+BATCH_ASSETS = list(names.BATCH_ASSETS)
 
 
 @pytest.fixture(scope="module")

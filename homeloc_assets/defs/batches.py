@@ -26,6 +26,14 @@ from homeloc_assets.geo import CountryLookup
 from homeloc_assets.geo.layers import LayerSpec, layer_assets, load_layer
 from homeloc_assets.inputs.folder import BATCHES_PER_RUN
 from homeloc_assets.layout import Layout
+from homeloc_assets.names import (
+    BATCH_STEP,
+    COUNTRIES,
+    REJECTED_ROWS,
+    USER_COUNTRY_USERDAYS,
+    USER_HOME_LOCATIONS,
+    USER_LOCATIONS,
+)
 from homeloc_assets.tables import StagedPartitions
 
 user_batches = dg.DynamicPartitionsDefinition(name="user_batches")
@@ -79,9 +87,9 @@ def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition
     """The batch step for the four per-batch tables plus two tables per region layer."""
 
     @dg.multi_asset(
-        name="user_batch_assets",
+        name=BATCH_STEP,
         outs={**{
-            "user_locations": dg.AssetOut(
+            USER_LOCATIONS: dg.AssetOut(
                 group_name="users",
                 kinds={"pyarrow", "parquet"},
                 description=(
@@ -89,7 +97,7 @@ def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition
                     "(`country`/`country_code` null: in no country) and the row's input line."
                 ),
             ),
-            "user_country_userdays": dg.AssetOut(
+            USER_COUNTRY_USERDAYS: dg.AssetOut(
                 group_name="users",
                 kinds={"pyarrow", "parquet"},
                 description=(
@@ -97,7 +105,7 @@ def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition
                     "over the user's locations in that country, and the number of `locations`."
                 ),
             ),
-            "user_home_locations": dg.AssetOut(
+            USER_HOME_LOCATIONS: dg.AssetOut(
                 group_name="users",
                 kinds={"pyarrow", "parquet"},
                 description=(
@@ -106,7 +114,7 @@ def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition
                     "userdays, `margin` and a `tie` flag (ties go to the first country by name)."
                 ),
             ),
-            "rejected_rows": dg.AssetOut(
+            REJECTED_ROWS: dg.AssetOut(
                 group_name="users",
                 kinds={"pyarrow", "parquet"},
                 description="Input rows rejected in this batch: `line` (relative to the batch), `reason`, `raw`.",
@@ -116,19 +124,19 @@ def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition
         check_specs=[
             dg.AssetCheckSpec(
                 "one_home_per_user",
-                asset="user_home_locations",
+                asset=USER_HOME_LOCATIONS,
                 description=("No user has two home rows in a batch (over all batches the "
                          "classification checks that each user's rows are together)."),
             ),
             dg.AssetCheckSpec(
                 "points_in_a_country",
-                asset="user_locations",
+                asset=USER_LOCATIONS,
                 description=f"Warn when over {POINTS_IN_NO_COUNTRY_WARN:.0%} of points fall in no country.",
             ),
         ],
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_BATCHES_PER_RUN),
         pool="homeloc_batches",
-        ins={"countries": dg.AssetIn("countries")},
+        ins={"countries": dg.AssetIn(COUNTRIES)},
     )
     def user_batch_assets(
         context: dg.AssetExecutionContext,
@@ -177,11 +185,11 @@ def _partition_metadata(s: dict, layer_names: tuple[str, ...]) -> dict[str, dict
     share = s["points_in_no_country"] / s["rows"] if s["rows"] else 0.0
     users = {"users": s["users"], "users_with_home": s["users_with_home"]}
     meta = {
-        "user_locations": {"rows": s["rows"], "points_in_no_country": s["points_in_no_country"],
+        USER_LOCATIONS: {"rows": s["rows"], "points_in_no_country": s["points_in_no_country"],
                            "share_in_no_country": round(share, 6), "input_lines": s["n_lines"]},
-        "user_country_userdays": {"users": s["users"]},
-        "user_home_locations": {**users, "ties": s["ties"]},
-        "rejected_rows": {"rejected": s["rejected"]},
+        USER_COUNTRY_USERDAYS: {"users": s["users"]},
+        USER_HOME_LOCATIONS: {**users, "ties": s["ties"]},
+        REJECTED_ROWS: {"rejected": s["rejected"]},
     }
     for name in layer_names:
         ud, home = layer_assets(name)
@@ -259,13 +267,13 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
     dup = sum(s.get("duplicate_users", 0) for s in stats)
     yield dg.AssetCheckResult(
         check_name="one_home_per_user",
-        asset_key="user_home_locations",
+        asset_key=USER_HOME_LOCATIONS,
         passed=dup == 0,
         metadata={"duplicate_users": dup},
     )
     yield dg.AssetCheckResult(
         check_name="points_in_a_country",
-        asset_key="user_locations",
+        asset_key=USER_LOCATIONS,
         passed=share_none <= POINTS_IN_NO_COUNTRY_WARN,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"share_in_no_country": round(share_none, 6)},

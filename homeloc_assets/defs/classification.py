@@ -24,6 +24,15 @@ from homeloc_assets.inference.rules import (
     with_evidence,
 )
 from homeloc_assets.layout import Layout
+from homeloc_assets.names import (
+    COUNTRIES,
+    HOMELOC_EXPORTS,
+    REJECTED_ROWS,
+    USER_CLASSIFICATION,
+    USER_COUNTRY_USERDAYS,
+    USER_HOME_LOCATIONS,
+    USER_LOCATIONS,
+)
 from homeloc_assets.provenance import InputInfo, RunInfo, read_run_info
 from homeloc_assets.publish import new_generation_id
 from homeloc_assets.tables import PARQUET_COMPRESSION, PartitionedTables
@@ -92,14 +101,15 @@ def batch_stats(config: HomelocConfig, keys: list[str]) -> dict[str, dict]:
 
 
 @dg.asset(
+    name=USER_CLASSIFICATION,
     group_name="results",
     kinds={"pyarrow", "parquet"},
     automation_condition=dg.AutomationCondition.eager(),
-    ins={"user_home_locations": dg.AssetIn("user_home_locations"), "countries": dg.AssetIn()},
+    ins={"user_home_locations": dg.AssetIn(USER_HOME_LOCATIONS), "countries": dg.AssetIn(COUNTRIES)},
     check_specs=[
-        dg.AssetCheckSpec("no_user_twice", asset="user_classification",
+        dg.AssetCheckSpec("no_user_twice", asset=USER_CLASSIFICATION,
                           description="Each user appears once over all batches."),
-        dg.AssetCheckSpec("reject_share_below_limit", asset="user_classification",
+        dg.AssetCheckSpec("reject_share_below_limit", asset=USER_CLASSIFICATION,
                           description="Rejected rows stay below HOMELOC_MAX_REJECT_SHARE."),
     ],
     description=(
@@ -212,7 +222,7 @@ def write_stopped_rejects(homeloc: HomelocConfig, keys: list[str],
     from homeloc_assets.exports import REJECTS_SCHEMA, _global_rejects, _stream_csv
 
     offsets = line_offsets(homeloc, keys, stats)
-    rejects = PartitionedTables({k: homeloc.layout.table("rejected_rows", k) for k in keys})
+    rejects = PartitionedTables({k: homeloc.layout.table(REJECTED_ROWS, k) for k in keys})
     target = homeloc.settings.output_layout.stopped_rejects
     with atomic_path(target) as tmp:
         _stream_csv(tmp, _global_rejects(rejects, offsets), REJECTS_SCHEMA)
@@ -257,7 +267,7 @@ def hll_params_of(layout: Layout, keys: list[str]) -> tuple[int, int]:
     from homeloc_assets import hll
 
     for key in keys:
-        path = layout.table("user_locations", key)
+        path = layout.table(USER_LOCATIONS, key)
         if not path.exists():
             continue
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1, columns=["userday_hll"]):
@@ -340,7 +350,7 @@ def swapped_sample_shares(
     from homeloc_assets.defs.batches import country_lookup
 
     files = [p for k in keys
-             if (p := homeloc.layout.table("user_locations", k)).exists()]
+             if (p := homeloc.layout.table(USER_LOCATIONS, k)).exists()]
     if not files:
         return 0.0, 0.0
     per_file = max(1, -(-SWAP_SAMPLE // len(files)))
@@ -372,14 +382,15 @@ def _as_partitioned(value) -> PartitionedTables:
 
 
 @dg.asset(
+    name=HOMELOC_EXPORTS,
     group_name="results",
     kinds={"csv", "parquet"},
     automation_condition=dg.AutomationCondition.eager(),
-    deps=["user_classification"],
+    deps=[USER_CLASSIFICATION],
     ins={
-        "user_home_locations": dg.AssetIn("user_home_locations"),
-        "user_country_userdays": dg.AssetIn("user_country_userdays"),
-        "rejected_rows": dg.AssetIn("rejected_rows"),
+        "user_home_locations": dg.AssetIn(USER_HOME_LOCATIONS),
+        "user_country_userdays": dg.AssetIn(USER_COUNTRY_USERDAYS),
+        "rejected_rows": dg.AssetIn(REJECTED_ROWS),
     },
     description=(
         "The export files in HOMELOC_OUTPUT_DIR: user_home_locations.csv/.parquet, "

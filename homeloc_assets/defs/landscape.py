@@ -50,12 +50,20 @@ from homeloc_assets.inference.landscape import (
     region_table,
 )
 from homeloc_assets.inference.rules import classify_batch
+from homeloc_assets.names import (
+    COUNTRIES,
+    LANDSCAPE_BATCH_CELLS,
+    LANDSCAPE_BATCH_STEP,
+    LANDSCAPE_CELLS,
+    USER_CLASSIFICATION,
+    USER_HOME_LOCATIONS,
+    USER_LOCATIONS,
+)
 from homeloc_assets.provenance import read_run_info
 from homeloc_assets.tables import PartitionedTables, StagedPartitions, write_table
 
 LANDSCAPE_FILES = ("landscape_cells.parquet", "landscape_cells.gpkg")
 _PARAMS_KEY = PARAMS_KEY
-BATCH_CELLS = "landscape_batch_cells"
 
 
 def layer_landscape_assets(name: str) -> tuple[str, str]:
@@ -75,7 +83,7 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
     code = info.study_country_code
     meta = {_PARAMS_KEY: f"{p.resolution},{p.ring},{code}".encode()}
     layout = homeloc.layout
-    kinds = {"cells": BATCH_CELLS, **{s.name: layer_landscape_assets(s.name)[0] for s in layers}}
+    kinds = {"cells": LANDSCAPE_BATCH_CELLS, **{s.name: layer_landscape_assets(s.name)[0] for s in layers}}
     located_by: dict = {}
     if layers:
         located_by = {s.name: load_layer(s, layout.lookup) for s in layers}
@@ -110,7 +118,7 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
         return out, reused
 
     def _compute(key: str, todo: list[str]) -> dict[str, Path]:
-        files = [layout.table(a, key) for a in ("user_locations", "user_home_locations")]
+        files = [layout.table(a, key) for a in (USER_LOCATIONS, USER_HOME_LOCATIONS)]
         missing = [f for f in files if not f.exists()]
         if missing:
             raise dg.Failure(f"batch {key} is not materialized yet ({missing[0]})")
@@ -150,7 +158,7 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
 
 def make_landscape_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition:
     """``landscape_batch_cells`` and one ``landscape_batch_layer_<NAME>`` per region layer."""
-    outs = {BATCH_CELLS: dg.AssetOut(
+    outs = {LANDSCAPE_BATCH_CELLS: dg.AssetOut(
         group_name="landscape", kinds={"h3", "parquet"},
         automation_condition=dg.AutomationCondition.eager(),
         description=(
@@ -166,7 +174,7 @@ def make_landscape_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.Assets
             description=(f"Layer `{spec}`, per batch, region and class: hll_union_agg of the "
                          "userday HLLs of that class's users' locations in the region, "
                          "distinct users and rows."))
-    deps = ["user_classification", "user_locations", "user_home_locations",
+    deps = [USER_CLASSIFICATION, USER_LOCATIONS, USER_HOME_LOCATIONS,
             *(layer_assets(s.name)[1] for s in layers)]
 
     # the batch-partitioned asset needs a backfill policy (Dagster marks the parameter beta):
@@ -175,7 +183,7 @@ def make_landscape_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.Assets
         warnings.simplefilter("ignore", category=dg.BetaWarning)
 
         @dg.multi_asset(
-            name="landscape_batch_assets",
+            name=LANDSCAPE_BATCH_STEP,
             outs=outs,
             partitions_def=user_batches,
             backfill_policy=dg.BackfillPolicy.multi_run(
@@ -195,10 +203,11 @@ landscape_batch_cells = make_landscape_batch_assets()
 
 
 @dg.asset(
+    name=LANDSCAPE_CELLS,
     group_name="landscape",
     kinds={"h3", "parquet", "geopackage"},
     automation_condition=dg.AutomationCondition.eager(),
-    ins={"landscape_batch_cells": dg.AssetIn()},
+    ins={"landscape_batch_cells": dg.AssetIn(LANDSCAPE_BATCH_CELLS)},
     description=(
         "Per H3 cell of the study country: per class estimated distinct userdays, distinct "
         "users and the union HLL (bytea hex), the k-ring pooled tourist share, a two-sided "
@@ -283,14 +292,14 @@ GPKG_DATE = "2000-01-01T00:00:00.000Z"
 _MAP = {
     "group_name": "landscape",
     "kinds": {"matplotlib", "png", "svg"},
-    "deps": ["landscape_cells"],
-    "ins": {"countries": dg.AssetIn("countries")},
+    "deps": [LANDSCAPE_CELLS],
+    "ins": {"countries": dg.AssetIn(COUNTRIES)},
     "automation_condition": dg.AutomationCondition.eager(),
 }
 
 
 def _cells(homeloc: HomelocConfig) -> pa.Table:
-    path = homeloc.layout.table("landscape_cells")
+    path = homeloc.layout.table(LANDSCAPE_CELLS)
     if not path.exists():
         raise dg.Failure(f"landscape_cells is not materialized yet ({path})")
     return pq.read_table(path)
@@ -371,7 +380,7 @@ def make_landscape_assets(layers: tuple[LayerSpec, ...] = ()) -> list:
 
 def landscape_batch_keys(layers: tuple[LayerSpec, ...] = ()) -> list[str]:
     """The per-batch landscape assets (materialised together, over a range of batches)."""
-    return [BATCH_CELLS, *(layer_landscape_assets(s.name)[0] for s in layers)]
+    return [LANDSCAPE_BATCH_CELLS, *(layer_landscape_assets(s.name)[0] for s in layers)]
 
 
 LANDSCAPE_ASSETS: list = [landscape_batch_cells, landscape_cells, landscape_category_map,

@@ -41,6 +41,14 @@ from homeloc_assets.inputs.folder import (  # the folder logic needs no Dagster
     scan_input_dir,
     watching_message,
 )
+from homeloc_assets.names import (
+    BATCH_ASSETS,
+    BATCH_STEP,
+    COUNTRIES,
+    COUNTRY_ASSETS,
+    USER_CLASSIFICATION,
+    USER_HOME_LOCATIONS,
+)
 from homeloc_assets.settings import Settings
 
 #: sensor timing and the heal schedule (``HOMELOC_SENSOR_*``, ``HOMELOC_AUTOMATION_*``,
@@ -61,10 +69,8 @@ COUNTRIES_RETRY_SECONDS = 600
 #: (the default run launcher cannot tell a dead run process after a machine crash).
 HEAL_STALE_RUN_SECONDS = 12 * 3600
 
-BATCH_ASSETS = ("user_locations", "user_country_userdays", "user_home_locations", "rejected_rows")
-COUNTRY_ASSETS = ("world_countries", "countries")
-HOME_KEY = dg.AssetKey("user_home_locations")
-COUNTRIES_KEY = dg.AssetKey("countries")
+HOME_KEY = dg.AssetKey(USER_HOME_LOCATIONS)
+COUNTRIES_KEY = dg.AssetKey(COUNTRIES)
 
 PLAN_TAG = "homeloc/plan_id"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -94,14 +100,20 @@ homeloc_results_job = dg.define_asset_job(
     "homeloc_results_job",
     # the landscape is partitioned by batch: it runs with its own partition range (or by
     # its eager automation condition)
-    selection=dg.AssetSelection.assets("user_classification").downstream()
+    selection=dg.AssetSelection.assets(USER_CLASSIFICATION).downstream()
     - dg.AssetSelection.groups("landscape"),
     description="Classification, exports and reports over all current batches.",
 )
 
 
-def _batch_run_config(reuse_finished: bool) -> dict:
-    return {"ops": {"user_batch_assets": {"config": {"reuse_finished": reuse_finished}}}}
+def batch_run_config(reuse_finished: bool) -> dict:
+    """The run config of a run of the batch step (``BatchRunConfig``)."""
+    return {"ops": {BATCH_STEP: {"config": {"reuse_finished": reuse_finished}}}}
+
+
+def range_tags(keys: Sequence[str]) -> dict[str, str]:
+    """The tags of a run over the consecutive batches ``keys[0]..keys[-1]``."""
+    return {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
 
 
 def range_run_request(
@@ -111,8 +123,8 @@ def range_run_request(
     return dg.RunRequest(
         run_key=run_key,
         job_name=homeloc_batches_job.name,
-        run_config=_batch_run_config(reuse_finished),
-        tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1], **(tags or {})},
+        run_config=batch_run_config(reuse_finished),
+        tags={**range_tags(keys), **(tags or {})},
     )
 
 
