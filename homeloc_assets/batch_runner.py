@@ -63,6 +63,9 @@ class WorkerSetup:
     #: inference.landscape.BatchLandscapeSpec: also write the batch's landscape tables
     #: (from the rows in memory) into the landscape cache; None: not
     landscape: object = None
+    #: seconds before a batch lease of another machine is taken over (``Settings.lease_timeout``;
+    #: None: this process's setting)
+    lease_timeout: float | None = None
 
     @property
     def layout(self) -> Layout:
@@ -119,14 +122,14 @@ def _init_worker(setup: WorkerSetup, parent_pid: int | None = None) -> None:
 
 
 @contextlib.contextmanager
-def batch_lock(layout: Layout, key: str) -> Iterator[bool]:
+def batch_lock(layout: Layout, key: str, timeout: float | None = None) -> Iterator[bool]:
     """Hold the lease of batch ``key``; yields True when another process held it first.
 
     That process may have finished the batch before releasing it or dying. A
     lease left by a killed holder is taken over: at once on the same machine,
-    after ``HOMELOC_LEASE_TIMEOUT`` seconds without heartbeat otherwise.
+    after ``timeout`` seconds without heartbeat otherwise (default: ``Settings.lease_timeout``).
     """
-    with lease(layout.lease_file(key)) as held:
+    with lease(layout.lease_file(key), timeout=timeout) as held:
         yield held.waited or held.took_over is not None
 
 
@@ -198,7 +201,7 @@ def _run_one(ref: BatchRef) -> dict:
 def _run_locked(ref: BatchRef) -> dict:
     setup: WorkerSetup = _STATE["setup"]
     layout = setup.layout
-    with batch_lock(layout, ref.key) as waited:
+    with batch_lock(layout, ref.key, setup.lease_timeout) as waited:
         remove_stale_temporaries(layout, ref.key, setup.assets)
         if waited and is_finished(layout, ref.key, setup.assets):
             # another run computed this batch while we waited: same input, same result
@@ -269,11 +272,13 @@ def run_batches(
     workers: int,
     on_done: Callable[[dict], None] | None = None,
     dask_scheduler: str | None = None,
+    dask_wait: float | None = None,
 ) -> list[dict]:
     """Process ``refs`` on ``workers`` processes (in this process when 1), or on the Dask
-    cluster at ``dask_scheduler`` when given; results in input order."""
+    cluster at ``dask_scheduler`` when given (waiting up to ``dask_wait`` seconds for it and
+    a first worker); results in input order."""
     results: list[dict] = []
-    for res in _iter_results(refs, setup, workers, dask_scheduler):
+    for res in _iter_results(refs, setup, workers, dask_scheduler, dask_wait):
         if on_done is not None:
             on_done(res)
         results.append(res)
@@ -283,11 +288,12 @@ def run_batches(
 
 
 def _iter_results(refs: Sequence[BatchRef], setup: WorkerSetup, workers: int,
-                  dask_scheduler: str | None = None) -> Iterator[dict]:
+                  dask_scheduler: str | None = None,
+                  dask_wait: float | None = None) -> Iterator[dict]:
     if dask_scheduler and refs:
         from homeloc_assets.executors import iter_dask
 
-        yield from iter_dask(refs, setup, dask_scheduler)
+        yield from iter_dask(refs, setup, dask_scheduler, dask_wait)
         return
     workers = max(1, min(workers, len(refs)))
     if workers == 1:

@@ -33,10 +33,6 @@ from homeloc_assets import batch_runner
 from homeloc_assets.catalog import BatchRef
 
 DASK_ENV = "HOMELOC_DASK_SCHEDULER"
-WAIT_ENV = "HOMELOC_DASK_WAIT"
-#: seconds to wait for the scheduler and then for a first worker (SLURM/Kubernetes
-#: workers may still be queued)
-DEFAULT_WAIT = 120.0
 PROBE_PREFIX = ".homeloc-probe-"
 
 
@@ -63,16 +59,13 @@ def validate_address(address: str) -> str:
     )
 
 
-def worker_wait(env: dict[str, str] | None = None) -> float:
-    """Seconds to wait for the scheduler, then for a first worker: ``HOMELOC_DASK_WAIT`` (120)."""
-    raw = (os.environ if env is None else env).get(WAIT_ENV, "")
-    try:
-        value = float(raw) if raw else DEFAULT_WAIT
-    except ValueError:
-        raise ValueError(f"{WAIT_ENV}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ValueError(f"{WAIT_ENV}={raw!r}: must be >= 0")
-    return value
+def worker_wait() -> float:
+    """Seconds to wait for the scheduler, then for a first worker, when none is given
+    (SLURM/Kubernetes workers may still be queued): ``Settings.dask_wait``
+    (``HOMELOC_DASK_WAIT``) of this process."""
+    from homeloc_assets.settings import Settings
+
+    return Settings.from_env().dask_wait
 
 
 def code_digest() -> str:

@@ -42,27 +42,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-#: seconds without a heartbeat before a lease of another machine counts as stale
-DEFAULT_TIMEOUT = 60.0
-TIMEOUT_ENV = "HOMELOC_LEASE_TIMEOUT"
-
 
 class LeaseLost(RuntimeError):
     """Our lease was taken over by another process (we stalled past the timeout)."""
 
 
-def lease_timeout(env: dict[str, str] | None = None) -> float:
-    """The stale timeout from ``HOMELOC_LEASE_TIMEOUT`` (seconds, default 60)."""
-    raw = (os.environ if env is None else env).get(TIMEOUT_ENV, "")
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
-    if not value > 0:
-        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: must be more than 0 seconds")
-    return value
+def default_timeout() -> float:
+    """Seconds without a heartbeat before a lease of another machine counts as stale when
+    none is given: ``Settings.lease_timeout`` (``HOMELOC_LEASE_TIMEOUT``) of this process."""
+    from homeloc_assets.settings import Settings
+
+    return Settings.from_env().lease_timeout
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -156,7 +146,7 @@ class Lease:
     def __init__(self, path: str | os.PathLike[str], timeout: float | None = None,
                  heartbeat: float | None = None, poll: float = 0.05) -> None:
         self.path = Path(path)
-        self.timeout = lease_timeout() if timeout is None else float(timeout)
+        self.timeout = default_timeout() if timeout is None else float(timeout)
         self.heartbeat = heartbeat if heartbeat is not None else max(self.timeout / 6, 0.01)
         self.poll = poll
         self.host = socket.gethostname()

@@ -143,6 +143,12 @@ class Settings:
         "", "HOMELOC_DASK_SCHEDULER",
         "run the batches on this Dask cluster, tcp://host:8786 or a scheduler file",
         flag="--dask", metavar="SCHEDULER", shown="a local process pool")
+    dask_wait: float = setting(
+        120.0, "HOMELOC_DASK_WAIT",
+        "seconds to wait for the Dask scheduler, then for a first worker")
+    lease_timeout: float = setting(
+        60.0, "HOMELOC_LEASE_TIMEOUT",
+        "seconds without heartbeat before a batch lease held on another machine is taken over")
     sensor_interval_seconds: int = setting(30, "HOMELOC_SENSOR_INTERVAL_SECONDS",
                                            "seconds between input sensor ticks",
                                            group="operations")
@@ -222,6 +228,11 @@ class Settings:
             from homeloc_assets.executors import validate_address
 
             validate_address(self.dask_scheduler)
+        if self.dask_wait < 0:
+            raise ValueError(f"HOMELOC_DASK_WAIT={self.dask_wait:g}: must be >= 0")
+        if not self.lease_timeout > 0:
+            raise ValueError(f"HOMELOC_LEASE_TIMEOUT={self.lease_timeout:g}: "
+                             "must be more than 0 seconds")
         if not 0 < self.pg_port < 65536:
             raise ValueError(f"HOMELOC_PG_PORT={self.pg_port}: must be a port (1-65535)")
         for name in ("pg_retries", "sensor_settle_seconds"):

@@ -225,6 +225,7 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
         layers_pickle=pickle.dumps(tuple(load_layer(spec, layout.lookup) for spec in layers)),
         layer_names=layer_names,
         landscape=batch_landscape_spec(homeloc, countries, layers),
+        lease_timeout=homeloc.settings.lease_timeout,
     )
     done = {"n": 0}
 
@@ -240,7 +241,7 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
     if settings.dask_scheduler:
         context.log.info(f"batches on the Dask cluster {settings.dask_scheduler}")
     run_batches(todo, setup, settings.n_workers, on_done=progress,
-                dask_scheduler=settings.dask_scheduler or None)
+                dask_scheduler=settings.dask_scheduler or None, dask_wait=settings.dask_wait)
 
     stats = [read_stats(layout, r.key) for r in refs]
     total = {

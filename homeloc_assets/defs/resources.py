@@ -58,6 +58,8 @@ class HomelocConfig(dg.ConfigurableResource):
     landscape: bool = Field(default=True, description=(
         "Batch workers also compute each batch's landscape tables (off: --no-landscape)."))
     dask_scheduler: str = _field("dask_scheduler")
+    dask_wait: float = _field("dask_wait")
+    lease_timeout: float = _field("lease_timeout")
 
     @classmethod
     def from_settings(cls, s: Settings) -> HomelocConfig:
