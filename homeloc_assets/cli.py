@@ -319,7 +319,7 @@ def cmd_run(args) -> int:
         f"backend {settings.backend}; "
         + (f"Dask cluster {settings.dask_scheduler}" if settings.dask_scheduler
            else f"{settings.n_workers} worker(s)"))
-    from homeloc_assets.defs.operations import batch_run_config, range_tags
+    from homeloc_assets.defs.jobs import batch_run_config, range_tags
 
     tags_all = range_tags(keys)
     step_assets = batch_assets([spec.name for spec in settings.layer_specs])
