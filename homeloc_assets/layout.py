@@ -64,6 +64,16 @@ def table_file(tables: str | os.PathLike[str], asset: str, key: str | None = Non
     return Path(tables) / asset / f"{key}.{fmt}"
 
 
+def lookup_file(lookup: str | os.PathLike[str], stem: str, digest: str) -> Path:
+    """``<lookup>/<stem>-<digest>.npz``: a cached grid lookup (``countries`` or
+    ``layer-<name>``) of the geometries with hash ``digest``.
+
+    The rule of ``geo.layers.load_layer``, whose cache folder is given on its own
+    (``Layout.lookup`` in a run).
+    """
+    return Path(lookup) / f"{stem}-{digest}.npz"
+
+
 @dataclass(frozen=True)
 class Layout:
     """The storage folder ``root``: every file and folder under it is named here."""
@@ -142,7 +152,11 @@ class Layout:
 
     def country_lookup_file(self, digest: str) -> Path:
         """The country grid lookup of the geometries with hash ``digest``."""
-        return self.lookup / f"countries-{digest}.npz"
+        return lookup_file(self.lookup, "countries", digest)
+
+    def layer_lookup_file(self, name: str, digest: str) -> Path:
+        """The grid lookup of region layer ``name`` for the file state with hash ``digest``."""
+        return lookup_file(self.lookup, f"layer-{name}", digest)
 
     @property
     def plans(self) -> Path:
