@@ -25,6 +25,7 @@ def test_storage_paths_are_the_ones_on_disk(tmp_path):
         s.lease_file("p-00001"): "batch_stats/.locks/p-00001.lease",
         s.landscape_cache_file("p-00001", "cells", "ab"): "batch_stats/landscape/p-00001.cells.ab.parquet",
         s.country_lookup_file("0123"): "lookup/countries-0123.npz",
+        s.layer_lookup_file("states", "0123"): "lookup/layer-states-0123.npz",
         s.plan_file("p"): "plans/p.json",
         s.inputs: "inputs",
         s.dataset_file: "dataset.json",
