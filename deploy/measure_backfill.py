@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from homeloc_assets.catalog import Catalog
     from homeloc_assets.definitions import build_definitions
-    from homeloc_assets.defs.operations import BATCH_ASSETS
+    from homeloc_assets.names import BATCH_ASSETS
     from homeloc_assets.settings import Settings
 
     settings = Settings.from_env()

@@ -6,7 +6,7 @@ that asset's partition, then its counts file last: a batch is finished exactly
 when that file exists, so a killed run resumes without redoing finished
 batches. No Dagster here.
 
-A worker holds the lease ``<stats>/.locks/<key>.lease`` (``homeloc_assets.lease``:
+A worker holds the lease ``batch_stats/.locks/<key>.lease`` (``Layout.lease_file``) (``homeloc_assets.lease``:
 exclusive create plus heartbeat, safe on NFS where ``flock`` is not) while it
 works on a batch: two runs of the same batch at once take turns (the second
 one reuses what the first one just finished instead of writing it again), and
@@ -37,16 +37,14 @@ from homeloc_assets.backends import PostgresSettings, make_backend
 from homeloc_assets.catalog import BatchRef
 from homeloc_assets.inference import process_batch
 from homeloc_assets.inputs.reader import USERS_SCHEMA
+from homeloc_assets.layout import Layout
 from homeloc_assets.lease import lease
+from homeloc_assets.names import BATCH_ASSETS
 from homeloc_assets.tables import write_table
 
 #: asset name -> attribute of BatchResult
-BATCH_TABLES = {
-    "user_locations": "locations",
-    "user_country_userdays": "country_userdays",
-    "user_home_locations": "homes",
-    "rejected_rows": "rejects",
-}
+BATCH_TABLES = dict(zip(BATCH_ASSETS, ("locations", "country_userdays", "homes", "rejects"),
+                        strict=True))
 
 
 @dataclass(frozen=True)
@@ -58,13 +56,21 @@ class WorkerSetup:
     lookup_pickle: bytes
     backend: str
     pg: PostgresSettings | None
-    tables_dir: str
-    stats_dir: str
+    #: the storage folder (``Layout.root``): where the batch's files go
+    storage_dir: str
     layers_pickle: bytes = b""  # pickled tuple of extra region layers (geo.layers)
     layer_names: tuple[str, ...] = ()
     #: inference.landscape.BatchLandscapeSpec: also write the batch's landscape tables
     #: (from the rows in memory) into the landscape cache; None: not
     landscape: object = None
+    #: seconds before a batch lease of another machine is taken over (``Settings.lease_timeout``;
+    #: None: this process's setting)
+    lease_timeout: float | None = None
+
+    @property
+    def layout(self) -> Layout:
+        """Where this setup's files go."""
+        return Layout(self.storage_dir)
 
     @property
     def assets(self) -> list[str]:
@@ -116,26 +122,24 @@ def _init_worker(setup: WorkerSetup, parent_pid: int | None = None) -> None:
 
 
 @contextlib.contextmanager
-def batch_lock(stats_dir: str | os.PathLike[str], key: str) -> Iterator[bool]:
+def batch_lock(layout: Layout, key: str, timeout: float | None = None) -> Iterator[bool]:
     """Hold the lease of batch ``key``; yields True when another process held it first.
 
     That process may have finished the batch before releasing it or dying. A
     lease left by a killed holder is taken over: at once on the same machine,
-    after ``HOMELOC_LEASE_TIMEOUT`` seconds without heartbeat otherwise.
+    after ``timeout`` seconds without heartbeat otherwise (default: ``Settings.lease_timeout``).
     """
-    with lease(Path(stats_dir) / ".locks" / f"{key}.lease") as held:
+    with lease(layout.lease_file(key), timeout=timeout) as held:
         yield held.waited or held.took_over is not None
 
 
-def remove_stale_temporaries(tables_dir: str | os.PathLike[str],
-                             stats_dir: str | os.PathLike[str], key: str,
+def remove_stale_temporaries(layout: Layout, key: str,
                              assets: Sequence[str] = tuple(BATCH_TABLES)) -> list[Path]:
     """Delete temporary files of batch ``key`` left by a killed writer (hold its lock)."""
-    targets = [Path(tables_dir) / a / f"{key}.parquet" for a in assets]
-    targets.append(Path(stats_dir) / f"{key}.json")
-    targets.append(users_path(stats_dir, key))
+    targets = [layout.table(a, key) for a in assets]
+    targets += [layout.stats_file(key), layout.users_file(key)]
     gone = [p for t in targets for p in remove_temporaries(t)]
-    for p in Path(stats_dir, LANDSCAPE_CACHE).glob(f".{key}.*.tmp"):  # landscape tables
+    for p in layout.landscape_cache_temporaries(key):  # landscape tables
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             gone.append(p)
@@ -196,24 +200,29 @@ def _run_one(ref: BatchRef) -> dict:
 
 def _run_locked(ref: BatchRef) -> dict:
     setup: WorkerSetup = _STATE["setup"]
-    with batch_lock(setup.stats_dir, ref.key) as waited:
-        remove_stale_temporaries(setup.tables_dir, setup.stats_dir, ref.key, setup.assets)
-        if waited and is_finished(setup.tables_dir, setup.stats_dir, ref.key, setup.assets):
+    layout = setup.layout
+    with batch_lock(layout, ref.key, setup.lease_timeout) as waited:
+        remove_stale_temporaries(layout, ref.key, setup.assets)
+        if waited and is_finished(layout, ref.key, setup.assets):
             # another run computed this batch while we waited: same input, same result
-            files = {a: str(Path(setup.tables_dir) / a / f"{ref.key}.parquet") for a in setup.assets}
-            return {"key": ref.key, "files": files, "stats": read_stats(setup.stats_dir, ref.key)}
+            return {"key": ref.key, "files": _files(setup, ref.key),
+                    "stats": read_stats(layout, ref.key)}
         return _compute(ref, setup)
+
+
+def _files(setup: WorkerSetup, key: str) -> dict[str, str]:
+    """Per asset of ``setup`` the file of batch ``key``."""
+    return {a: str(setup.layout.table(a, key)) for a in setup.assets}
 
 
 def finished_in_run(setup: WorkerSetup, key: str, token: str) -> dict | None:
     """The result of batch ``key`` when the run ``token`` finished it already, else None."""
-    if not is_finished(setup.tables_dir, setup.stats_dir, key, setup.assets):
+    if not is_finished(setup.layout, key, setup.assets):
         return None
-    stats = read_stats(setup.stats_dir, key)
+    stats = read_stats(setup.layout, key)
     if not stats or stats.get("run_token") != token:
         return None
-    files = {a: str(Path(setup.tables_dir) / a / f"{key}.parquet") for a in setup.assets}
-    return {"key": key, "files": files, "stats": stats}
+    return {"key": key, "files": _files(setup, key), "stats": stats}
 
 
 def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
@@ -231,28 +240,29 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
     )
     tables = {asset: getattr(result, attr) for asset, attr in BATCH_TABLES.items()}
     tables.update(result.layer_tables)
+    layout = setup.layout
     files = {}
     for asset, table in tables.items():
-        target = Path(setup.tables_dir) / asset / f"{ref.key}.parquet"
+        target = layout.table(asset, ref.key)
         write_table(table, target)
         files[asset] = str(target)
     write_table(result.users if result.users is not None else USERS_SCHEMA.empty_table(),
-                users_path(setup.stats_dir, ref.key))
+                layout.users_file(ref.key))
     # the landscape tables of this batch are only ever the ones of its latest computation
-    for old in Path(setup.stats_dir, LANDSCAPE_CACHE).glob(f"{ref.key}.*.parquet"):
+    for old in layout.landscape_cache_files(ref.key):
         old.unlink(missing_ok=True)
     if setup.landscape is not None:
         from homeloc_assets.inference.landscape import NO_DICTIONARY, batch_tables
 
         spec = setup.landscape
         for kind, table in batch_tables(result, spec, ref.hll_params).items():
-            write_table(table, landscape_cache_path(setup.stats_dir, ref.key, kind, spec.tag(kind)),
+            write_table(table, layout.landscape_cache_file(ref.key, kind, spec.tag(kind)),
                         no_dictionary=NO_DICTIONARY)
     stats = dict(result.stats, key=ref.key, plan_id=ref.plan_id, index=ref.index)
     if _STATE.get("dask_token"):
         stats["run_token"] = _STATE["dask_token"]  # lets a rerun task see it was done (Dask)
     # written last: a batch is finished exactly when its stats file exists
-    write_text_atomic(Path(setup.stats_dir) / f"{ref.key}.json", json.dumps(stats, sort_keys=True))
+    write_text_atomic(layout.stats_file(ref.key), json.dumps(stats, sort_keys=True))
     return {"key": ref.key, "files": files, "stats": stats}
 
 
@@ -262,11 +272,13 @@ def run_batches(
     workers: int,
     on_done: Callable[[dict], None] | None = None,
     dask_scheduler: str | None = None,
+    dask_wait: float | None = None,
 ) -> list[dict]:
     """Process ``refs`` on ``workers`` processes (in this process when 1), or on the Dask
-    cluster at ``dask_scheduler`` when given; results in input order."""
+    cluster at ``dask_scheduler`` when given (waiting up to ``dask_wait`` seconds for it and
+    a first worker); results in input order."""
     results: list[dict] = []
-    for res in _iter_results(refs, setup, workers, dask_scheduler):
+    for res in _iter_results(refs, setup, workers, dask_scheduler, dask_wait):
         if on_done is not None:
             on_done(res)
         results.append(res)
@@ -276,11 +288,12 @@ def run_batches(
 
 
 def _iter_results(refs: Sequence[BatchRef], setup: WorkerSetup, workers: int,
-                  dask_scheduler: str | None = None) -> Iterator[dict]:
+                  dask_scheduler: str | None = None,
+                  dask_wait: float | None = None) -> Iterator[dict]:
     if dask_scheduler and refs:
         from homeloc_assets.executors import iter_dask
 
-        yield from iter_dask(refs, setup, dask_scheduler)
+        yield from iter_dask(refs, setup, dask_scheduler, dask_wait)
         return
     workers = max(1, min(workers, len(refs)))
     if workers == 1:
@@ -334,36 +347,20 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
             p.join(timeout=5)
 
 
-#: folder (under the stats folder) of the landscape tables the batch workers wrote
-LANDSCAPE_CACHE = "landscape"
-
-
-def landscape_cache_path(stats_dir: str | os.PathLike[str], key: str, kind: str, tag: str) -> Path:
-    """Where a worker leaves batch ``key``'s landscape table ``kind`` (``cells`` or a layer
-    name) made with the settings of ``tag`` (``BatchLandscapeSpec.tag``)."""
-    return Path(stats_dir) / LANDSCAPE_CACHE / f"{key}.{kind}.{tag}.parquet"
-
-
-def users_path(stats_dir: str | os.PathLike[str], key: str) -> Path:
-    """Where batch ``key`` records its users (hashes and first offsets) for the grouping check."""
-    return Path(stats_dir) / f"{key}.users.parquet"
-
-
-def read_stats(stats_dir: str | os.PathLike[str], key: str) -> dict | None:
+def read_stats(layout: Layout, key: str) -> dict | None:
     """The counts a worker recorded for batch ``key`` (None: not finished)."""
-    path = Path(stats_dir) / f"{key}.json"
+    path = layout.stats_file(key)
     if not path.exists():
         return None
     return json.loads(path.read_text())
 
 
-def is_finished(tables_dir: str | os.PathLike[str], stats_dir: str | os.PathLike[str], key: str,
-                assets: Sequence[str] = tuple(BATCH_TABLES)) -> bool:
+def is_finished(layout: Layout, key: str, assets: Sequence[str] = tuple(BATCH_TABLES)) -> bool:
     """True when batch ``key`` has its counts file and all its tables (of ``assets``).
 
     A batch finished before a region layer was added lacks that layer's
     tables, so it is not finished for a run with that layer.
     """
-    if not (Path(stats_dir) / f"{key}.json").exists() or not users_path(stats_dir, key).exists():
+    if not layout.stats_file(key).exists() or not layout.users_file(key).exists():
         return False
-    return all((Path(tables_dir) / a / f"{key}.parquet").exists() for a in assets)
+    return all(layout.table(a, key).exists() for a in assets)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from homeloc_assets.atomic import write_text_atomic
 from homeloc_assets.inputs import BatchPlan, InputError, plan_batches
+from homeloc_assets.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,8 @@ class Catalog:
     """Plans on disk, looked up by partition key."""
 
     def __init__(self, storage_dir: str | Path) -> None:
-        self.root = Path(storage_dir)
-        self.plans_dir = self.root / "plans"
+        self.layout = Layout(storage_dir)
+        self.plans_dir = self.layout.plans
         self._plans: dict[str, BatchPlan] = {}  # read once per Catalog: batch() is per key
 
     def register(self, path: str | Path, batch_users: int) -> tuple[str, list[str]]:
@@ -132,11 +133,11 @@ class Catalog:
         decompressed once into ``<storage>/inputs/`` (:func:`decompressed`) and
         that copy is planned and read.
         """
-        path = decompressed(path, self.root / "inputs")
+        path = decompressed(path, self.layout.inputs)
         plan = plan_batches(path, batch_users)
         plan_id = plan_id_for(plan, batch_users)
         doc = {"plan_id": plan_id, "batch_users": batch_users, "plan": plan.to_dict()}
-        target = self.plans_dir / f"{plan_id}.json"
+        target = self.layout.plan_file(plan_id)
         if not target.exists() or json.loads(target.read_text()) != doc:
             write_text_atomic(target, json.dumps(doc, indent=1, sort_keys=True))
         self._plans[plan_id] = plan
@@ -164,7 +165,7 @@ class Catalog:
     def load_plan(self, plan_id: str) -> BatchPlan:
         """The stored plan ``plan_id``."""
         if plan_id not in self._plans:
-            target = self.plans_dir / f"{plan_id}.json"
+            target = self.layout.plan_file(plan_id)
             if not target.exists():
                 raise KeyError(f"no batch plan {plan_id!r} in {self.plans_dir}")
             self._plans[plan_id] = BatchPlan.from_dict(json.loads(target.read_text())["plan"])
@@ -230,7 +231,7 @@ class Catalog:
     @property
     def dataset_path(self) -> Path:
         """``<storage>/dataset.json``: the plans the next classification covers."""
-        return self.root / "dataset.json"
+        return self.layout.dataset_file
 
     def _dataset_doc(self) -> dict:
         """``dataset.json`` as stored (empty when missing or unreadable)."""

@@ -21,6 +21,15 @@ import time
 from pathlib import Path
 
 from homeloc_assets.atomic import write_text_atomic
+from homeloc_assets.layout import Layout, OutputLayout
+from homeloc_assets.names import (
+    COUNTRIES,
+    HOME_RULE_SENSITIVITY,
+    HOMELOC_EXPORTS,
+    HOMELOC_PUBLISHED,
+    USER_CLASSIFICATION,
+    WORLD_COUNTRIES,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -94,11 +103,6 @@ def _add_run(sub) -> None:
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
 
-def default_dagster_home(settings) -> Path:
-    """``<storage>/dagster_home``: the instance ``homeloc run`` and ``homeloc ui`` share."""
-    return Path(settings.storage_path) / "dagster_home"
-
-
 def _instance(home: Path):
     """The Dagster instance in ``home``, made with the project's dagster.yaml when new."""
     import fcntl
@@ -169,8 +173,8 @@ def _quiet_logs() -> dict:
 class _Progress:
     """Batches done and users/s, from the stats files the workers write."""
 
-    def __init__(self, stats_dir: Path, keys: list[str], quiet: bool) -> None:
-        self.stats_dir, self.keys, self.quiet = stats_dir, keys, quiet
+    def __init__(self, layout: Layout, keys: list[str], quiet: bool) -> None:
+        self.layout, self.keys, self.quiet = layout, keys, quiet
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.tty = sys.stderr.isatty()
@@ -182,7 +186,7 @@ class _Progress:
         for k in self.keys:
             if k not in self._users:
                 try:
-                    stats = read_stats(self.stats_dir, k)
+                    stats = read_stats(self.layout, k)
                 except (ValueError, OSError):  # being replaced right now: next tick
                     continue
                 if stats is not None:
@@ -259,7 +263,7 @@ def cmd_run(args) -> int:
         raise CliError(str(exc), EXIT_USAGE) from None
     _check_writable(out, settings.storage_path)
     # the project's persistent instance (what `homeloc ui` shows) unless another is named
-    home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or default_dagster_home(settings))
+    home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME") or settings.layout.dagster_home)
     instance = _instance(home)
 
     from homeloc_assets.catalog import Catalog
@@ -275,13 +279,13 @@ def cmd_run(args) -> int:
 
     source = json.dumps([settings.countries_path, settings.countries_name_column,
                          settings.countries_code_column])
-    countries_file = settings.tables_path / "countries.parquet"
-    marker = settings.tables_path / "countries.source.json"
+    countries_file = settings.layout.countries
+    marker = settings.layout.countries_source
     have_countries = countries_file.exists() and (
         marker.exists() and marker.read_text() == source)
     if not have_countries or instance.get_latest_materialization_event(
-            dg.AssetKey("countries")) is None:
-        res = dg.materialize(assets, selection=["world_countries", "countries"],
+            dg.AssetKey(COUNTRIES)) is None:
+        res = dg.materialize(assets, selection=[WORLD_COUNTRIES, COUNTRIES],
                              instance=instance, resources=resources, run_config=log_cfg,
                              raise_on_error=False)
         if not res.success:
@@ -315,26 +319,22 @@ def cmd_run(args) -> int:
         f"backend {settings.backend}; "
         + (f"Dask cluster {settings.dask_scheduler}" if settings.dask_scheduler
            else f"{settings.n_workers} worker(s)"))
-    tags_all = {"dagster/asset_partition_range_start": keys[0],
-                "dagster/asset_partition_range_end": keys[-1]}
+    from homeloc_assets.defs.jobs import batch_run_config, range_tags
+
+    tags_all = range_tags(keys)
     step_assets = batch_assets([spec.name for spec in settings.layer_specs])
     todo = [k for k in keys if args.fresh
-            or not is_finished(settings.tables_path, settings.stats_path, k, step_assets)]
+            or not is_finished(settings.layout, k, step_assets)]
     if len(todo) < len(keys):
         say(f"resuming: {len(keys) - len(todo)} finished batch(es) kept")
     if todo:
-        tags = {
-            "dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1],
-        }
-        run_config = dict(log_cfg)
-        run_config["ops"] = {"user_batch_assets": {"config": {"reuse_finished": not args.fresh}}}
-        with _Progress(settings.stats_path, keys, args.quiet):
+        run_config = {**log_cfg, **batch_run_config(reuse_finished=not args.fresh)}
+        with _Progress(settings.layout, keys, args.quiet):
             res = dg.materialize(
                 assets,
                 selection=step_assets,
                 instance=instance, resources=resources, run_config=run_config,
-                tags=tags, raise_on_error=False,
+                tags=tags_all, raise_on_error=False,
             )
         if not res.success:
             msg, code = _failure(res)
@@ -343,17 +343,17 @@ def cmd_run(args) -> int:
     from homeloc_assets.defs.classification import DATASET_TAG
     from homeloc_assets.defs.reports import REPORT_ASSETS, make_layer_reports
 
-    final = ["user_classification", "homeloc_exports"]
+    final = [USER_CLASSIFICATION, HOMELOC_EXPORTS]
     if not args.no_figures:
         final += [k.to_user_string() for a in (*REPORT_ASSETS,
                                                 *make_layer_reports(settings.layer_specs))
                   for k in a.keys]
-        final.append("home_rule_sensitivity")
+        final.append(HOME_RULE_SENSITIVITY)
     publish_cfg = dict(log_cfg)
-    publish_cfg["ops"] = {"homeloc_published": {"config": {
+    publish_cfg["ops"] = {HOMELOC_PUBLISHED: {"config": {
         "figures": not args.no_figures, "landscape": settings.landscape}}}
     if not settings.landscape:
-        final.append("homeloc_published")  # else after the landscape: all switch together
+        final.append(HOMELOC_PUBLISHED)  # else after the landscape: all switch together
     res = dg.materialize(assets, selection=final,
                          instance=instance, resources=resources,
                          run_config=publish_cfg if not settings.landscape else log_cfg,
@@ -369,7 +369,7 @@ def cmd_run(args) -> int:
                 for k in a.keys if k.to_user_string() not in batch_keys]
         if args.no_figures:
             rest = [k for k in rest if not k.endswith("_map")]
-        for sel, t in ((batch_keys, tags_all), ([*rest, "homeloc_published"], None)):
+        for sel, t in ((batch_keys, tags_all), ([*rest, HOMELOC_PUBLISHED], None)):
             res = dg.materialize(assets, selection=sel, instance=instance, resources=resources,
                                  run_config=log_cfg if t else publish_cfg, tags=t,
                                  raise_on_error=False)
@@ -377,7 +377,7 @@ def cmd_run(args) -> int:
                 msg, code = _failure(res)
                 raise CliError(f"landscape: {msg}", code)
     _check_published(settings)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(settings.output_layout.summary.read_text())
     elapsed = time.monotonic() - t0
     _print_summary(summary, out, elapsed)
     return EXIT_OK
@@ -388,7 +388,7 @@ def _check_published(settings) -> None:
     from homeloc_assets.provenance import read_run_info
     from homeloc_assets.publish import current_generation
 
-    gen = read_run_info(settings.tables_path / "user_classification.parquet").generation
+    gen = read_run_info(settings.layout.classification).generation
     if current_generation(settings.output_dir) != gen:
         raise CliError(f"{settings.output_dir}: the new set {gen} is incomplete and was not "
                        "published; the previous one stays")
@@ -410,10 +410,10 @@ def _check_layers(settings) -> None:
     from homeloc_assets.geo import resolve_country
     from homeloc_assets.geo.layers import check_region_code, load_layer
 
-    layers = {s.name: load_layer(s, settings.storage_path / "lookup") for s in settings.layer_specs}
+    layers = {s.name: load_layer(s, settings.layout.lookup) for s in settings.layer_specs}
     region = settings.study_region_spec
     if region and region[0] == "country":
-        resolve_country(gpd.read_parquet(settings.tables_path / "countries.parquet"), region[1])
+        resolve_country(gpd.read_parquet(settings.layout.countries), region[1])
     elif region:
         check_region_code(layers[region[0]], region[1])
 
@@ -442,13 +442,23 @@ def _sync_partitions(instance, catalog, name: str, path: Path, plan_id: str, key
     known = set(catalog.plan_ids())
     retire = catalog.keys_to_retire(existing, paths=[path], keep_plan=plan_id)
     retire += [k for k in existing if k not in keys and k not in retire
-               and k.rpartition("-")[0] not in known]
+               and _plan_of(k) not in known]
     for key in retire:
         instance.delete_dynamic_partition(name, key)
     have = set(instance.get_dynamic_partitions(name))
     new = [k for k in keys if k not in have]
     if new:
         instance.add_dynamic_partitions(name, new)
+
+
+def _plan_of(key: str) -> str | None:
+    """The plan of partition ``key`` (None: not a homeloc batch key)."""
+    from homeloc_assets.catalog import split_key
+
+    try:
+        return split_key(key)[0]
+    except ValueError:
+        return None
 
 
 def _print_summary(s: dict, out: Path, elapsed: float) -> None:
@@ -466,8 +476,9 @@ def _print_summary(s: dict, out: Path, elapsed: float) -> None:
         f"time               {elapsed:>11.1f}s ({rate:,.0f} users/s)",
         f"exports            {out.resolve()}",
     ]
-    if (out / "figures").is_dir():
-        lines.append(f"figures            {(out / 'figures').resolve()}")
+    figures = OutputLayout(out).figures
+    if figures.is_dir():
+        lines.append(f"figures            {figures.resolve()}")
     print("\n".join(lines))
 
 
@@ -545,7 +556,7 @@ def ui_environment(args) -> tuple[dict[str, str], str]:
     settings = base.with_(output_dir=str(out), input_dir=str(watch))
     watch.mkdir(parents=True, exist_ok=True)
     home = Path(args.dagster_home or os.environ.get("DAGSTER_HOME")
-                or default_dagster_home(settings)).resolve()
+                or settings.layout.dagster_home).resolve()
     prepare_dagster_home(home)  # the instance itself is dagster dev's
     env = dict(os.environ, DAGSTER_HOME=str(home), HOMELOC_OUTPUT_DIR=str(out),
                HOMELOC_INPUT_DIR=str(watch))

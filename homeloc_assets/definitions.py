@@ -12,12 +12,14 @@ from homeloc_assets.defs.batches import make_batch_assets, user_batch_assets, us
 from homeloc_assets.defs.classification import homeloc_exports, user_classification
 from homeloc_assets.defs.countries import countries, world_countries
 from homeloc_assets.defs.io_managers import HomelocIOManager
+from homeloc_assets.defs.jobs import JOBS
 from homeloc_assets.defs.landscape import LANDSCAPE_ASSETS, make_landscape_assets
-from homeloc_assets.defs.operations import JOBS, SCHEDULES, SENSORS
 from homeloc_assets.defs.publishing import homeloc_published
 from homeloc_assets.defs.reports import REPORT_ASSETS, make_layer_reports
 from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
 from homeloc_assets.defs.rules import home_rule_sensitivity
+from homeloc_assets.defs.schedules import SCHEDULES
+from homeloc_assets.defs.sensors import SENSORS
 from homeloc_assets.settings import Settings
 
 ASSETS = [

@@ -33,10 +33,6 @@ from homeloc_assets import batch_runner
 from homeloc_assets.catalog import BatchRef
 
 DASK_ENV = "HOMELOC_DASK_SCHEDULER"
-WAIT_ENV = "HOMELOC_DASK_WAIT"
-#: seconds to wait for the scheduler and then for a first worker (SLURM/Kubernetes
-#: workers may still be queued)
-DEFAULT_WAIT = 120.0
 PROBE_PREFIX = ".homeloc-probe-"
 
 
@@ -63,16 +59,13 @@ def validate_address(address: str) -> str:
     )
 
 
-def worker_wait(env: dict[str, str] | None = None) -> float:
-    """Seconds to wait for the scheduler, then for a first worker: ``HOMELOC_DASK_WAIT`` (120)."""
-    raw = (os.environ if env is None else env).get(WAIT_ENV, "")
-    try:
-        value = float(raw) if raw else DEFAULT_WAIT
-    except ValueError:
-        raise ValueError(f"{WAIT_ENV}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ValueError(f"{WAIT_ENV}={raw!r}: must be >= 0")
-    return value
+def worker_wait() -> float:
+    """Seconds to wait for the scheduler, then for a first worker, when none is given
+    (SLURM/Kubernetes workers may still be queued): ``Settings.dask_wait``
+    (``HOMELOC_DASK_WAIT``) of this process."""
+    from homeloc_assets.settings import Settings
+
+    return Settings.from_env().dask_wait
 
 
 def code_digest() -> str:
@@ -205,8 +198,7 @@ def run_on_worker(ref: BatchRef, setup: batch_runner.WorkerSetup, token: str) ->
 
 def _absolute(refs: Sequence[BatchRef], setup: batch_runner.WorkerSetup):
     """Paths as every worker must see them: absolute (workers have other working folders)."""
-    setup = replace(setup, tables_dir=str(Path(setup.tables_dir).resolve()),
-                    stats_dir=str(Path(setup.stats_dir).resolve()))
+    setup = replace(setup, storage_dir=str(Path(setup.storage_dir).resolve()))
     return [replace(r, path=str(Path(r.path).resolve())) for r in refs], setup
 
 
@@ -221,7 +213,7 @@ def iter_dask(refs: Sequence[BatchRef], setup: batch_runner.WorkerSetup,
     client = connect(address, wait)
     futures = []
     try:
-        storage = str(Path(setup.stats_dir).parent)
+        storage = setup.storage_dir
         check_workers(client, sorted({r.path for r in refs}), storage, wait)
         token = secrets.token_hex(8)
         [shared] = client.scatter([setup], broadcast=True, hash=False)

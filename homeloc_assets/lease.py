@@ -42,27 +42,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-#: seconds without a heartbeat before a lease of another machine counts as stale
-DEFAULT_TIMEOUT = 60.0
-TIMEOUT_ENV = "HOMELOC_LEASE_TIMEOUT"
-
 
 class LeaseLost(RuntimeError):
     """Our lease was taken over by another process (we stalled past the timeout)."""
 
 
-def lease_timeout(env: dict[str, str] | None = None) -> float:
-    """The stale timeout from ``HOMELOC_LEASE_TIMEOUT`` (seconds, default 60)."""
-    raw = (os.environ if env is None else env).get(TIMEOUT_ENV, "")
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
-    if not value > 0:
-        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: must be more than 0 seconds")
-    return value
+def default_timeout() -> float:
+    """Seconds without a heartbeat before a lease of another machine counts as stale when
+    none is given: ``Settings.lease_timeout`` (``HOMELOC_LEASE_TIMEOUT``) of this process."""
+    from homeloc_assets.settings import Settings
+
+    return Settings.from_env().lease_timeout
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -81,7 +71,7 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if fields else None
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def process_alive(pid: int, start: str | None) -> bool:
     """True when process ``pid`` of this host runs and is the one started at ``start``.
 
     A zombie (killed, not yet reaped by its parent) is not alive.
@@ -100,7 +90,7 @@ def _alive(pid: int, start: str | None) -> bool:
     return start is None or fields[19] == start
 
 
-def _node() -> str:
+def node_id() -> str:
     """This machine and pid namespace: pids compare only within one (containers share hostnames)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -156,11 +146,11 @@ class Lease:
     def __init__(self, path: str | os.PathLike[str], timeout: float | None = None,
                  heartbeat: float | None = None, poll: float = 0.05) -> None:
         self.path = Path(path)
-        self.timeout = lease_timeout() if timeout is None else float(timeout)
+        self.timeout = default_timeout() if timeout is None else float(timeout)
         self.heartbeat = heartbeat if heartbeat is not None else max(self.timeout / 6, 0.01)
         self.poll = poll
         self.host = socket.gethostname()
-        self.node = _node()
+        self.node = node_id()
         self.token = secrets.token_hex(16)
         self.waited = False  #: a live holder had it and we waited for its release
         self.took_over: Holder | None = None  #: the stale holder we replaced, if any
@@ -199,7 +189,7 @@ class Lease:
             now = time.monotonic()
             if ident != seen:
                 seen, seen_since = ident, now
-            stale = holder is not None and holder.node == self.node and not _alive(
+            stale = holder is not None and holder.node == self.node and not process_alive(
                 holder.pid, holder.start)
             stale = stale or now - seen_since >= self.timeout
             if stale and self._take_over(holder):

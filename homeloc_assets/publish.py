@@ -26,17 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 
 from homeloc_assets.atomic import write_text_atomic
-
-GENERATIONS_DIR = "generations"
-CURRENT = "current"
-MANIFEST = "MANIFEST.json"
-_GENERATION_RE = re.compile(r"^\d{8}T\d{6}\d{6}-[0-9a-f]{8}$")
+from homeloc_assets.layout import CURRENT, GENERATIONS_DIR, MANIFEST, OutputLayout, is_generation
 
 
 class IncompleteSetError(Exception):
@@ -57,14 +52,12 @@ def new_generation_id(salt: str = "") -> str:
 
 def generation_dir(out_dir: str | Path, generation: str) -> Path:
     """The folder of ``generation`` under ``out_dir`` (not created)."""
-    if not _GENERATION_RE.match(generation):
-        raise ValueError(f"not a homeloc generation name: {generation!r}")
-    return Path(out_dir) / GENERATIONS_DIR / generation
+    return OutputLayout(out_dir).generation(generation)
 
 
 def current_generation(out_dir: str | Path) -> str | None:
     """The generation ``<out>/current`` points to, or None before the first publication."""
-    link = Path(out_dir) / CURRENT
+    link = OutputLayout(out_dir).current
     try:
         target = os.readlink(link)
     except (FileNotFoundError, OSError):
@@ -103,7 +96,7 @@ def manifest_of(folder: str | Path) -> dict:
 
 def verify(out_dir: str | Path) -> list[str]:
     """Differences between the published set and its manifest (empty: the set is intact)."""
-    folder = Path(out_dir) / CURRENT
+    folder = OutputLayout(out_dir).current
     path = folder / MANIFEST
     if not path.is_file():
         return [f"{path}: missing"]
@@ -164,7 +157,7 @@ def publish(out_dir: str | Path, generation: str, required: tuple[str, ...] = ()
     # links for names that are new in this set first: they dangle until the switch
     for name in names:
         _link(f"{CURRENT}/{name}", out / name)
-    _link(f"{GENERATIONS_DIR}/{generation}", out / CURRENT)  # the switch
+    _link(f"{GENERATIONS_DIR}/{generation}", OutputLayout(out).current)  # the switch
     _fsync_dir(out)
     for p in out.iterdir():  # names the new set no longer has
         if p.is_symlink() and os.readlink(p).startswith(f"{CURRENT}/") and not p.exists():
@@ -175,11 +168,11 @@ def publish(out_dir: str | Path, generation: str, required: tuple[str, ...] = ()
 
 def _remove_old_generations(out: Path, keep: set[str | None]) -> None:
     """Delete generations older than the kept ones (never a newer one: it may be in progress)."""
-    root = out / GENERATIONS_DIR
+    root = OutputLayout(out).generations
     kept = sorted(k for k in keep if k)
     if not kept or not root.is_dir():
         return
     oldest_kept = kept[0]
     for p in root.iterdir():
-        if p.name not in keep and _GENERATION_RE.match(p.name) and p.name < oldest_kept:
+        if p.name not in keep and is_generation(p.name) and p.name < oldest_kept:
             shutil.rmtree(p, ignore_errors=True)

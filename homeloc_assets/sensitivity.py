@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from homeloc_assets.atomic import atomic_path, remove_temporaries
 from homeloc_assets.exports import exports_lock
 from homeloc_assets.inference.rules import HomeRule, rule_grid, sensitivity
+from homeloc_assets.layout import FIGURES_DIR, OutputLayout
 
 HOMES_FILE = "user_home_locations.parquet"
 HOMES_COLUMNS = ["user_guid", "country_code", "userdays", "total_userdays", "home_share",
@@ -36,10 +37,6 @@ class SensitivityResult:
     table: pa.Table
     csv_path: Path
     figure_path: Path | None
-
-
-#: ``homeloc sensitivity`` / ``validate`` write here, beside (not into) the published set
-ANALYSIS_DIR = "analysis"
 
 
 def read_homes(out_dir: str | Path) -> pa.Table:
@@ -80,18 +77,19 @@ def run_sensitivity(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"{name}.csv"
+    figures = out / FIGURES_DIR
     fig_path = None
     # under the exports lock: no other writer of these files can be alive, so the
     # temporaries a killed writer (kill -9 while writing them) left can go
     with exports_lock(out):
-        for target in (csv_path, out / "figures" / f"{name}.png", out / "figures" / f"{name}.svg"):
+        for target in (csv_path, figures / f"{name}.png", figures / f"{name}.svg"):
             remove_temporaries(target)
         with atomic_path(csv_path) as tmp:
             pacsv.write_csv(table, tmp)
         if figure:
             from homeloc_assets.plots import save_figure
 
-            fig_path = save_figure(sensitivity_figure(table, chosen), out / "figures", name)["png"]
+            fig_path = save_figure(sensitivity_figure(table, chosen), figures, name)["png"]
     return SensitivityResult(table, csv_path, fig_path)
 
 
@@ -151,13 +149,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _summary(out_dir: str | Path) -> dict:
     import json
 
-    summary = Path(out_dir) / "summary.json"
+    summary = OutputLayout(out_dir).summary
     return json.loads(summary.read_text()) if summary.is_file() else {}
 
 
 def _study_code(args: argparse.Namespace) -> str:
     """The study country's code: as given (resolved on the run's countries), else the run's own."""
-    summary = Path(args.out) / "summary.json"
+    summary = OutputLayout(args.out).summary
     info = _summary(args.out)
     if args.study_country is None:
         if "study_country_code" not in info:
@@ -185,7 +183,7 @@ def main(args: argparse.Namespace, *, validate: bool = False) -> int:
     truth = read_truth(args.truth) if validate else None
     run = _summary(args.out)
     result = run_sensitivity(
-        homes, _study_code(args), chosen, args.to or Path(args.out) / ANALYSIS_DIR,
+        homes, _study_code(args), chosen, args.to or OutputLayout(args.out).analysis,
         log2m=int(run.get("hll_log2m", 11)), explicit_max=int(run.get("hll_explicit_max", 160)),
         grid={"min_userdays": args.grid_userdays, "min_share": args.grid_share,
               "min_margin": args.grid_margin},

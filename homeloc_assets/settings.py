@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 
+from homeloc_assets.layout import Layout, OutputLayout
+
 #: where each setting goes: ``run`` the ``HomelocConfig`` resource, ``backend`` the
 #: ``HllBackendResource``, ``operations`` the sensors and schedules (fixed when the
 #: definitions load)
@@ -141,6 +143,12 @@ class Settings:
         "", "HOMELOC_DASK_SCHEDULER",
         "run the batches on this Dask cluster, tcp://host:8786 or a scheduler file",
         flag="--dask", metavar="SCHEDULER", shown="a local process pool")
+    dask_wait: float = setting(
+        120.0, "HOMELOC_DASK_WAIT",
+        "seconds to wait for the Dask scheduler, then for a first worker")
+    lease_timeout: float = setting(
+        60.0, "HOMELOC_LEASE_TIMEOUT",
+        "seconds without heartbeat before a batch lease held on another machine is taken over")
     sensor_interval_seconds: int = setting(30, "HOMELOC_SENSOR_INTERVAL_SECONDS",
                                            "seconds between input sensor ticks",
                                            group="operations")
@@ -220,6 +228,11 @@ class Settings:
             from homeloc_assets.executors import validate_address
 
             validate_address(self.dask_scheduler)
+        if self.dask_wait < 0:
+            raise ValueError(f"HOMELOC_DASK_WAIT={self.dask_wait:g}: must be >= 0")
+        if not self.lease_timeout > 0:
+            raise ValueError(f"HOMELOC_LEASE_TIMEOUT={self.lease_timeout:g}: "
+                             "must be more than 0 seconds")
         if not 0 < self.pg_port < 65536:
             raise ValueError(f"HOMELOC_PG_PORT={self.pg_port}: must be a port (1-65535)")
         for name in ("pg_retries", "sensor_settle_seconds"):
@@ -271,14 +284,24 @@ class Settings:
         return Path(self.storage_dir) if self.storage_dir else Path(self.output_dir) / ".homeloc"
 
     @property
+    def layout(self) -> Layout:
+        """Every file and folder of the storage folder (:class:`homeloc_assets.layout.Layout`)."""
+        return Layout(self.storage_path)
+
+    @property
+    def output_layout(self) -> OutputLayout:
+        """Every file and folder of the output folder."""
+        return OutputLayout(self.output_dir)
+
+    @property
     def tables_path(self) -> Path:
         """Where the IO manager keeps the asset files (``<storage>/assets``)."""
-        return self.storage_path / "assets"
+        return self.layout.assets
 
     @property
     def stats_path(self) -> Path:
         """Where each finished batch records its counts (``<storage>/batch_stats``)."""
-        return self.storage_path / "batch_stats"
+        return self.layout.batch_stats
 
     @property
     def n_workers(self) -> int:

@@ -4,7 +4,9 @@
 * ``days(...)``: an hll of day numbers; inputs: ``base_rows``, ``write_lines``,
   ``write`` (reader tests), ``write_csv`` (sensor tests), ``H1``/``H2``;
 * what a run leaves: ``export_files``, ``stray_files``, ``batch_stats_mtimes``,
-  ``one_error_line``.
+  ``one_error_line``;
+* the pipeline in this process: ``registered`` (definitions and an instance with the
+  batches), ``materialize`` (must succeed), ``materialized`` (metadata per asset).
 """
 
 from __future__ import annotations
@@ -173,3 +175,39 @@ def write_csv(path: Path, users: int, start: int = 0, rows_per_user: int = 2,
     path.write_text("".join(lines))
     set_age(path, age)
     return path
+
+
+# ------------------------------------------------------------ the pipeline in this process
+def registered(settings, csv: Path | None = None, keys=None, instance=None) -> tuple:
+    """``(defs, instance, keys)``: the definitions of ``settings`` and an instance (ephemeral
+    unless given) with the batches of ``csv`` (planned into the catalog now) or ``keys`` as
+    ``user_batches`` partitions. Dagster is imported here only: core tests never import it."""
+    import dagster as dg
+
+    from homeloc_assets.catalog import Catalog
+    from homeloc_assets.definitions import build_definitions
+    from homeloc_assets.defs.batches import user_batches
+
+    defs = build_definitions(settings)
+    instance = instance or dg.DagsterInstance.ephemeral()
+    if csv is not None:
+        _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
+    instance.add_dynamic_partitions(user_batches.name, list(keys))
+    return defs, instance, keys
+
+
+def materialize(defs, instance, selection, **kw):
+    """``dg.materialize`` of ``selection`` with the assets and resources of ``defs``; asserts
+    that it succeeded and returns its result."""
+    import dagster as dg
+
+    res = dg.materialize(defs.assets, selection=selection, instance=instance,
+                         resources=defs.resources, **kw)
+    assert res.success
+    return res
+
+
+def materialized(res) -> dict:
+    """The metadata of every asset a ``materialize`` result materialised, by asset name."""
+    return {e.asset_key.to_user_string(): e.materialization.metadata
+            for e in res.get_asset_materialization_events()}

@@ -252,9 +252,9 @@ def test_connection_parts_from_the_environment_are_env_vars(monkeypatch):
 def test_sensor_and_heal_settings_come_from_the_model():
     env = {**os.environ, "HOMELOC_HEAL_CRON": "0 3 * * *", "HOMELOC_HEAL_TIMEZONE": "Europe/Berlin",
            "HOMELOC_SENSOR_SETTLE_SECONDS": "7"}
-    code = ("from homeloc_assets.defs import operations as o;"
-            "s = o.homeloc_nightly_heal;"
-            "print(s.cron_schedule, s.execution_timezone, o.SETTLE_SECONDS)")
+    code = ("from homeloc_assets.defs import schedules, sensors;"
+            "s = schedules.homeloc_nightly_heal;"
+            "print(s.cron_schedule, s.execution_timezone, sensors.SETTLE_SECONDS)")
     import sys
 
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

@@ -165,15 +165,18 @@ def test_env_var_and_scheduler_file_select_the_cluster(cluster, case, tmp_path):
 
 @pytest.mark.heavy
 def test_unreachable_scheduler_bad_address_and_wait_are_one_line(case, tmp_path):
-    from homeloc_assets.executors import ClusterError, connect, worker_wait
+    from homeloc_assets.executors import ClusterError, connect
+    from homeloc_assets.settings import Settings
 
     with pytest.raises(ClusterError, match=r"^cannot reach the Dask scheduler at tcp://127.0.0.1:9: "):
         connect("tcp://127.0.0.1:9", timeout=0.5)
     with pytest.raises(ClusterError, match="^Dask scheduler file not found: "):
         connect(str(tmp_path / "nope.json"), timeout=0.5)
-    assert worker_wait({"HOMELOC_DASK_WAIT": "7.5"}) == 7.5 and worker_wait({}) == 120
-    with pytest.raises(ValueError, match="HOMELOC_DASK_WAIT"):
-        worker_wait({"HOMELOC_DASK_WAIT": "soon"})
+    wait = Settings.from_env({"HOMELOC_DASK_WAIT": "7.5"}).dask_wait
+    assert wait == 7.5 and Settings.from_env({}).dask_wait == 120
+    for bad in ("soon", "-1"):
+        with pytest.raises(ValueError, match="HOMELOC_DASK_WAIT"):
+            Settings.from_env({"HOMELOC_DASK_WAIT": bad})
     src, _ = case
     res = homeloc(*_run_args(src, tmp_path / "o2", "--dask", "127.0.0.1:8786"),
                   env=_env(), check=False)

@@ -12,8 +12,8 @@ import pytest
 from scipy.stats import binomtest, false_discovery_control
 
 from homeloc_assets.batch_runner import batch_assets
-from homeloc_assets.catalog import Catalog
 from homeloc_assets.definitions import build_definitions
+from homeloc_assets.defs.jobs import range_tags
 from homeloc_assets.defs.landscape import landscape_batch_keys, make_landscape_assets
 from homeloc_assets.inference.landscape import (
     LandscapeParams,
@@ -22,6 +22,7 @@ from homeloc_assets.inference.landscape import (
     landscape_table,
 )
 from homeloc_assets.settings import Settings
+from homeloc_tests.helpers import materialize, materialized, registered
 
 CLS = {"Local": "local", "Tourist": "tourist", "undetermined": "undetermined"}
 
@@ -48,12 +49,8 @@ def _run(root, csv, batch_users: int, resolution: int = 7, min_userdays: float =
     settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "out"), workers=1,
                         batch_users=batch_users, cell_resolution=resolution,
                         min_userdays=min_userdays, layers=layers)
-    defs = build_definitions(settings)
-    instance = instance or dg.DagsterInstance.ephemeral()
-    _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
-    instance.add_dynamic_partitions("user_batches", keys)
-    tags = {"dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1]}
+    defs, instance, keys = registered(settings, csv, instance=instance)
+    tags = range_tags(keys)
     batch = landscape_batch_keys(settings.layer_specs)
     rest = [k.to_user_string() for a in make_landscape_assets(settings.layer_specs)
             for k in a.keys if k.to_user_string() not in batch]
@@ -62,10 +59,8 @@ def _run(root, csv, batch_users: int, resolution: int = 7, min_userdays: float =
                          (batch_assets(tuple(s.name for s in settings.layer_specs)), tags),
                          (["user_classification"], None), (batch, tags),
                          ([*rest, "homeloc_exports", "homeloc_published"], None)):
-        res = dg.materialize(defs.assets, selection=selection, instance=instance,
-                             resources=defs.resources, tags=t,
-                             run_config=publish if "homeloc_published" in selection else None)
-        assert res.success
+        res = materialize(defs, instance, selection, tags=t,
+                          run_config=publish if "homeloc_published" in selection else None)
     return settings, keys, res
 
 
@@ -358,16 +353,8 @@ def test_worker_tables_equal_the_ones_computed_from_the_files(layer_run):
     moved = cache.parent / "landscape.moved"
     shutil.move(cache, moved)
     try:
-        defs = build_definitions(settings)
-        instance = dg.DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions("user_batches", keys)
-        r = dg.materialize(defs.assets, selection=assets, instance=instance,
-                           resources=defs.resources,
-                           tags={"dagster/asset_partition_range_start": keys[0],
-                                 "dagster/asset_partition_range_end": keys[-1]})
-        assert r.success
-        again = {e.asset_key.to_user_string(): e.materialization.metadata
-                 for e in r.get_asset_materialization_events()}
+        defs, instance, _ = registered(settings, keys=keys)
+        again = materialized(materialize(defs, instance, assets, tags=range_tags(keys)))
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         shutil.move(moved, cache)
@@ -403,12 +390,8 @@ def test_landscape_batches_follow_the_batches_and_the_classification_eagerly(dat
     root, csv = data
     settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "auto" / "out"),
                         workers=1, batch_users=900, cell_resolution=7)
-    defs = build_definitions(settings)
-    instance = dg.DagsterInstance.ephemeral()
-    _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
-    instance.add_dynamic_partitions("user_batches", keys)
-    tags = {"dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1]}
+    defs, instance, keys = registered(settings, csv)
+    tags = range_tags(keys)
     batch_cells = dg.AssetKey("landscape_batch_cells")
     cells = dg.AssetKey("landscape_cells")
     classification = dg.AssetKey("user_classification")
@@ -417,8 +400,7 @@ def test_landscape_batches_follow_the_batches_and_the_classification_eagerly(dat
         assert graph.get(key).automation_condition is not None
 
     def mat(selection, t=None):
-        assert dg.materialize(defs.assets, selection=selection, instance=instance,
-                              resources=defs.resources, tags=t).success
+        materialize(defs, instance, selection, tags=t)
 
     def tick(cursor=None):
         res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
@@ -471,11 +453,8 @@ def test_a_batch_computed_again_without_the_landscape_drops_its_old_tables(run):
     before = {k: (tdir / "landscape_batch_cells" / f"{k}.parquet").read_bytes() for k in keys}
     assert len(list(cache.glob(f"{keys[0]}.*.parquet"))) == 1
     off = settings.with_(landscape=False)
-    defs = build_definitions(off)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("user_batches", keys)
-    assert dg.materialize(defs.assets, selection=batch_assets(), instance=instance,
-                          resources=defs.resources, partition_key=keys[0]).success
+    defs, instance, _ = registered(off, keys=keys)
+    materialize(defs, instance, batch_assets(), partition_key=keys[0])
     assert not list(cache.glob(f"{keys[0]}.*.parquet"))
     assert len(list(cache.glob(f"{keys[1]}.*.parquet"))) == 1  # other batches keep theirs
     defs = build_definitions(settings)
@@ -501,20 +480,12 @@ def test_worker_tables_with_a_study_region_equal_the_computed_ones(data):
     settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "sr" / "out"), workers=1,
                         batch_users=900, cell_resolution=7, layers="hex=h3:3",
                         study_region=f"hex={code}")
-    defs = build_definitions(settings)
-    instance = dg.DagsterInstance.ephemeral()
-    _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
-    instance.add_dynamic_partitions("user_batches", keys)
-    tags = {"dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1]}
+    defs, instance, keys = registered(settings, csv)
+    tags = range_tags(keys)
     batch = landscape_batch_keys(settings.layer_specs)
 
     def mat(selection, t=None):
-        r = dg.materialize(defs.assets, selection=selection, instance=instance,
-                           resources=defs.resources, tags=t)
-        assert r.success
-        return {e.asset_key.to_user_string(): e.materialization.metadata
-                for e in r.get_asset_materialization_events()}
+        return materialized(materialize(defs, instance, selection, tags=t))
 
     mat(["world_countries", "countries"])
     mat(batch_assets(("hex",)), tags)

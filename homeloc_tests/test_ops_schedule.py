@@ -8,7 +8,7 @@ import uuid
 import dagster as dg
 import pytest
 
-from homeloc_assets.defs import operations as ops
+from homeloc_assets.defs import jobs, schedules
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_tests.helpers import write_csv
 
@@ -29,13 +29,13 @@ def materialize(instance, keys):
 
 def add_run(instance, status, first, last):
     instance.add_run(dg.DagsterRun(
-        job_name=ops.homeloc_batches_job.name, run_id=str(uuid.uuid4()), status=status,
-        tags={ops.RANGE_START_TAG: first, ops.RANGE_END_TAG: last},
+        job_name=jobs.homeloc_batches_job.name, run_id=str(uuid.uuid4()), status=status,
+        tags={jobs.RANGE_START_TAG: first, jobs.RANGE_END_TAG: last},
     ))
 
 
 def covered(reqs) -> list[str]:
-    return [(r.tags[ops.RANGE_START_TAG], r.tags[ops.RANGE_END_TAG]) for r in reqs]
+    return [(r.tags[jobs.RANGE_START_TAG], r.tags[jobs.RANGE_END_TAG]) for r in reqs]
 
 
 def test_heal_requests_exactly_the_missing_batches(env):
@@ -50,10 +50,10 @@ def test_heal_requests_exactly_the_missing_batches(env):
     add_run(instance, dg.DagsterRunStatus.STARTED, keys[33], keys[34])
     # a finished run covering 30-32 does not count as in flight
     add_run(instance, dg.DagsterRunStatus.FAILURE, keys[30], keys[32])
-    reqs = ops.heal_requests(instance, cfg, "20260101T0200")
+    reqs = schedules.heal_requests(instance, cfg, "20260101T0200")
     assert covered(reqs) == [(keys[10], keys[11]), (keys[30], keys[32]), (keys[35], keys[38])]
     assert [r.run_key for r in reqs][0] == f"heal:20260101T0200:{keys[10]}..{keys[11]}"
-    assert all(r.job_name == ops.homeloc_batches_job.name for r in reqs)
+    assert all(r.job_name == jobs.homeloc_batches_job.name for r in reqs)
     # resume: batches a crashed run finished are kept
     assert all(r.run_config["ops"]["user_batch_assets"]["config"]["reuse_finished"] for r in reqs)
 
@@ -63,14 +63,14 @@ def test_heal_cuts_long_gaps_into_runs_of_16(env):
     write_csv(inbox / "a.csv", users=400)
     _, keys = cfg.catalog.register(inbox / "a.csv", cfg.batch_users)
     instance.add_dynamic_partitions("user_batches", keys)
-    reqs = ops.heal_requests(instance, cfg, "x")
+    reqs = schedules.heal_requests(instance, cfg, "x")
     assert covered(reqs) == [(keys[0], keys[15]), (keys[16], keys[31]), (keys[32], keys[39])]
 
 
 def test_heal_registers_files_the_sensor_missed(env):
     inbox, cfg, instance = env
     write_csv(inbox / "a.csv", users=30)
-    reqs = ops.heal_requests(instance, cfg, "x")
+    reqs = schedules.heal_requests(instance, cfg, "x")
     keys = list(instance.get_dynamic_partitions("user_batches"))
     assert keys and covered(reqs) == [(keys[0], keys[-1])]
 
@@ -93,13 +93,13 @@ def _check_schedule(inbox, cfg, instance):
     when = dt.datetime(2026, 1, 2, 2, 0, tzinfo=dt.UTC)
     ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when,
                                     resources={"homeloc": cfg})
-    reqs = ops.homeloc_nightly_heal(ctx)
+    reqs = schedules.homeloc_nightly_heal(ctx)
     assert covered(reqs) == [(keys[-1], keys[-1])]
     assert reqs[0].run_key == f"heal:20260102T0200:{keys[-1]}..{keys[-1]}"
     materialize(instance, keys[-1:])
     ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when,
                                     resources={"homeloc": cfg})
-    assert isinstance(ops.homeloc_nightly_heal(ctx), dg.SkipReason)
+    assert isinstance(schedules.homeloc_nightly_heal(ctx), dg.SkipReason)
 
 
 def test_definitions_wire_sensor_schedule_jobs():
@@ -118,7 +118,7 @@ def test_definitions_wire_sensor_schedule_jobs():
     graph = repo.asset_graph
     for key in ("user_classification", "homeloc_exports"):
         assert graph.get(dg.AssetKey(key)).automation_condition is not None
-    job = repo.get_job(ops.homeloc_batches_job.name)
+    job = repo.get_job(jobs.homeloc_batches_job.name)
     # the heal job runs the four assets of the batch step and nothing downstream of them
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "user_locations", "user_country_userdays", "user_home_locations", "rejected_rows"}

@@ -16,7 +16,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from homeloc_assets.defs import operations as ops
+from homeloc_assets.defs import jobs, sensors
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inputs.folder import scan_input_dir
 from homeloc_tests.helpers import set_age, write_csv
@@ -45,7 +45,7 @@ class Ticker:
 
     def tick(self, now: float | None = None) -> dg.SensorResult:
         ctx = dg.build_sensor_context(instance=self.instance, cursor=self.cursor)
-        res = ops.evaluate_input_folder(ctx, self.cfg, now=now)
+        res = sensors.evaluate_input_folder(ctx, self.cfg, now=now)
         for req in res.dynamic_partitions_requests or []:
             if isinstance(req, dg.AddDynamicPartitionsRequest):
                 self.instance.add_dynamic_partitions(req.partitions_def_name, req.partition_keys)
@@ -61,11 +61,11 @@ class Ticker:
 
 
 def batch_runs(res: dg.SensorResult) -> list[dg.RunRequest]:
-    return [r for r in res.run_requests if r.job_name == ops.homeloc_batches_job.name]
+    return [r for r in res.run_requests if r.job_name == jobs.homeloc_batches_job.name]
 
 
 def ranges(res: dg.SensorResult) -> list[tuple[str, str]]:
-    return [(r.tags[ops.RANGE_START_TAG], r.tags[ops.RANGE_END_TAG]) for r in batch_runs(res)]
+    return [(r.tags[jobs.RANGE_START_TAG], r.tags[jobs.RANGE_END_TAG]) for r in batch_runs(res)]
 
 
 def test_new_file_registered_on_second_tick_in_ranges_of_16(env):
@@ -100,7 +100,7 @@ def test_decorated_sensor_with_resources(env):
     cursor = None
     for _ in range(2):
         ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"homeloc": cfg})
-        res = ops.homeloc_input_sensor(ctx)
+        res = sensors.homeloc_input_sensor(ctx)
         cursor = res.cursor
     assert len(batch_runs(res)) == 1
     assert isinstance(res.dynamic_partitions_requests[0], dg.AddDynamicPartitionsRequest)
@@ -118,7 +118,7 @@ def test_growing_file_waits_until_stable_and_old_enough(env):
     # unchanged now, but its mtime is too recent
     assert not t.tick(now=time.time()).dynamic_partitions_requests
     assert t.keys == []
-    res = t.tick(now=time.time() + ops.SETTLE_SECONDS + 1)
+    res = t.tick(now=time.time() + sensors.SETTLE_SECONDS + 1)
     assert t.keys and ranges(res) == [(t.keys[0], t.keys[-1])]
 
 
@@ -129,7 +129,7 @@ def test_countries_first_then_batches(env):
     t.tick()
     res = t.tick()
     assert len(t.keys) == 5  # registered ...
-    assert [r.job_name for r in res.run_requests] == [ops.homeloc_countries_job.name]  # ... but waits
+    assert [r.job_name for r in res.run_requests] == [jobs.homeloc_countries_job.name]  # ... but waits
     assert not t.tick().run_requests  # no second countries run while the first one is recent
     instance.report_runless_asset_event(dg.AssetMaterialization("countries"))
     res = t.tick()
@@ -189,7 +189,7 @@ def test_removed_file_retires_batches_and_refreshes_results(env):
     deletes = [r for r in res.dynamic_partitions_requests if isinstance(r, dg.DeleteDynamicPartitionsRequest)]
     assert sorted(deletes[0].partition_keys) == sorted(b_keys)
     assert all(k.startswith("a-") for k in t.keys) and len(t.keys) == 3
-    assert [r.job_name for r in res.run_requests] == [ops.homeloc_results_job.name]
+    assert [r.job_name for r in res.run_requests] == [jobs.homeloc_results_job.name]
     assert "b.csv" not in json.loads(res.cursor)["files"]
 
 

@@ -14,16 +14,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from homeloc_assets import plots
-from homeloc_assets.catalog import Catalog
-from homeloc_assets.definitions import build_definitions
+from homeloc_assets import names, plots
 from homeloc_assets.defs import reports
 from homeloc_assets.defs.reports import REPORT_ASSETS, home_counts
 from homeloc_assets.settings import Settings
-from homeloc_tests.helpers import HOMELOC
+from homeloc_tests.helpers import HOMELOC, materialize, registered
 
 REPORTS = ["classification_report", "tourist_origins_map", "study_country_share_map"]
-BATCH_ASSETS = ["user_locations", "user_country_userdays", "user_home_locations", "rejected_rows"]
+BATCH_ASSETS = list(names.BATCH_ASSETS)
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +34,10 @@ def pipeline(tmp_path_factory):
     csv.parent.mkdir()
     generate(2_000, csv, seed=21)
     settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "out"), workers=1)
-    defs = build_definitions(settings)
-    instance = dg.DagsterInstance.ephemeral()
-    _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
-    instance.add_dynamic_partitions("user_batches", keys)
-    assets, resources = defs.assets, defs.resources
-    for selection, key in ((["world_countries", "countries"], None), (BATCH_ASSETS, keys[0]),
-                           (["user_classification"], None)):
-        res = dg.materialize(assets, selection=selection, partition_key=key, instance=instance,
-                             resources=resources)
-        assert res.success
+    defs, instance, keys = registered(settings, csv)
+    for selection, key in ((list(names.COUNTRY_ASSETS), None), (BATCH_ASSETS, keys[0]),
+                           ([names.USER_CLASSIFICATION], None)):
+        materialize(defs, instance, selection, partition_key=key)
     return settings, defs, instance
 
 
@@ -300,17 +292,13 @@ def layered(tmp_path_factory):
                      crs="EPSG:4326").to_file(halves)
     settings = Settings(input_dir=str(csv.parent), output_dir=str(root / "out"), workers=1,
                         layers=f"cells=h3:3;halves={halves}#name,code", study_region="halves=W")
-    defs = build_definitions(settings)
-    instance = dg.DagsterInstance.ephemeral()
-    _, keys = Catalog(settings.storage_path).register(csv, settings.batch_users)
-    instance.add_dynamic_partitions("user_batches", keys)
+    defs, instance, keys = registered(settings, csv)
     layer_assets = [f"{a}_{n}" for n in ("cells", "halves")
                     for a in ("user_region_userdays", "user_home")]
-    for selection, key in ((["world_countries", "countries"], None),
+    for selection, key in ((list(names.COUNTRY_ASSETS), None),
                            (BATCH_ASSETS + layer_assets, keys[0]),
-                           (["user_classification"], None)):
-        assert dg.materialize(defs.assets, selection=selection, partition_key=key,
-                              instance=instance, resources=defs.resources).success
+                           ([names.USER_CLASSIFICATION], None)):
+        materialize(defs, instance, selection, partition_key=key)
     return settings, defs, instance, keys
 
 

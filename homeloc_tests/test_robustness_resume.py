@@ -165,10 +165,11 @@ def test_two_runs_at_once_on_the_same_batches(case, tmp_path):
     assert export_files(out) == ref
 
 
-def _holder(stats_dir: Path, key: str, seconds: float) -> subprocess.Popen:
+def _holder(storage: Path, key: str, seconds: float) -> subprocess.Popen:
     code = ("import sys, time\n"
             "from homeloc_assets.batch_runner import batch_lock\n"
-            f"with batch_lock({str(stats_dir)!r}, {key!r}):\n"
+            "from homeloc_assets.layout import Layout\n"
+            f"with batch_lock(Layout({str(storage)!r}), {key!r}):\n"
             "    print('held', flush=True)\n"
             f"    time.sleep({seconds})\n")
     p = subprocess.Popen([HOMELOC[0], "-c", code], stdout=subprocess.PIPE, env=env_for())
@@ -179,18 +180,19 @@ def _holder(stats_dir: Path, key: str, seconds: float) -> subprocess.Popen:
 @pytest.mark.slow
 def test_batch_lock_is_taken_in_turn_and_freed_by_kill_9(tmp_path):
     from homeloc_assets.batch_runner import batch_lock
+    from homeloc_assets.layout import Layout
 
-    stats = tmp_path / "batch_stats"
-    p = _holder(stats, "k-00001", 1.0)
-    with batch_lock(stats, "k-00001") as waited:
+    layout, stats = Layout(tmp_path), tmp_path / "batch_stats"
+    p = _holder(tmp_path, "k-00001", 1.0)
+    with batch_lock(layout, "k-00001") as waited:
         assert waited  # the other process had it: we waited for our turn
     p.wait(timeout=60)
-    with batch_lock(stats, "k-00002") as waited:
+    with batch_lock(layout, "k-00002") as waited:
         assert not waited  # other keys are independent
-    p = _holder(stats, "k-00001", 600)
+    p = _holder(tmp_path, "k-00001", 600)
     p.kill()  # SIGKILL while holding it
     p.wait(timeout=60)
-    with batch_lock(stats, "k-00001") as waited:
+    with batch_lock(layout, "k-00001") as waited:
         assert waited  # its lease was taken over: it may have finished the batch first
     assert not list((stats / ".locks").iterdir())  # released leases leave no file
 
@@ -200,6 +202,7 @@ def test_stale_temporaries_of_killed_writers_are_removed(tmp_path):
     from homeloc_assets.batch_runner import remove_stale_temporaries as batch_clean
     from homeloc_assets.exports import EXPORT_FILES
     from homeloc_assets.exports import remove_stale_temporaries as export_clean
+    from homeloc_assets.layout import Layout
 
     tables, stats = tmp_path / "assets", tmp_path / "batch_stats"
     stale, kept = [], []
@@ -220,5 +223,5 @@ def test_stale_temporaries_of_killed_writers_are_removed(tmp_path):
     for p in stale + kept:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
-    assert sorted(batch_clean(tables, stats, "k-00001") + export_clean(out)) == sorted(stale)
+    assert sorted(batch_clean(Layout(tmp_path), "k-00001") + export_clean(out)) == sorted(stale)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)

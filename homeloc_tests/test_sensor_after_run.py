@@ -13,13 +13,14 @@ from __future__ import annotations
 import dagster as dg
 
 from homeloc_assets.catalog import Catalog
-from homeloc_assets.defs import operations as ops
+from homeloc_assets.defs import sensors
 from homeloc_assets.defs.resources import HomelocConfig
+from homeloc_assets.inputs.folder import watching_message
 from homeloc_tests.helpers import write_csv
 
 
 def _tick(instance, cfg, cursor):
-    res = ops.evaluate_input_folder(dg.build_sensor_context(instance=instance, cursor=cursor), cfg)
+    res = sensors.evaluate_input_folder(dg.build_sensor_context(instance=instance, cursor=cursor), cfg)
     for req in res.dynamic_partitions_requests or []:
         if isinstance(req, dg.AddDynamicPartitionsRequest):
             instance.add_dynamic_partitions(req.partitions_def_name, req.partition_keys)
@@ -59,7 +60,7 @@ def test_sensor_keeps_the_batches_of_the_run(tmp_path):
         assert not any(isinstance(r, dg.DeleteDynamicPartitionsRequest)
                        for r in res.dynamic_partitions_requests or [])
     assert list(instance.get_dynamic_partitions("user_batches")) == keys
-    assert res.skip_reason.skip_message == ops.watching_message(
+    assert res.skip_reason.skip_message == watching_message(
         cfg.input_dir, {"a.csv": {"state": "registered"}})
 
 

@@ -8,7 +8,6 @@ cover a range of batches: they are processed on all cores.
 
 import hashlib
 import pickle
-from pathlib import Path
 
 import dagster as dg
 import geopandas as gpd
@@ -26,6 +25,15 @@ from homeloc_assets.defs.resources import HllBackendResource, HomelocConfig
 from homeloc_assets.geo import CountryLookup
 from homeloc_assets.geo.layers import LayerSpec, layer_assets, load_layer
 from homeloc_assets.inputs.folder import BATCHES_PER_RUN
+from homeloc_assets.layout import Layout
+from homeloc_assets.names import (
+    BATCH_STEP,
+    COUNTRIES,
+    REJECTED_ROWS,
+    USER_COUNTRY_USERDAYS,
+    USER_HOME_LOCATIONS,
+    USER_LOCATIONS,
+)
 from homeloc_assets.tables import StagedPartitions
 
 user_batches = dg.DynamicPartitionsDefinition(name="user_batches")
@@ -43,21 +51,11 @@ class BatchRunConfig(dg.Config):
     """Keep batches whose files are complete (resume after a crash) instead of recomputing."""
 
 
-def tables_dir(config: HomelocConfig) -> Path:
-    """Where the IO manager keeps asset files."""
-    return config.settings.tables_path
-
-
-def stats_dir(config: HomelocConfig) -> Path:
-    """Where each finished batch records its counts."""
-    return config.settings.stats_path
-
-
-def country_lookup(countries: gpd.GeoDataFrame, storage_dir: str | Path) -> CountryLookup:
+def country_lookup(countries: gpd.GeoDataFrame, layout: Layout) -> CountryLookup:
     """The grid lookup for ``countries``, cached on disk by the geometries' hash."""
     wkb = shapely.to_wkb(np.asarray(countries.geometry.array, dtype=object))
     digest = hashlib.sha1(b"".join(wkb)).hexdigest()[:16]
-    cache = Path(storage_dir) / "lookup" / f"countries-{digest}.npz"
+    cache = layout.country_lookup_file(digest)
     if cache.exists():
         try:
             return CountryLookup.load(cache, countries)
@@ -89,9 +87,9 @@ def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition
     """The batch step for the four per-batch tables plus two tables per region layer."""
 
     @dg.multi_asset(
-        name="user_batch_assets",
+        name=BATCH_STEP,
         outs={**{
-            "user_locations": dg.AssetOut(
+            USER_LOCATIONS: dg.AssetOut(
                 group_name="users",
                 kinds={"pyarrow", "parquet"},
                 description=(
@@ -99,7 +97,7 @@ def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition
                     "(`country`/`country_code` null: in no country) and the row's input line."
                 ),
             ),
-            "user_country_userdays": dg.AssetOut(
+            USER_COUNTRY_USERDAYS: dg.AssetOut(
                 group_name="users",
                 kinds={"pyarrow", "parquet"},
                 description=(
@@ -107,7 +105,7 @@ def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition
                     "over the user's locations in that country, and the number of `locations`."
                 ),
             ),
-            "user_home_locations": dg.AssetOut(
+            USER_HOME_LOCATIONS: dg.AssetOut(
                 group_name="users",
                 kinds={"pyarrow", "parquet"},
                 description=(
@@ -116,7 +114,7 @@ def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition
                     "userdays, `margin` and a `tie` flag (ties go to the first country by name)."
                 ),
             ),
-            "rejected_rows": dg.AssetOut(
+            REJECTED_ROWS: dg.AssetOut(
                 group_name="users",
                 kinds={"pyarrow", "parquet"},
                 description="Input rows rejected in this batch: `line` (relative to the batch), `reason`, `raw`.",
@@ -126,19 +124,19 @@ def make_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition
         check_specs=[
             dg.AssetCheckSpec(
                 "one_home_per_user",
-                asset="user_home_locations",
+                asset=USER_HOME_LOCATIONS,
                 description=("No user has two home rows in a batch (over all batches the "
                          "classification checks that each user's rows are together)."),
             ),
             dg.AssetCheckSpec(
                 "points_in_a_country",
-                asset="user_locations",
+                asset=USER_LOCATIONS,
                 description=f"Warn when over {POINTS_IN_NO_COUNTRY_WARN:.0%} of points fall in no country.",
             ),
         ],
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKFILL_BATCHES_PER_RUN),
         pool="homeloc_batches",
-        ins={"countries": dg.AssetIn("countries")},
+        ins={"countries": dg.AssetIn(COUNTRIES)},
     )
     def user_batch_assets(
         context: dg.AssetExecutionContext,
@@ -187,11 +185,11 @@ def _partition_metadata(s: dict, layer_names: tuple[str, ...]) -> dict[str, dict
     share = s["points_in_no_country"] / s["rows"] if s["rows"] else 0.0
     users = {"users": s["users"], "users_with_home": s["users_with_home"]}
     meta = {
-        "user_locations": {"rows": s["rows"], "points_in_no_country": s["points_in_no_country"],
+        USER_LOCATIONS: {"rows": s["rows"], "points_in_no_country": s["points_in_no_country"],
                            "share_in_no_country": round(share, 6), "input_lines": s["n_lines"]},
-        "user_country_userdays": {"users": s["users"]},
-        "user_home_locations": {**users, "ties": s["ties"]},
-        "rejected_rows": {"rejected": s["rejected"]},
+        USER_COUNTRY_USERDAYS: {"users": s["users"]},
+        USER_HOME_LOCATIONS: {**users, "ties": s["ties"]},
+        REJECTED_ROWS: {"rejected": s["rejected"]},
     }
     for name in layer_names:
         ud, home = layer_assets(name)
@@ -205,30 +203,29 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
     keys = list(context.partition_keys)
     catalog = homeloc.catalog
     refs = [catalog.batch(k) for k in keys]
-    tdir, sdir = tables_dir(homeloc), stats_dir(homeloc)
+    layout = homeloc.settings.layout
     layer_names = tuple(spec.name for spec in layers)
     assets = batch_assets(layer_names)
     todo = [
         r for r in refs
-        if not (config.reuse_finished and is_finished(tdir, sdir, r.key, assets))
+        if not (config.reuse_finished and is_finished(layout, r.key, assets))
     ]
     reused = len(refs) - len(todo)
     backend = hll_backend.make()
     context.log.info(f"HLL backend: {backend.check()}")
     backend.close()
-    lookup = country_lookup(countries, homeloc.storage_dir)
+    lookup = country_lookup(countries, layout)
     setup = WorkerSetup(
         country_names=countries["country"].to_numpy(dtype=object),
         country_codes=countries["country_code"].to_numpy(dtype=object),
         lookup_pickle=pickle.dumps(lookup),
         backend=hll_backend.backend,
         pg=hll_backend.pg_settings if hll_backend.backend == "postgres" else None,
-        tables_dir=str(tdir),
-        stats_dir=str(sdir),
-        layers_pickle=pickle.dumps(tuple(
-            load_layer(spec, Path(homeloc.storage_dir) / "lookup") for spec in layers)),
+        storage_dir=str(layout.root),
+        layers_pickle=pickle.dumps(tuple(load_layer(spec, layout.lookup) for spec in layers)),
         layer_names=layer_names,
         landscape=batch_landscape_spec(homeloc, countries, layers),
+        lease_timeout=homeloc.settings.lease_timeout,
     )
     done = {"n": 0}
 
@@ -244,16 +241,16 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
     if settings.dask_scheduler:
         context.log.info(f"batches on the Dask cluster {settings.dask_scheduler}")
     run_batches(todo, setup, settings.n_workers, on_done=progress,
-                dask_scheduler=settings.dask_scheduler or None)
+                dask_scheduler=settings.dask_scheduler or None, dask_wait=settings.dask_wait)
 
-    stats = [read_stats(sdir, r.key) for r in refs]
+    stats = [read_stats(layout, r.key) for r in refs]
     total = {
         k: int(sum(s[k] for s in stats))
         for k in ("rows", "rejected", "users", "users_with_home", "points_in_no_country", "ties")
     }
     files = {
         asset: StagedPartitions(
-            {r.key: tdir / asset / f"{r.key}.parquet" for r in refs},
+            {r.key: layout.table(asset, r.key) for r in refs},
             metadata={"batches": len(refs), "batches_reused": reused},
         )
         for asset in assets
@@ -271,13 +268,13 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
     dup = sum(s.get("duplicate_users", 0) for s in stats)
     yield dg.AssetCheckResult(
         check_name="one_home_per_user",
-        asset_key="user_home_locations",
+        asset_key=USER_HOME_LOCATIONS,
         passed=dup == 0,
         metadata={"duplicate_users": dup},
     )
     yield dg.AssetCheckResult(
         check_name="points_in_a_country",
-        asset_key="user_locations",
+        asset_key=USER_LOCATIONS,
         passed=share_none <= POINTS_IN_NO_COUNTRY_WARN,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"share_in_no_country": round(share_none, 6)},

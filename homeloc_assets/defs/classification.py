@@ -1,7 +1,6 @@
 """Over all batches: the Local/Tourist classification and the export files."""
 
 
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -10,10 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from homeloc_assets.atomic import atomic_path
+from homeloc_assets.atomic import atomic_path, remove_dead_staged, staged_path
 from homeloc_assets.batch_runner import read_stats
 from homeloc_assets.catalog import Catalog
-from homeloc_assets.defs.batches import stats_dir, tables_dir
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.exports import global_line_offsets, write_exports
 from homeloc_assets.geo import resolve_country
@@ -25,8 +23,18 @@ from homeloc_assets.inference.rules import (
     classify_batch,
     with_evidence,
 )
+from homeloc_assets.layout import Layout
+from homeloc_assets.names import (
+    COUNTRIES,
+    HOMELOC_EXPORTS,
+    REJECTED_ROWS,
+    USER_CLASSIFICATION,
+    USER_COUNTRY_USERDAYS,
+    USER_HOME_LOCATIONS,
+    USER_LOCATIONS,
+)
 from homeloc_assets.provenance import InputInfo, RunInfo, read_run_info
-from homeloc_assets.publish import generation_dir, new_generation_id
+from homeloc_assets.publish import new_generation_id
 from homeloc_assets.tables import PARQUET_COMPRESSION, PartitionedTables
 
 
@@ -40,7 +48,7 @@ class ImplausibleInputError(Exception):
 
 def classification_path(config: HomelocConfig) -> Path:
     """Where ``user_classification`` keeps its table (the IO manager's file)."""
-    return tables_dir(config) / "user_classification.parquet"
+    return config.layout.classification
 
 
 #: run tag of ``homeloc run``: the plans (comma-separated) its classification covers
@@ -78,14 +86,14 @@ def publication_dir(config: HomelocConfig) -> Path:
     info = read_run_info(classification_path(config))
     if not info.generation:
         raise dg.Failure("user_classification was made by an older homeloc: materialize it again")
-    return generation_dir(config.output_dir, info.generation)
+    return config.settings.output_layout.generation(info.generation)
 
 
 def batch_stats(config: HomelocConfig, keys: list[str]) -> dict[str, dict]:
     """The counts of every batch in ``keys`` (all must be finished)."""
     out = {}
     for key in keys:
-        s = read_stats(stats_dir(config), key)
+        s = read_stats(config.layout, key)
         if s is None:
             raise dg.Failure(f"batch {key} has no results yet: materialize it first")
         out[key] = s
@@ -93,14 +101,15 @@ def batch_stats(config: HomelocConfig, keys: list[str]) -> dict[str, dict]:
 
 
 @dg.asset(
+    name=USER_CLASSIFICATION,
     group_name="results",
     kinds={"pyarrow", "parquet"},
     automation_condition=dg.AutomationCondition.eager(),
-    ins={"user_home_locations": dg.AssetIn("user_home_locations"), "countries": dg.AssetIn()},
+    ins={"user_home_locations": dg.AssetIn(USER_HOME_LOCATIONS), "countries": dg.AssetIn(COUNTRIES)},
     check_specs=[
-        dg.AssetCheckSpec("no_user_twice", asset="user_classification",
+        dg.AssetCheckSpec("no_user_twice", asset=USER_CLASSIFICATION,
                           description="Each user appears once over all batches."),
-        dg.AssetCheckSpec("reject_share_below_limit", asset="user_classification",
+        dg.AssetCheckSpec("reject_share_below_limit", asset=USER_CLASSIFICATION,
                           description="Rejected rows stay below HOMELOC_MAX_REJECT_SHARE."),
     ],
     description=(
@@ -140,15 +149,12 @@ def user_classification(
               CLASS_INTERNATIONAL: 0}
     n_users = 0
     target.parent.mkdir(parents=True, exist_ok=True)
-    for old in target.parent.glob(".user_classification.*.staged"):
-        # left by a killed run; a live run's staged file is younger than an hour
-        if time.time() - old.stat().st_mtime > 3600:
-            old.unlink(missing_ok=True)
-    staged = target.parent / f".user_classification.{time.time_ns()}.staged"
+    remove_dead_staged(target.parent, target.stem)  # left by a killed run
+    staged = staged_path(target.parent, target.stem)
     writer = None
     try:
         for key, t in homes.iter_tables():
-            c = classify_batch(t, info, lambda asset, k=key: tables_dir(homeloc) / asset / f"{k}.parquet")
+            c = classify_batch(t, info, lambda asset, k=key: homeloc.layout.table(asset, k))
             if writer is None:
                 writer = pq.ParquetWriter(str(staged), info.attach(c.schema),
                                           compression=PARQUET_COMPRESSION)
@@ -206,9 +212,6 @@ def line_offsets(homeloc: HomelocConfig, keys: list[str], stats: dict[str, dict]
     return global_line_offsets(keys, stats, header_lines)
 
 
-STOPPED_DIR = "stopped_run"
-
-
 def write_stopped_rejects(homeloc: HomelocConfig, keys: list[str],
                           stats: dict[str, dict]) -> tuple[Path, str]:
     """Write ``<out>/stopped_run/rejected_rows.csv`` before a threshold stops the run.
@@ -219,9 +222,8 @@ def write_stopped_rejects(homeloc: HomelocConfig, keys: list[str],
     from homeloc_assets.exports import REJECTS_SCHEMA, _global_rejects, _stream_csv
 
     offsets = line_offsets(homeloc, keys, stats)
-    rejects = PartitionedTables({k: tables_dir(homeloc) / "rejected_rows" / f"{k}.parquet"
-                                 for k in keys})
-    target = Path(homeloc.output_dir) / STOPPED_DIR / "rejected_rows.csv"
+    rejects = PartitionedTables({k: homeloc.layout.table(REJECTED_ROWS, k) for k in keys})
+    target = homeloc.settings.output_layout.stopped_rejects
     with atomic_path(target) as tmp:
         _stream_csv(tmp, _global_rejects(rejects, offsets), REJECTS_SCHEMA)
     counts: dict[str, int] = {}
@@ -242,7 +244,7 @@ def run_info(homeloc: HomelocConfig, name: str, code: str, stats: dict[str, dict
         inputs.append(InputInfo(plan.path, plan_id, plan.fingerprint, plan.size))
     settings = homeloc.settings
     region = settings.study_region_spec
-    log2m, explicit_max = hll_params_of(tables_dir(homeloc) / "user_locations", list(stats))
+    log2m, explicit_max = hll_params_of(homeloc.layout, list(stats))
     return RunInfo(
         study_country=name,
         study_country_code=code,
@@ -260,12 +262,12 @@ def run_info(homeloc: HomelocConfig, name: str, code: str, stats: dict[str, dict
     )
 
 
-def hll_params_of(locations_dir: Path, keys: list[str]) -> tuple[int, int]:
+def hll_params_of(layout: Layout, keys: list[str]) -> tuple[int, int]:
     """``(log2m, explicit threshold)`` of the run's hll values (its first stored value)."""
     from homeloc_assets import hll
 
     for key in keys:
-        path = locations_dir / f"{key}.parquet"
+        path = layout.table(USER_LOCATIONS, key)
         if not path.exists():
             continue
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1, columns=["userday_hll"]):
@@ -295,7 +297,6 @@ def users_seen_twice(homes: PartitionedTables, stats: dict[str, dict]) -> int:
 
 def check_input_grouping(homeloc: HomelocConfig, stats: dict[str, dict]) -> None:
     """Each input's users must have their rows together over all its batches (InputError)."""
-    from homeloc_assets.batch_runner import users_path
     from homeloc_assets.inputs.grouping import check_grouped
 
     catalog = Catalog(homeloc.storage_dir)
@@ -305,7 +306,7 @@ def check_input_grouping(homeloc: HomelocConfig, stats: dict[str, dict]) -> None
     for plan_id, items in by_plan.items():
         items.sort(key=lambda s: int(s["index"]))
         plan = catalog.load_plan(plan_id)
-        check_grouped(plan.path, (pq.read_table(users_path(stats_dir(homeloc), s["key"]))
+        check_grouped(plan.path, (pq.read_table(homeloc.layout.users_file(s["key"]))
                                   for s in items))
 
 
@@ -349,7 +350,7 @@ def swapped_sample_shares(
     from homeloc_assets.defs.batches import country_lookup
 
     files = [p for k in keys
-             if (p := tables_dir(homeloc) / "user_locations" / f"{k}.parquet").exists()]
+             if (p := homeloc.layout.table(USER_LOCATIONS, k)).exists()]
     if not files:
         return 0.0, 0.0
     per_file = max(1, -(-SWAP_SAMPLE // len(files)))
@@ -370,7 +371,7 @@ def swapped_sample_shares(
     lat = t.column("latitude").to_numpy().astype(np.float64)
     lon = t.column("longitude").to_numpy().astype(np.float64)
     in_orig = float(pc.mean(pc.is_valid(t.column("country")).cast(pa.float64())).as_py())
-    swapped = country_lookup(countries, homeloc.storage_dir).lookup(lat, lon)
+    swapped = country_lookup(countries, homeloc.layout).lookup(lat, lon)
     return in_orig, float(np.mean(swapped >= 0))
 
 
@@ -381,14 +382,15 @@ def _as_partitioned(value) -> PartitionedTables:
 
 
 @dg.asset(
+    name=HOMELOC_EXPORTS,
     group_name="results",
     kinds={"csv", "parquet"},
     automation_condition=dg.AutomationCondition.eager(),
-    deps=["user_classification"],
+    deps=[USER_CLASSIFICATION],
     ins={
-        "user_home_locations": dg.AssetIn("user_home_locations"),
-        "user_country_userdays": dg.AssetIn("user_country_userdays"),
-        "rejected_rows": dg.AssetIn("rejected_rows"),
+        "user_home_locations": dg.AssetIn(USER_HOME_LOCATIONS),
+        "user_country_userdays": dg.AssetIn(USER_COUNTRY_USERDAYS),
+        "rejected_rows": dg.AssetIn(REJECTED_ROWS),
     },
     description=(
         "The export files in HOMELOC_OUTPUT_DIR: user_home_locations.csv/.parquet, "
@@ -441,7 +443,7 @@ def homeloc_exports(
     for spec in info.layers:
         name = spec.partition("=")[0]
         layer_parts[name] = tuple(
-            PartitionedTables({k: tables_dir(homeloc) / asset / f"{k}.parquet" for k in keys})
+            PartitionedTables({k: homeloc.layout.table(asset, k) for k in keys})
             for asset in layer_assets(name))
     target = publication_dir(homeloc)
     paths = write_exports(

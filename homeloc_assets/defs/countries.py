@@ -6,9 +6,11 @@ import geopandas as gpd
 
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.geo import dissolve_countries, load_world_countries
+from homeloc_assets.names import COUNTRIES, WORLD_COUNTRIES
 
 
 @dg.asset(
+    name=WORLD_COUNTRIES,
     group_name="countries",
     kinds={"geopandas", "parquet"},
     description=(
@@ -31,6 +33,7 @@ def world_countries(homeloc: HomelocConfig) -> dg.Output[gpd.GeoDataFrame]:
 
 
 @dg.asset(
+    name=COUNTRIES,
     group_name="countries",
     kinds={"geopandas", "parquet"},
     description="Valid geometries (make_valid) dissolved to one (multi)polygon per country.",

@@ -16,6 +16,7 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
+from homeloc_assets.layout import table_file
 from homeloc_assets.tables import (
     PartitionedTables,
     StagedPartitions,
@@ -38,10 +39,8 @@ class HomelocIOManager(dg.ConfigurableIOManager):
         return str(meta.get("format", "parquet"))
 
     def path_for(self, asset: str, partition_key: str | None, fmt: str = "parquet") -> Path:
-        """Where a value lives."""
-        if partition_key is None:
-            return Path(self.base_dir) / f"{asset}.{fmt}"
-        return Path(self.base_dir) / asset / f"{partition_key}.{fmt}"
+        """Where a value lives (``layout.table_file``: the storage layout's rule)."""
+        return table_file(self.base_dir, asset, partition_key, fmt)
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         """Store ``obj`` for the output's asset (and partitions), atomically."""

@@ -15,7 +15,6 @@ country by category and by tourist share. Per extra region layer,
 
 import os
 import shutil
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,14 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from homeloc_assets import plots
-from homeloc_assets.atomic import atomic_path
-from homeloc_assets.batch_runner import landscape_cache_path
-from homeloc_assets.defs.batches import (
-    BACKFILL_BATCHES_PER_RUN,
-    stats_dir,
-    tables_dir,
-    user_batches,
-)
+from homeloc_assets.atomic import atomic_path, remove_dead_staged, staged_path
+from homeloc_assets.defs.batches import BACKFILL_BATCHES_PER_RUN, user_batches
 from homeloc_assets.defs.classification import (
     classification_path,
     publication_dir,
@@ -57,36 +50,26 @@ from homeloc_assets.inference.landscape import (
     region_table,
 )
 from homeloc_assets.inference.rules import classify_batch
+from homeloc_assets.names import (
+    COUNTRIES,
+    LANDSCAPE_BATCH_CELLS,
+    LANDSCAPE_BATCH_STEP,
+    LANDSCAPE_CELLS,
+    USER_CLASSIFICATION,
+    USER_HOME_LOCATIONS,
+    USER_LOCATIONS,
+)
 from homeloc_assets.provenance import read_run_info
 from homeloc_assets.tables import PartitionedTables, StagedPartitions, write_table
 
 LANDSCAPE_FILES = ("landscape_cells.parquet", "landscape_cells.gpkg")
 _PARAMS_KEY = PARAMS_KEY
-BATCH_CELLS = "landscape_batch_cells"
 
 
 def layer_landscape_assets(name: str) -> tuple[str, str]:
     """The landscape assets of region layer ``name``: (per batch, over all batches); the
     second also names its export ``<name>.parquet``."""
     return f"landscape_batch_layer_{name}", f"landscape_layer_{name}"
-
-
-def remove_dead_staged(folder: Path, key: str) -> None:
-    """Delete ``.<key>.<pid>-<ns>.staged`` files of processes that no longer run (kill -9).
-
-    The IO manager moves a live run's staged files into place; a killed run's
-    stay behind. Files of a live process (another run on the same batches) are kept.
-    """
-    for p in folder.glob(f".{key}.*.staged"):
-        pid = p.name[len(key) + 2:].partition("-")[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            p.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, another user's
 
 
 def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocConfig,
@@ -99,23 +82,23 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
     keys = list(context.partition_keys)
     code = info.study_country_code
     meta = {_PARAMS_KEY: f"{p.resolution},{p.ring},{code}".encode()}
-    tdir, sdir = tables_dir(homeloc), stats_dir(homeloc)
-    kinds = {"cells": BATCH_CELLS, **{s.name: layer_landscape_assets(s.name)[0] for s in layers}}
+    layout = homeloc.layout
+    kinds = {"cells": LANDSCAPE_BATCH_CELLS, **{s.name: layer_landscape_assets(s.name)[0] for s in layers}}
     located_by: dict = {}
     if layers:
-        lookup_dir = Path(homeloc.storage_dir) / "lookup"
-        located_by = {s.name: load_layer(s, lookup_dir) for s in layers}
+        located_by = {s.name: load_layer(s, layout.lookup) for s in layers}
+
     def stage(kind: str, key: str) -> Path:
-        folder = tdir / kinds[kind]
+        folder = layout.table(kinds[kind], key).parent
         folder.mkdir(parents=True, exist_ok=True)
         remove_dead_staged(folder, key)
-        return folder / f".{key}.{os.getpid()}-{time.time_ns()}.staged"
+        return staged_path(folder, key)
 
     def one(key: str) -> tuple[dict[str, Path], int]:
         out: dict[str, Path] = {}
         todo = []
         for kind in kinds:
-            cache = landscape_cache_path(sdir, key, kind, spec.tag(kind))
+            cache = layout.landscape_cache_file(key, kind, spec.tag(kind))
             target = stage(kind, key)
             try:
                 os.link(cache, target)
@@ -135,7 +118,7 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
         return out, reused
 
     def _compute(key: str, todo: list[str]) -> dict[str, Path]:
-        files = [tdir / a / f"{key}.parquet" for a in ("user_locations", "user_home_locations")]
+        files = [layout.table(a, key) for a in (USER_LOCATIONS, USER_HOME_LOCATIONS)]
         missing = [f for f in files if not f.exists()]
         if missing:
             raise dg.Failure(f"batch {key} is not materialized yet ({missing[0]})")
@@ -145,7 +128,7 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
         locs = pq.read_table(files[0], columns=cols,
                              filters=[("country_code", "=", code)] if only_cells else None)
         classes = classify_batch(pq.read_table(files[1]), info,
-                                 lambda asset, k=key: tdir / asset / f"{k}.parquet")
+                                 lambda asset, k=key: layout.table(asset, k))
         out = {}
         for kind in todo:
             if kind == "cells":
@@ -175,7 +158,7 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
 
 def make_landscape_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.AssetsDefinition:
     """``landscape_batch_cells`` and one ``landscape_batch_layer_<NAME>`` per region layer."""
-    outs = {BATCH_CELLS: dg.AssetOut(
+    outs = {LANDSCAPE_BATCH_CELLS: dg.AssetOut(
         group_name="landscape", kinds={"h3", "parquet"},
         automation_condition=dg.AutomationCondition.eager(),
         description=(
@@ -191,7 +174,7 @@ def make_landscape_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.Assets
             description=(f"Layer `{spec}`, per batch, region and class: hll_union_agg of the "
                          "userday HLLs of that class's users' locations in the region, "
                          "distinct users and rows."))
-    deps = ["user_classification", "user_locations", "user_home_locations",
+    deps = [USER_CLASSIFICATION, USER_LOCATIONS, USER_HOME_LOCATIONS,
             *(layer_assets(s.name)[1] for s in layers)]
 
     # the batch-partitioned asset needs a backfill policy (Dagster marks the parameter beta):
@@ -200,7 +183,7 @@ def make_landscape_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.Assets
         warnings.simplefilter("ignore", category=dg.BetaWarning)
 
         @dg.multi_asset(
-            name="landscape_batch_assets",
+            name=LANDSCAPE_BATCH_STEP,
             outs=outs,
             partitions_def=user_batches,
             backfill_policy=dg.BackfillPolicy.multi_run(
@@ -220,10 +203,11 @@ landscape_batch_cells = make_landscape_batch_assets()
 
 
 @dg.asset(
+    name=LANDSCAPE_CELLS,
     group_name="landscape",
     kinds={"h3", "parquet", "geopackage"},
     automation_condition=dg.AutomationCondition.eager(),
-    ins={"landscape_batch_cells": dg.AssetIn()},
+    ins={"landscape_batch_cells": dg.AssetIn(LANDSCAPE_BATCH_CELLS)},
     description=(
         "Per H3 cell of the study country: per class estimated distinct userdays, distinct "
         "users and the union HLL (bytea hex), the k-ring pooled tourist share, a two-sided "
@@ -308,14 +292,14 @@ GPKG_DATE = "2000-01-01T00:00:00.000Z"
 _MAP = {
     "group_name": "landscape",
     "kinds": {"matplotlib", "png", "svg"},
-    "deps": ["landscape_cells"],
-    "ins": {"countries": dg.AssetIn("countries")},
+    "deps": [LANDSCAPE_CELLS],
+    "ins": {"countries": dg.AssetIn(COUNTRIES)},
     "automation_condition": dg.AutomationCondition.eager(),
 }
 
 
 def _cells(homeloc: HomelocConfig) -> pa.Table:
-    path = tables_dir(homeloc) / "landscape_cells.parquet"
+    path = homeloc.layout.table(LANDSCAPE_CELLS)
     if not path.exists():
         raise dg.Failure(f"landscape_cells is not materialized yet ({path})")
     return pq.read_table(path)
@@ -396,7 +380,7 @@ def make_landscape_assets(layers: tuple[LayerSpec, ...] = ()) -> list:
 
 def landscape_batch_keys(layers: tuple[LayerSpec, ...] = ()) -> list[str]:
     """The per-batch landscape assets (materialised together, over a range of batches)."""
-    return [BATCH_CELLS, *(layer_landscape_assets(s.name)[0] for s in layers)]
+    return [LANDSCAPE_BATCH_CELLS, *(layer_landscape_assets(s.name)[0] for s in layers)]
 
 
 LANDSCAPE_ASSETS: list = [landscape_batch_cells, landscape_cells, landscape_category_map,

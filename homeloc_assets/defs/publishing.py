@@ -14,6 +14,7 @@ from homeloc_assets.defs.reports import REPORT_ASSETS
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.defs.rules import home_rule_sensitivity
 from homeloc_assets.exports import EXPORT_FILES, exports_lock
+from homeloc_assets.names import HOMELOC_EXPORTS, HOMELOC_PUBLISHED
 from homeloc_assets.provenance import read_run_info
 from homeloc_assets.publish import IncompleteSetError, publish
 
@@ -37,9 +38,10 @@ def required_files(config: PublishConfig) -> tuple[str, ...]:
 
 
 @dg.asset(
+    name=HOMELOC_PUBLISHED,
     group_name="results",
     kinds={"python"},
-    deps=["homeloc_exports", *_AFTER_EXPORTS],
+    deps=[HOMELOC_EXPORTS, *_AFTER_EXPORTS],
     automation_condition=dg.AutomationCondition.eager(),
     description=(
         "Publishes the current classification's exports, figures and landscape files together: "

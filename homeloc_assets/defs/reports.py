@@ -23,15 +23,16 @@ from homeloc_assets.defs.classification import classification_path, publication_
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inference import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
 from homeloc_assets.inference.rules import CLASS_DOMESTIC, CLASS_INTERNATIONAL
+from homeloc_assets.layout import FIGURES_DIR
+from homeloc_assets.names import COUNTRIES, USER_CLASSIFICATION, USER_HOME_LOCATIONS
 from homeloc_assets.provenance import read_run_info
 
-FIGURES_DIR = "figures"
 _KINDS = {"matplotlib", "png", "svg"}
 _COMMON = {
     "group_name": "reports",
     "kinds": _KINDS,
-    "deps": ["user_classification"],
-    "ins": {"countries": dg.AssetIn("countries")},
+    "deps": [USER_CLASSIFICATION],
+    "ins": {"countries": dg.AssetIn(COUNTRIES)},
     "automation_condition": dg.AutomationCondition.eager(),
 }
 
@@ -299,17 +300,16 @@ def local_home_region_counts(homeloc: HomelocConfig, region_homes) -> tuple[pd.D
     joined to the batch's homes in the layer. Returns ``(counts, info)``,
     ``counts`` with ``region_code, region, users``.
     """
-    from homeloc_assets.defs.batches import tables_dir
     from homeloc_assets.defs.classification import _as_partitioned
     from homeloc_assets.inference.rules import classify_batch
 
     info = read_run_info(classification_path(homeloc))
     parts = []
-    homes_dir = tables_dir(homeloc)
+    layout = homeloc.layout
     for key, table in _as_partitioned(region_homes).iter_tables(
             ["user_guid", "region", "region_code"]):
-        homes = pq.read_table(homes_dir / "user_home_locations" / f"{key}.parquet")
-        cls = classify_batch(homes, info, lambda asset, k=key: homes_dir / asset / f"{k}.parquet")
+        homes = pq.read_table(layout.table(USER_HOME_LOCATIONS, key))
+        cls = classify_batch(homes, info, lambda asset, k=key: layout.table(asset, k))
         keep = pc.and_(pc.equal(cls["country_code"], info.study_country_code),
                    pc.not_equal(cls["classification"], CLASS_UNDETERMINED))
         users = cls.filter(keep).select(["user_guid"])
@@ -344,8 +344,8 @@ def _layer_report(spec):
         name=name,
         group_name="reports",
         kinds=_KINDS,
-        deps=["user_classification"],
-        ins={"countries": dg.AssetIn("countries"), "region_homes": dg.AssetIn(home_asset)},
+        deps=[USER_CLASSIFICATION],
+        ins={"countries": dg.AssetIn(COUNTRIES), "region_homes": dg.AssetIn(home_asset)},
         automation_condition=dg.AutomationCondition.eager(),
         description=(
             f"Map of the study country in layer `{spec.name}` ({spec.spec}): users whose home "

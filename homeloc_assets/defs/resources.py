@@ -15,6 +15,7 @@ from pydantic import Field
 
 from homeloc_assets.backends import HllBackend, PostgresSettings, make_backend
 from homeloc_assets.catalog import Catalog
+from homeloc_assets.layout import Layout
 from homeloc_assets.settings import PASSWORD_ENV, Settings, option
 
 
@@ -57,6 +58,8 @@ class HomelocConfig(dg.ConfigurableResource):
     landscape: bool = Field(default=True, description=(
         "Batch workers also compute each batch's landscape tables (off: --no-landscape)."))
     dask_scheduler: str = _field("dask_scheduler")
+    dask_wait: float = _field("dask_wait")
+    lease_timeout: float = _field("lease_timeout")
 
     @classmethod
     def from_settings(cls, s: Settings) -> HomelocConfig:
@@ -75,6 +78,11 @@ class HomelocConfig(dg.ConfigurableResource):
         """All settings: these and the backend's."""
         return Settings(**{name: getattr(self, name) for name in Settings().group("run")},
                         **hll_backend.values)
+
+    @property
+    def layout(self) -> Layout:
+        """Every file and folder of the storage folder."""
+        return self.settings.layout
 
     @property
     def catalog(self) -> Catalog:

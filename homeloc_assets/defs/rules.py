@@ -18,16 +18,18 @@ from homeloc_assets.defs.classification import (
 from homeloc_assets.defs.reports import ui_figure_markdown, ui_png
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inference.rules import rule_of
+from homeloc_assets.names import HOME_RULE_SENSITIVITY, USER_CLASSIFICATION, USER_HOME_LOCATIONS
 from homeloc_assets.provenance import read_run_info
 from homeloc_assets.sensitivity import HOMES_COLUMNS, run_sensitivity, sensitivity_figure
 from homeloc_assets.tables import PartitionedTables
 
 
 @dg.asset(
+    name=HOME_RULE_SENSITIVITY,
     group_name="reports",
     kinds={"pyarrow", "csv", "png"},
-    deps=["user_classification"],
-    ins={"user_home_locations": dg.AssetIn("user_home_locations")},
+    deps=[USER_CLASSIFICATION],
+    ins={"user_home_locations": dg.AssetIn(USER_HOME_LOCATIONS)},
     automation_condition=dg.AutomationCondition.eager(),
     description=(
         "Home rules swept over the per-user homes (never the input again): per setting of min "

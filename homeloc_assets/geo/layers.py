@@ -251,6 +251,7 @@ def load_layer(spec: LayerSpec, cache_dir: str | Path | None = None):
     import json
 
     from homeloc_assets.geo.lookup import CountryLookup
+    from homeloc_assets.layout import lookup_file
 
     path = Path(spec.path or "")
     try:
@@ -259,7 +260,7 @@ def load_layer(spec: LayerSpec, cache_dir: str | Path | None = None):
         raise LayerError(f"layer {spec.name}: file not found: {path}") from None
     key = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, spec.name_column,
                       spec.code_column])
-    cache = Path(cache_dir) / f"layer-{spec.name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    cache = lookup_file(cache_dir, f"layer-{spec.name}", hashlib.sha1(key.encode()).hexdigest()[:16])
     if cache.exists():
         try:
             lookup = CountryLookup.load(cache)

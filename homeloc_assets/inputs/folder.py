@@ -1,7 +1,7 @@
 """The watched input folder, without Dagster: which files count, what the sensor remembers,
 how batches are cut into runs, and what a quiet tick says.
 
-``homeloc_assets.defs.operations`` wires these into the input sensor and the
+``homeloc_assets.defs.sensors`` and ``defs.schedules`` wire these into the input sensor and the
 nightly heal schedule; tests call them directly.
 """
 

@@ -1,4 +1,4 @@
-"""Sensors, schedules and jobs that run homeloc without anyone clicking.
+"""The sensors: the input folder's and the automation conditions'.
 
 * ``homeloc_input_sensor`` watches ``HOMELOC_INPUT_DIR`` (``*.csv``, not
   recursive). A file is registered once it is *stable*: the same size and
@@ -15,26 +15,33 @@
   ``landscape_batch_layer_<NAME>``) for every batch once the classification
   exists or changes (ranges of up to 16 batches per run, their backfill
   policy), then ``landscape_cells``, its maps and ``landscape_layer_<NAME>``.
-* ``homeloc_nightly_heal`` (02:00) re-checks the input folder and requests runs
-  for every registered batch that is neither materialized nor in flight.
 
-The cursor of the sensor is JSON (see :class:`homeloc_assets.inputs.folder.Cursor`).
+The folder logic needs no Dagster (``homeloc_assets.inputs.folder``); the cursor of
+the sensor is JSON (see :class:`homeloc_assets.inputs.folder.Cursor`).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import time
-from collections.abc import Sequence
 
 import dagster as dg
 
 from homeloc_assets.catalog import split_key
 from homeloc_assets.defs.batches import BACKFILL_BATCHES_PER_RUN, user_batches
+from homeloc_assets.defs.jobs import (
+    COUNTRIES_KEY,
+    HOME_KEY,
+    IN_FLIGHT,
+    PLAN_TAG,
+    homeloc_batches_job,
+    homeloc_countries_job,
+    homeloc_results_job,
+    range_run_request,
+)
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inputs import InputError
-from homeloc_assets.inputs.folder import (  # the folder logic needs no Dagster
+from homeloc_assets.inputs.folder import (
     Cursor,
     consecutive_ranges,
     plan_keys,
@@ -43,8 +50,7 @@ from homeloc_assets.inputs.folder import (  # the folder logic needs no Dagster
 )
 from homeloc_assets.settings import Settings
 
-#: sensor timing and the heal schedule (``HOMELOC_SENSOR_*``, ``HOMELOC_AUTOMATION_*``,
-#: ``HOMELOC_HEAL_*``), fixed when the definitions load
+#: sensor timing (``HOMELOC_SENSOR_*``, ``HOMELOC_AUTOMATION_*``), fixed when the definitions load
 _OPS = Settings.from_env()
 #: Seconds between input sensor ticks.
 SENSOR_INTERVAL_SECONDS = _OPS.sensor_interval_seconds
@@ -52,68 +58,8 @@ SENSOR_INTERVAL_SECONDS = _OPS.sensor_interval_seconds
 SETTLE_SECONDS = _OPS.sensor_settle_seconds
 #: Seconds between evaluations of the automation conditions.
 AUTOMATION_INTERVAL_SECONDS = _OPS.automation_interval_seconds
-#: Cron of the nightly heal, in HOMELOC_HEAL_TIMEZONE (default UTC, not the server's zone).
-HEAL_CRON = _OPS.heal_cron
-HEAL_TIMEZONE = _OPS.heal_timezone
 #: Re-request the countries run after a failure at most this often.
 COUNTRIES_RETRY_SECONDS = 600
-#: Runs that started longer ago than this are not counted as "in flight" by the heal
-#: (the default run launcher cannot tell a dead run process after a machine crash).
-HEAL_STALE_RUN_SECONDS = 12 * 3600
-
-BATCH_ASSETS = ("user_locations", "user_country_userdays", "user_home_locations", "rejected_rows")
-COUNTRY_ASSETS = ("world_countries", "countries")
-HOME_KEY = dg.AssetKey("user_home_locations")
-COUNTRIES_KEY = dg.AssetKey("countries")
-
-PLAN_TAG = "homeloc/plan_id"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
-
-# ------------------------------------------------------------------------------ jobs
-homeloc_batches_job = dg.define_asset_job(
-    "homeloc_batches_job",
-    selection=dg.AssetSelection.assets(*BATCH_ASSETS),
-    description="The per-batch assets for a range of user batches (one run: all cores).",
-)
-
-homeloc_countries_job = dg.define_asset_job(
-    "homeloc_countries_job",
-    selection=dg.AssetSelection.assets(*COUNTRY_ASSETS),
-    description="The country polygons every batch needs (run once, before the first batches).",
-)
-
-homeloc_results_job = dg.define_asset_job(
-    "homeloc_results_job",
-    # the landscape is partitioned by batch: it runs with its own partition range (or by
-    # its eager automation condition)
-    selection=dg.AssetSelection.assets("user_classification").downstream()
-    - dg.AssetSelection.groups("landscape"),
-    description="Classification, exports and reports over all current batches.",
-)
-
-
-def _batch_run_config(reuse_finished: bool) -> dict:
-    return {"ops": {"user_batch_assets": {"config": {"reuse_finished": reuse_finished}}}}
-
-
-def range_run_request(
-    keys: Sequence[str], run_key: str, *, reuse_finished: bool = False, tags: dict | None = None
-) -> dg.RunRequest:
-    """One run of ``homeloc_batches_job`` over the consecutive batches ``keys[0]..keys[-1]``."""
-    return dg.RunRequest(
-        run_key=run_key,
-        job_name=homeloc_batches_job.name,
-        run_config=_batch_run_config(reuse_finished),
-        tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1], **(tags or {})},
-    )
 
 
 def _countries_state(instance: dg.DagsterInstance) -> str:
@@ -282,7 +228,6 @@ def homeloc_input_sensor(context: dg.SensorEvaluationContext, homeloc: HomelocCo
     return evaluate_input_folder(context, homeloc)
 
 
-# --------------------------------------------------------------------- automation
 homeloc_automation = dg.AutomationConditionSensorDefinition(
     "homeloc_automation",
     target=dg.AssetSelection.all(),
@@ -296,80 +241,4 @@ homeloc_automation = dg.AutomationConditionSensorDefinition(
 )
 
 
-# ----------------------------------------------------------------------- schedule
-def in_flight_keys(instance: dg.DagsterInstance, order: Sequence[str], now: float) -> set[str]:
-    """Batches covered by queued or running batch runs (runs started long ago count as dead)."""
-    index = {k: i for i, k in enumerate(order)}
-    out: set[str] = set()
-    for rec in instance.get_run_records(
-        dg.RunsFilter(job_name=homeloc_batches_job.name, statuses=IN_FLIGHT)
-    ):
-        run = rec.dagster_run
-        started = rec.start_time
-        if run.status == dg.DagsterRunStatus.STARTED and started and now - started > HEAL_STALE_RUN_SECONDS:
-            continue
-        tags = run.tags
-        lo, hi = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
-        if lo in index and hi in index:
-            out.update(order[index[lo] : index[hi] + 1])
-        elif tags.get("dagster/partition") in index:
-            out.add(tags["dagster/partition"])
-    return out
-
-
-def heal_requests(
-    instance: dg.DagsterInstance, homeloc: HomelocConfig, stamp: str, now: float | None = None,
-    log=None,
-) -> list[dg.RunRequest]:
-    """Register stable files the sensor has not, then one run per range of missing batches."""
-    now = time.time() if now is None else now
-    found, _ = scan_input_dir(homeloc.input_dir)
-    have = set(instance.get_dynamic_partitions(user_batches.name))
-    for cand in found.values():
-        if now - cand.mtime_ns / 1e9 < SETTLE_SECONDS:
-            continue
-        try:
-            _, keys = homeloc.catalog.register(cand.path, homeloc.batch_users)
-        except (InputError, OSError, ValueError):
-            continue
-        new = [k for k in keys if k not in have]
-        if new:
-            # the sensor normally did this; after a sensor outage the schedule catches up
-            instance.add_dynamic_partitions(user_batches.name, new)
-            have.update(new)
-            if log:
-                log.info(f"{cand.name}: added {len(new)} batch(es) the sensor had not registered")
-    order = list(instance.get_dynamic_partitions(user_batches.name))
-    done = set(instance.get_materialized_partitions(HOME_KEY))
-    busy = in_flight_keys(instance, order, now)
-    missing = [k for k in order if k not in done and k not in busy]
-    return [
-        range_run_request(part, f"heal:{stamp}:{part[0]}..{part[-1]}", reuse_finished=True,
-                          tags={"homeloc/heal": stamp})
-        for part in consecutive_ranges(missing, order)
-    ]
-
-
-@dg.schedule(
-    name="homeloc_nightly_heal",
-    cron_schedule=HEAL_CRON,
-    execution_timezone=HEAL_TIMEZONE,
-    job=homeloc_batches_job,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description=(
-        "Nightly: registers stable inputs the sensor missed and requests runs for every batch "
-        "that is neither materialized nor in flight (a crash overnight heals itself)."
-    ),
-)
-def homeloc_nightly_heal(context: dg.ScheduleEvaluationContext, homeloc: HomelocConfig):
-    """See :func:`heal_requests`."""
-    when = context.scheduled_execution_time or _dt.datetime.now(_dt.UTC)
-    reqs = heal_requests(context.instance, homeloc, when.strftime("%Y%m%dT%H%M"), log=context.log)
-    if not reqs:
-        return dg.SkipReason("every registered batch is materialized or in flight")
-    return reqs
-
-
 SENSORS: list = [homeloc_input_sensor, homeloc_automation]
-SCHEDULES: list = [homeloc_nightly_heal]
-JOBS: list = [homeloc_batches_job, homeloc_countries_job, homeloc_results_job]
