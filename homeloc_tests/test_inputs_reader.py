@@ -231,8 +231,12 @@ GOOD = (f"a,1,2,{H1}\nb,3,4,{H2}\nb,5,6,{H2}\n").encode()
 def _check_fuzz(data: bytes) -> None:
     try:
         res = parse_bytes(data)
-    except Exception as exc:  # noqa: BLE001 - the property: only the internal unsorted signal
-        assert type(exc).__name__ == "_Unsorted", repr(exc)
+    except Exception as exc:  # noqa: BLE001 - the property: only the internal split-user signal
+        # (read_batch turns it into the InputError naming two lines of the user)
+        assert type(exc).__name__ == "_Split", repr(exc)
+        lines = data.split(b"\n")
+        assert len(exc.lines) == 2 and exc.lines[0] < exc.lines[1]
+        assert all(exc.guid.encode() in lines[n - 1] for n in exc.lines)
         return
     lines = data.split(b"\n") if data else []
     if data.endswith(b"\n"):
