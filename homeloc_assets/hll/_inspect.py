@@ -145,7 +145,8 @@ class _Parsed:
         x_old = x_at[rows]
         x_rows = np.flatnonzero(x_old >= 0)
         x_old = x_old[x_rows]
-        x_offsets, x_values = _gather(self.x_offsets, self.x_values, x_old)
+        x_offsets, at = _gather(self.x_offsets, x_old)
+        x_values = self.x_values[at]
         # sparse rows: by params code (the old segments' order), then new row
         s_at = np.full(self.n, -1, np.int64)
         s_at[self.s_rows] = np.arange(len(self.s_rows))
@@ -164,8 +165,8 @@ class _Parsed:
             for k, (c, _) in enumerate(by_lo):
                 if cut[k + 1] > cut[k]:
                     segments[c] = (int(cut[k]), int(cut[k + 1]))
-        s_offsets, s_index = _gather(self.s_offsets, self.s_index, s_old)
-        _, s_value = _gather(self.s_offsets, self.s_value, s_old)
+        s_offsets, at = _gather(self.s_offsets, s_old)
+        s_index, s_value = self.s_index[at], self.s_value[at]
         full = {}
         for c, old in self.full_rows.items():
             is_full = np.zeros(self.n, bool)
@@ -190,12 +191,13 @@ class _Parsed:
         return self.s_segments.get(code, (0, 0))
 
 
-def _gather(offsets: Ints, values: np.ndarray, parts: Ints) -> tuple[Ints, np.ndarray]:
-    """``(offsets, values)`` of the parts ``parts`` of a CSR pair, in that order."""
+def _gather(offsets: Ints, parts: Ints) -> tuple[Ints, Ints]:
+    """``(offsets, positions)``: the new offsets and the value positions of the parts
+    ``parts`` (in that order) of a CSR array with ``offsets``."""
     count = offsets[parts + 1] - offsets[parts]
     new = np.zeros(len(parts) + 1, np.int64)
     np.cumsum(count, out=new[1:])
-    return new, values[_ranges(offsets[parts], count)]
+    return new, _ranges(offsets[parts], count)
 
 
 def _payloads(arr: pa.Array, rows: Ints) -> Bytes:
