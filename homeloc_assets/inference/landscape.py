@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import binom, false_discovery_control
 
-from homeloc_assets.hll import ParsedColumn, grouped_cardinality, grouped_union_arrow, parse_many
+from homeloc_assets.hll import ParsedColumn, grouped_cardinality, grouped_union_arrow
 from homeloc_assets.hll._hex import arrow_buffers, not_null_mask
 from homeloc_assets.inference.homes import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
 
@@ -408,10 +408,8 @@ def landscape_table(combined: pa.Table, params: LandscapeParams) -> tuple[pa.Tab
             blobs = hll_all.take(pa.array(idx, mask=idx < 0))
             if isinstance(blobs, pa.ChunkedArray):
                 blobs = blobs.combine_chunks()
-        # parsed once: the ring pools take each cell's union from the parse (7 times for k=1)
-        parsed = parse_many(blobs)
-        card = grouped_cardinality(parsed, np.arange(nc), nc)
-        pcard = (grouped_cardinality(parsed.take(npos), center, nc)
+        card = grouped_cardinality(blobs, np.arange(nc), nc)
+        pcard = (grouped_cardinality(blobs.take(pa.array(npos)), center, nc)
                  if _PREFIX[c] != "undetermined" else None)
         return blobs, card, pcard
 
