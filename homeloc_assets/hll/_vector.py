@@ -720,11 +720,6 @@ def _estimate_exact(
     selected = selected[order]
     reg_sum, zero_regs = _base_sums(p, pr, src, base, _weights(pr), n_local)
 
-    copied = np.zeros(n_local, bool)
-    if out is not None:
-        copied = _sparse_copies(p, pr, src, base, n_local)
-        ids = np.flatnonzero(copied)
-        out.put(selected[ids], p.values(p.s_rows[src.s_lo + base.s_base[ids]]))
     ch = _chunking(src, base, pr, n_local, with_bytes=out is not None)
     dummy = min(n_local, ch.size) * m
     is_read = np.zeros(src.s_hi - src.s_lo, bool)
@@ -747,37 +742,9 @@ def _estimate_exact(
                     p.padded, src.f_payload[full_base], pr)
             if len(touched):
                 dense[touched] = value
-            packed = np.flatnonzero(~copied[c0:c1])
-            if len(packed) == c1 - c0:
-                _pack_groups(pr, dense.reshape(c1 - c0, m), selected[c0:c1],
-                             m - zero_regs[c0:c1], out)
-            elif len(packed):
-                _pack_groups(pr, dense.reshape(c1 - c0, m)[packed], selected[c0 + packed],
-                             m - zero_regs[c0 + packed], out)
+            _pack_groups(pr, dense.reshape(c1 - c0, m), selected[c0:c1], m - zero_regs[c0:c1], out)
     sums = reg_sum * np.ldexp(1.0, -pr.max_register)
     card[selected] = estimate_from_sums(pr, sums, zero_regs)
-
-
-def _sparse_copies(p: _Parsed, pr: Params, src: _Sources, base: _BaseRows, n_local: int) -> Mask:
-    """The local groups whose union bytes are their one SPARSE row's bytes, as they are.
-
-    A group of one SPARSE row and no other contribution unions to its registers, which
-    ``_pack_groups`` packs as SPARSE again when the SPARSE rule holds: a validated SPARSE
-    value (strictly ascending nonzero entries, zero padding, exact size) is that packing.
-    After :func:`_renumber_groups` (all base rows read), local group ``i`` below
-    ``len(base.s_base)`` has the base SPARSE row ``base.s_base[i]``.
-    """
-    copied = np.zeros(n_local, bool)
-    nb = len(base.s_base)
-    if not nb or not pr.sparseon:
-        return copied
-    contributed = np.zeros(n_local, bool)
-    contributed[src.x_local[src.x_live]] = True
-    contributed[src.s_local[base.s_extra]] = True
-    contributed[src.f_local[base.f_extra]] = True
-    filled = src.s_count[base.s_base]
-    copied[:nb] = ~contributed[:nb] & (filled * (pr.log2m + pr.regwidth) < pr.nregs * pr.regwidth)
-    return copied
 
 
 def _pack_full(regs: Bytes, w: int) -> Bytes:
