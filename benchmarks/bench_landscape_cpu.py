@@ -1,13 +1,16 @@
 """CPU seconds of the landscape against the batch work itself, one process, batch by batch.
 
-``python benchmarks/bench_landscape_cpu.py <userdays.csv> <workdir> [resolution] [ring]``:
+``python benchmarks/bench_landscape_cpu.py <userdays.csv> <workdir> [resolution] [ring] [repeat]``:
 for every batch of the file (50,000 users each) times, with ``time.process_time`` (CPU
 seconds of this process, all its threads; less sensitive to other processes on a loaded
 machine than wall time), what a batch worker does: ``process_batch`` and writing its four
 tables, then the landscape part the worker adds (``batch_tables``: classes, cells, and
 writing them). Then the steps of ``landscape_cells`` over those tables: reading them,
 ``combine``, ``landscape_table`` and writing the Parquet and GeoPackage exports.
-Wall seconds (``time.perf_counter``) are printed beside.
+Wall seconds (``time.perf_counter``) are printed beside. With ``repeat`` > 0, the
+landscape's computing steps (``batch_tables`` of all batches, ``combine``,
+``landscape_table``) run that many more times on the same inputs in this process and
+their least CPU seconds are printed (warm, less noisy than the single first pass).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class Clock:
         return out
 
 
-def main(csv: str, work: str, resolution: int = 8, ring: int = 1) -> None:
+def main(csv: str, work: str, resolution: int = 8, ring: int = 1, repeat: int = 0) -> None:
     """Print CPU and wall seconds per step and the landscape's share of the batch work."""
     work_dir = Path(work)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +65,7 @@ def main(csv: str, work: str, resolution: int = 8, ring: int = 1) -> None:
     backend = EmbeddedBackend()
     spec = BatchLandscapeSpec("DEU", resolution, ring)
     clock = Clock()
-    cells = []
+    cells, results = [], []
     for key in keys:
         ref = catalog.batch(key)
         res = clock("batch: process_batch", process_batch, ref.path, ref.start, ref.end, names,
@@ -76,18 +79,34 @@ def main(csv: str, work: str, resolution: int = 8, ring: int = 1) -> None:
         clock("landscape in the worker: write", write_table, tables["cells"], path,
               no_dictionary=NO_DICTIONARY)
         cells.append(path)
+        if repeat:
+            results.append((res, ref.hll_params))
     parts = clock("landscape_cells: read", lambda: [pq.read_table(p) for p in cells])
     combined = clock("landscape_cells: combine", combine, parts)
     table, _ = clock("landscape_cells: landscape_table", landscape_table, combined,
                      LandscapeParams(resolution, ring))
     clock("landscape_cells: write parquet + gpkg", write_landscape, work_dir / "out", table)
     print(f"{len(keys)} batches, {table.num_rows} cells")
+    rows = sum(t.num_rows for t in parts)
+    ring_only = sum(t.column("hll").null_count for t in parts)
+    print(f"batch tables: {rows} rows, {ring_only} ring-only (no HLL); combined: "
+          f"{combined.num_rows} rows (cells with an HLL in some batch)")
     print(f"{'step':45s} {'cpu s':>8s} {'wall s':>8s}")
     for name in clock.cpu:
         print(f"{name:45s} {clock.cpu[name]:8.3f} {clock.wall[name]:8.3f}")
     batch = sum(v for k, v in clock.cpu.items() if k.startswith("batch:"))
     land = sum(v for k, v in clock.cpu.items() if k.startswith("landscape"))
     print(f"batch work {batch:.3f} cpu s, landscape {land:.3f} cpu s = {land / batch:.1%}")
+    steps = {"batch_tables, all batches": lambda: [batch_tables(r, spec, h) for r, h in results],
+             "combine": lambda: combine(parts),
+             "landscape_table": lambda: landscape_table(combined, LandscapeParams(resolution, ring))}
+    for name, f in steps.items() if repeat else ():
+        cpu = []
+        for _ in range(repeat):
+            c = time.process_time()
+            f()
+            cpu.append(time.process_time() - c)
+        print(f"repeated {name:35s} min {min(cpu):.3f} cpu s of {repeat}")
 
 
 

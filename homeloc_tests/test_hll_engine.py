@@ -394,6 +394,45 @@ def test_grouped_small_chunks_and_wide_scratch_equal_scalar(monkeypatch, data):
         assert outs[g] == u
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_parsed_take_equals_parsing_the_taken_bytes(data):
+    """``parse_many(...).take(rows)`` (any order, repeats) gives the same verdicts, unions and
+    estimates as parsing the bytes of those rows: two params sets, nulls, invalid rows."""
+    pa_, pb_ = data.draw(st.lists(_params_st, min_size=2, max_size=2, unique=True))
+    pool = [data.draw(_hll_st(pr)) for pr in (pa_, pb_) for _ in range(data.draw(st.integers(1, 4)))]
+    pool += [data.draw(_explicit_st(pa_)) for _ in range(data.draw(st.integers(0, 3)))]
+    pool += [None, b"\x13\x8b\x7f\x00"]  # a null and an invalid SPARSE value
+    blobs = [pool[data.draw(st.integers(0, len(pool) - 1))] for _ in range(data.draw(st.integers(0, 30)))]
+    col = pa.array(blobs, pa.binary())
+    parsed = hll.parse_many(col)
+    assert np.array_equal(parsed.inspect().ok, hll.inspect_many(col).ok)
+    rows = data.draw(st.lists(st.integers(0, max(0, len(blobs) - 1)), max_size=40)) if blobs else []
+    taken = parsed.take(np.array(rows, np.int64))
+    again = col.take(pa.array(rows, pa.int64()))
+    a, b = taken.inspect(), hll.inspect_many(again)
+    assert np.array_equal(a.ok, b.ok) and np.array_equal(a.params, b.params)
+    assert np.array_equal(a.storage_type, b.storage_type) and list(a.reason) == list(b.reason)
+    # groups never mix params: a's rows in groups 0..2, b's in 3..5
+    code_a = hll.Params(*pa_).header(hll.EMPTY)[1:]
+    groups = np.array([data.draw(st.integers(0, 2)) + (0 if blobs[r] is None or blobs[r][1:3] == code_a
+                                                       else 3) for r in rows], np.int64)
+    ok = np.asarray(b.ok) | np.array([blobs[r] is None for r in rows], bool)
+    sub = np.flatnonzero(ok)  # only valid rows (an invalid one raises, both ways)
+    for view in (taken.take(sub), hll.parse_many(again.take(pa.array(sub, pa.int64())))):
+        try:
+            card, outs = hll.grouped_union_arrow(view, groups[sub], 6)
+        except hll.HLLError:
+            assert min(pa_[0], pb_[0]) < 4
+            return
+        ref_card, ref_outs = hll.grouped_union_arrow(again.take(pa.array(sub, pa.int64())),
+                                                     groups[sub], 6)
+        assert outs.equals(ref_outs)
+        assert np.array_equal(card, ref_card, equal_nan=True)
+        assert np.array_equal(hll.grouped_cardinality(view, groups[sub], 6), ref_card,
+                              equal_nan=True)
+
+
 def test_grouped_explicit_values_equal_in_their_high_bits():
     """Values that differ only in their low bits, in unsorted row order: the exact fallback."""
     n_groups = 1 << 20

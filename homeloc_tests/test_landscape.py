@@ -187,6 +187,34 @@ def test_partition_union_and_batch_size_independence(run, data):
 
 
 @pytest.mark.slow
+def test_pooled_estimates_equal_the_ring_bytes_parsed_again(run):
+    """The ring-pooled userdays of ``landscape_table`` (each class's cell unions parsed once,
+    the rings taken from the parse) equal the reference: the ring cells' union bytes taken
+    and parsed again per ring, every cell."""
+    import pyarrow.compute as pc
+
+    from homeloc_assets.hll import grouped_cardinality
+    from homeloc_assets.inference.landscape import _rings
+
+    settings, keys, _ = run
+    tdir = settings.tables_path / "landscape_batch_cells"
+    combined = combine(pq.read_table(tdir / f"{k}.parquet") for k in keys)
+    table, _ = landscape_table(combined, LandscapeParams(7, 1))
+    own = combined.filter(pc.is_valid(combined.column("hll")))
+    cells = np.unique(own.column("cell").to_numpy())
+    center, nbr = _rings(cells, 1)
+    npos = np.searchsorted(cells, nbr)
+    ok = (npos < len(cells)) & (cells[np.minimum(npos, len(cells) - 1)] == nbr)
+    for c, name in ((0, "local"), (1, "tourist")):
+        rows = own.filter(pc.equal(own.column("cls"), c))
+        idx = np.full(len(cells), -1, np.int64)
+        idx[np.searchsorted(cells, rows.column("cell").to_numpy())] = np.arange(rows.num_rows)
+        blobs = rows.column("hll").combine_chunks().take(pa.array(idx, mask=idx < 0))
+        ref = grouped_cardinality(blobs.take(pa.array(npos[ok])), center[ok], len(cells))
+        assert np.array_equal(table.column(f"pooled_{name}_userdays").to_numpy(),
+                              np.nan_to_num(ref, nan=0.0))
+
+
 def test_exports_and_figures(run):
     settings, _, res = run
     out = settings.storage_path.parent

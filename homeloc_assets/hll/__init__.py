@@ -5,7 +5,9 @@ format (``_format``), the scalar operations with hll.c's semantics and
 estimator (``_ops``), the ``hll_hash_*`` functions (``_hash``), the hex
 text of whole columns (``_hex``), the validation of whole columns
 (``_inspect``) and the grouped union for the pipeline (``_vector``;
-:func:`grouped_union_arrow` gives the unions as one Arrow array).  No
+:func:`grouped_union_arrow` gives the unions as one Arrow array). A column
+parsed once by :func:`parse_many` can be passed to the grouped functions
+instead of its bytes, whole or as some of its rows (``ParsedColumn.take``).  No
 Dagster here.
 
 Why hand-written: python-hll on PyPI is unmaintained and fails to import on
@@ -48,7 +50,7 @@ from ._hash import (
     hash_text,
 )
 from ._hex import unhex_many
-from ._inspect import InspectResult, inspect_many, params_of_code
+from ._inspect import InspectResult, ParsedColumn, inspect_many, params_of_code, parse_many
 from ._ops import add, cardinality, describe, empty, union
 from ._vector import grouped_cardinality, grouped_union, grouped_union_arrow
 
@@ -62,11 +64,13 @@ __all__ = [
     "UNDEFINED",
     "HLLError",
     "InspectResult",
+    "ParsedColumn",
     "grouped_cardinality",
     "grouped_union",
     "grouped_union_arrow",
     "inspect_many",
     "params_of_code",
+    "parse_many",
     "unhex_many",
     "Params",
     "add",

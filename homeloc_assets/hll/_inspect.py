@@ -37,7 +37,7 @@ from ._format import (
 )
 from ._hex import arrow_buffers
 
-__all__ = ["InspectResult", "inspect_many", "params_of_code"]
+__all__ = ["InspectResult", "ParsedColumn", "inspect_many", "params_of_code", "parse_many"]
 
 Ints = npt.NDArray[np.int64]
 Bytes = npt.NDArray[np.uint8]
@@ -111,10 +111,76 @@ class _Parsed:
     # FULL rows (ok) per params code; registers are unpacked on demand
     full_rows: dict[int, Ints]
     arr: pa.Array  # zero-copy large_binary view of (data, offsets), for payload copies
+    #: row of ``arr`` of each row (None: the same row), set by :meth:`take`
+    arr_rows: Ints | None = None
+
+    def _arr(self, rows: Ints) -> Ints:
+        return rows if self.arr_rows is None else self.arr_rows[rows]
 
     def payloads(self, rows: Ints) -> Bytes:
         """Concatenated payloads (bytes after the 3-byte header) of ``rows``, as uint8."""
-        return _payloads(self.arr, rows)
+        return _payloads(self.arr, self._arr(rows))
+
+    def values(self, rows: Ints) -> pa.Array:
+        """The bytes of ``rows`` (large_binary)."""
+        return self.arr.take(pa.array(self._arr(np.asarray(rows, np.int64)), pa.int64()))
+
+    def inspect(self) -> InspectResult:
+        """The per-row verdicts, as :func:`inspect_many` gives them."""
+        return InspectResult(self.ok, self.reason, self.code, self.stype)
+
+    def take(self, rows: object) -> _Parsed:
+        """The parsed column of the rows ``rows`` (any order, repeats allowed), not re-read.
+
+        Same as parsing the bytes of those rows again: the unpacked explicit values,
+        sparse entries and FULL rows of the chosen rows are gathered, nothing is checked
+        again (the data buffer is shared).
+        """
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
+            raise HLLError(f"take: row out of range [0, {self.n})")
+        # explicit rows: new rows in ascending order, values gathered
+        x_at = np.full(self.n, -1, np.int64)
+        x_at[self.x_rows] = np.arange(len(self.x_rows))
+        x_old = x_at[rows]
+        x_rows = np.flatnonzero(x_old >= 0)
+        x_old = x_old[x_rows]
+        x_offsets, at = _gather(self.x_offsets, x_old)
+        x_values = self.x_values[at]
+        # sparse rows: by params code (the old segments' order), then new row
+        s_at = np.full(self.n, -1, np.int64)
+        s_at[self.s_rows] = np.arange(len(self.s_rows))
+        s_old = s_at[rows]
+        s_rows = np.flatnonzero(s_old >= 0)
+        s_old = s_old[s_rows]
+        segments: dict[int, tuple[int, int]] = {}
+        by_lo = sorted(self.s_segments.items(), key=lambda kv: kv[1])
+        if len(by_lo) == 1 and len(s_old):
+            segments[by_lo[0][0]] = (0, len(s_old))
+        elif len(by_lo) > 1:
+            seg = np.searchsorted(np.array([lo for _, (lo, _) in by_lo]), s_old, side="right") - 1
+            order = np.argsort(seg, kind="stable")
+            s_rows, s_old, seg = s_rows[order], s_old[order], seg[order]
+            cut = np.searchsorted(seg, np.arange(len(by_lo) + 1))
+            for k, (c, _) in enumerate(by_lo):
+                if cut[k + 1] > cut[k]:
+                    segments[c] = (int(cut[k]), int(cut[k + 1]))
+        s_offsets, at = _gather(self.s_offsets, s_old)
+        s_index, s_value = self.s_index[at], self.s_value[at]
+        full = {}
+        for c, old in self.full_rows.items():
+            is_full = np.zeros(self.n, bool)
+            is_full[old] = True
+            new = np.flatnonzero(is_full[rows])
+            if len(new):
+                full[c] = new
+        return _Parsed(
+            len(rows), self.data, self.padded, self.start[rows], self.length[rows],
+            self.valid[rows], self.ok[rows], self.reason[rows], self.code[rows], self.stype[rows],
+            x_rows, x_offsets, x_values, s_rows, s_offsets, s_index, s_value, segments, full,
+            self.arr, self._arr(rows),
+        )
+
 
     def x_value_rows(self) -> Ints:
         """Row of every explicit value."""
@@ -123,6 +189,15 @@ class _Parsed:
     def sparse_segment(self, code: int) -> tuple[int, int]:
         """``(lo, hi)``: the SPARSE rows ``s_rows[lo:hi]`` of params ``code``."""
         return self.s_segments.get(code, (0, 0))
+
+
+def _gather(offsets: Ints, parts: Ints) -> tuple[Ints, Ints]:
+    """``(offsets, positions)``: the new offsets and the value positions of the parts
+    ``parts`` (in that order) of a CSR array with ``offsets``."""
+    count = offsets[parts + 1] - offsets[parts]
+    new = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum(count, out=new[1:])
+    return new, _ranges(offsets[parts], count)
 
 
 def _payloads(arr: pa.Array, rows: Ints) -> Bytes:
@@ -445,5 +520,17 @@ def _unpack_full(padded: Bytes, payload_start: Ints, p: Params) -> Bytes:
 
 def inspect_many(blobs: object) -> InspectResult:
     """Validate many hlls at once (Arrow binary array or sequence of bytes)."""
-    p = _parse(blobs)
-    return InspectResult(p.ok, p.reason, p.code, p.stype)
+    return parse_many(blobs).inspect()
+
+
+#: a column of hlls read and validated once (:func:`parse_many`); the grouped functions
+#: of ``_vector`` take it in place of the bytes, :meth:`ParsedColumn.take` selects rows
+ParsedColumn = _Parsed
+
+
+def parse_many(blobs: object) -> ParsedColumn:
+    """Read and validate many hlls once, for :func:`inspect_many`-like verdicts
+    (:meth:`ParsedColumn.inspect`) and grouped unions of any of its rows without a new parse."""
+    if isinstance(blobs, _Parsed):
+        return blobs
+    return _parse(blobs)

@@ -2,7 +2,8 @@
 
 Owns ``hll_union_agg ... GROUP BY`` with its cardinality
 (:func:`grouped_cardinality`, :func:`grouped_union`, :func:`grouped_union_arrow`)
-over a column validated and unpacked by ``_inspect._parse``.  All work is numpy
+over a column validated and unpacked by ``_inspect._parse`` (or given parsed:
+``_inspect.parse_many``, whose rows ``ParsedColumn.take`` selects without a new parse).  All work is numpy
 and Arrow, split by storage type; there is no per-row or per-group Python loop
 (the union bytes are built as Arrow arrays of many groups, see :class:`_Out`;
 only SPARSE results whose entries are not 16 bits wide and the dense estimator's
@@ -203,7 +204,7 @@ def _explicit_thresholds(group_code: Ints, codes: list[int]) -> Ints:
 def _grouped(
     blobs: object, groups: object, n_groups: int | None, want_bytes: bool
 ) -> tuple[Floats, UnionOut]:
-    p = _parse(blobs)
+    p = blobs if isinstance(blobs, _Parsed) else _parse(blobs)
     g, n_groups = _group_ids(groups, p.n, n_groups)
     bad = np.flatnonzero(p.valid & ~p.ok)
     if len(bad):
@@ -343,7 +344,7 @@ def _explicit_bytes(
     """Union bytes of groups that stay EXPLICIT: one row's bytes, or the union's values."""
     pick = np.flatnonzero(single[x_group])
     if len(pick):
-        out.put(x_group[pick], p.arr.take(pa.array(p.x_rows[pick], pa.int64())))
+        out.put(x_group[pick], p.values(p.x_rows[pick]))
     if not len(union_group):
         return
     m = multi_result[union_group]

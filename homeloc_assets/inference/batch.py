@@ -43,6 +43,9 @@ class BatchResult:
     users: pa.Table | None = None  # inputs.reader.USERS_SCHEMA: the batch's users, hashed
     #: per extra layer the region of each row (in memory only: the landscape's per-layer unions)
     layer_located: dict[str, Any] = field(default_factory=dict)
+    #: ``locations.userday_hll`` as the reader validated it (``hll.ParsedColumn``, in memory
+    #: only): the landscape's unions use it instead of parsing the bytes again
+    parsed_hll: Any = None
 
 
 def process_batch(
@@ -118,4 +121,4 @@ def process_batch(
         layer_located[layer.name] = located
         stats[f"users_with_home_{layer.name}"] = int(region_homes.num_rows)
     return BatchResult(locations, cu, homes, batch.rejects, stats, layer_tables, batch.users,
-                       layer_located)
+                       layer_located, batch.parsed_hll)

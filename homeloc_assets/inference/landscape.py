@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import binom, false_discovery_control
 
-from homeloc_assets.hll import grouped_cardinality, grouped_union_arrow
+from homeloc_assets.hll import ParsedColumn, grouped_cardinality, grouped_union_arrow
 from homeloc_assets.hll._hex import arrow_buffers, not_null_mask
 from homeloc_assets.inference.homes import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
 
@@ -128,7 +128,8 @@ def class_codes(classification: pa.Array) -> np.ndarray:
 
 
 def batch_cells(
-    locations: pa.Table, classes: pa.Table, study_country_code: str, resolution: int, ring: int
+    locations: pa.Table, classes: pa.Table, study_country_code: str, resolution: int, ring: int,
+    parsed: ParsedColumn | None = None,
 ) -> pa.Table:
     """Per (cell, class) of one batch: union HLL, distinct users, users in the k-ring, rows.
 
@@ -136,10 +137,13 @@ def batch_cells(
     ``classes``: ``user_guid, classification`` of the batch's users. Only rows in
     the study country count. ``ring_users`` rows may name cells without rows
     of their own (they are a neighbour of one); their ``hll`` is null.
+    ``parsed``: ``userday_hll`` already parsed (``hll.parse_many``), not parsed again.
     """
     inside = pc.fill_null(pc.equal(locations.column("country_code"),
                                    pa.scalar(study_country_code)), False)
-    loc = locations.select(["user_guid", "latitude", "longitude", "userday_hll"]).filter(inside)
+    loc = locations.select(["user_guid", "latitude", "longitude"]).filter(inside)
+    hlls = (locations.column("userday_hll").filter(inside) if parsed is None
+            else parsed.take(np.flatnonzero(inside.to_numpy(zero_copy_only=False))))
     uidx = pc.index_in(loc.column("user_guid"), classes.column("user_guid")).to_numpy(
         zero_copy_only=False)
     if len(uidx) and np.isnan(np.asarray(uidx, dtype=float)).any():
@@ -150,7 +154,7 @@ def batch_cells(
     ucells, cid = cell_ids(loc.column("latitude").to_numpy(), loc.column("longitude").to_numpy(),
                            resolution)
     gkey, ginv, gcount = _small_groups(cid * 3 + cls, 3 * len(ucells))
-    _, blobs = grouped_union_arrow(loc.column("userday_hll"), ginv, len(gkey))
+    _, blobs = grouped_union_arrow(hlls, ginv, len(gkey))
     # distinct users per (cell, class): a user has one class; keys ``cell << b | user``
     b = max(1, int(len(ucls)).bit_length())
     user_mask = (1 << b) - 1
@@ -550,13 +554,14 @@ REGION_BATCH_SCHEMA = pa.schema([
 ])
 
 
-def batch_regions(user_guid: pa.Array, hlls: pa.Array, region_index: np.ndarray,
+def batch_regions(user_guid: pa.Array, hlls: pa.Array | ParsedColumn, region_index: np.ndarray,
                   names: np.ndarray, codes: np.ndarray, classes: pa.Table) -> pa.Table:
     """Per (region, class) of one batch and one region layer: union HLL, distinct users, rows.
 
     ``region_index`` of each row into ``names``/``codes`` (-1: in no region of the
     layer; such rows take no part). Every point in a region of the layer counts,
-    inside the study country or not. Sorted by region code, then class.
+    inside the study country or not. Sorted by region code, then class. ``hlls``
+    may be parsed already (``hll.parse_many``).
     """
     ridx = np.asarray(region_index, np.int64)
     rows = np.flatnonzero(ridx >= 0)
@@ -577,7 +582,8 @@ def batch_regions(user_guid: pa.Array, hlls: pa.Array, region_index: np.ndarray,
     first[rid[::-1]] = np.arange(len(rid))[::-1]
     rnames = pa.array(np.asarray(names, dtype=object)[ridx[rows][first]], pa.string())
     gkey, ginv, gcount = _small_groups(rid * 3 + ucls[uidx], 3 * len(ucodes))
-    _, blobs = grouped_union_arrow(pc.take(hlls, pa.array(rows)), ginv, len(gkey))
+    taken = hlls.take(rows) if isinstance(hlls, ParsedColumn) else pc.take(hlls, pa.array(rows))
+    _, blobs = grouped_union_arrow(taken, ginv, len(gkey))
     pair = _sorted_unique(rid * (len(ucls) + 1) + uidx)
     p_reg, p_user = pair // (len(ucls) + 1), pair % (len(ucls) + 1)
     users = np.bincount(np.searchsorted(gkey, p_reg * 3 + ucls[p_user]), minlength=len(gkey))
@@ -687,11 +693,12 @@ def batch_tables(result, spec: BatchLandscapeSpec, hll_params: int | None = None
             ["user_guid", "region_code"])
     classes = spec.classes(result.homes, log2m, explicit_max, region_homes)
     loc = result.locations
-    cells = batch_cells(loc, classes, spec.study_country_code, spec.resolution, spec.ring)
+    parsed = result.parsed_hll  # the reader's parse of the rows' HLLs (None: parse here)
+    cells = batch_cells(loc, classes, spec.study_country_code, spec.resolution, spec.ring, parsed)
     meta = f"{spec.resolution},{spec.ring},{spec.study_country_code}".encode()
     out = {"cells": cells.replace_schema_metadata({PARAMS_KEY: meta})}
     guid = loc.column("user_guid").combine_chunks()
-    hlls = loc.column("userday_hll").combine_chunks()
+    hlls = loc.column("userday_hll").combine_chunks() if parsed is None else parsed
     for text in spec.layers:
         name = text.split("=", 1)[0]
         located = result.layer_located[name]

@@ -107,6 +107,9 @@ class BatchRows:
     end: int = 0
     line_base: int = 0
     users: pa.Table | None = None  # USERS_SCHEMA: one row per user of the range
+    #: ``rows``' hll column as validated (``hll.parse_many``), for grouped unions without
+    #: a new parse; None when not kept
+    parsed_hll: hll.ParsedColumn | None = None
 
 
 # --------------------------------------------------------------------- helpers
@@ -444,7 +447,8 @@ def parse_bytes(
             ~hex_ok,
             "userday_hll is not bytea hex text (expected \\x followed by an even number of hex digits)",
         )
-    insp = hll.inspect_many(blobs)
+    parsed = hll.parse_many(blobs)
+    insp = parsed.inspect()
     bad_hll = ~np.asarray(insp.ok, dtype=bool) & hex_ok
     if bad_hll.any():
         why = np.full(m, None, dtype=object)
@@ -510,7 +514,8 @@ def parse_bytes(
         ],
         schema=REJECTS_SCHEMA,
     )
-    return BatchRows(rows, rejects, int(n_lines), offset, offset + len(data), users=users)
+    return BatchRows(rows, rejects, int(n_lines), offset, offset + len(data), users=users,
+                     parsed_hll=parsed if len(vidx) == m else parsed.take(vidx))
 
 
 def _read_good_lines(
