@@ -59,15 +59,26 @@ def small_input(tmp_path_factory):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _reset_dagster_defs_state_storage():
+def _reset_dagster_defs_state_storage() -> None:
     """Dagster 1.13 leaves a disposed instance's defs-state storage in a context
     variable after ``with instance:`` blocks (its ``__exit__`` never closes the
     stack that set it), so later ``materialize`` calls fail with "Attempted to
-    resolve undefined DagsterInstance weakref". Reset it after every test."""
-    yield
-    if "dagster" not in sys.modules:  # core tests run without importing Dagster at all
+    resolve undefined DagsterInstance weakref". Core tests never import Dagster."""
+    if "dagster" not in sys.modules:
         return
     from dagster._core.storage.defs_state.base import _current_storage
 
     _current_storage.set(None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Reset before each test's fixtures are set up: a module-scoped fixture's teardown
+    (after the previous module's last test) can leave the storage behind too."""
+    _reset_dagster_defs_state_storage()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem) -> None:
+    """And after each test, so that a test's own instance does not reach the next one."""
+    _reset_dagster_defs_state_storage()
