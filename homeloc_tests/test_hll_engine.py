@@ -316,6 +316,7 @@ def test_explicit_counts_exactly(xs, ys):
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
+@pytest.mark.slow
 def test_grouped_equals_scalar(data):
     params = data.draw(_params_st)
     blobs = [data.draw(_hll_st(params)) for _ in range(data.draw(st.integers(1, 8)))]
@@ -345,6 +346,7 @@ def _explicit_st(draw, params):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
+@pytest.mark.slow
 def test_grouped_many_groups_equals_scalar(data):
     """Many rows over many (sparse, possibly huge) group ids: every composition of a group vs the scalar union."""
     params = data.draw(_params_st)
@@ -396,6 +398,7 @@ def test_grouped_small_chunks_and_wide_scratch_equal_scalar(monkeypatch, data):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
+@pytest.mark.slow
 def test_parsed_take_equals_parsing_the_taken_bytes(data):
     """``parse_many(...).take(rows)`` (any order, repeats) gives the same verdicts, unions and
     estimates as parsing the bytes of those rows: two params sets, nulls, invalid rows."""

@@ -22,6 +22,7 @@ def _gz(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_register_decompresses_once_and_reuses(tmp_path, small_input):
     gz = _gz(small_input, tmp_path / "in.csv.gz")
     cat = Catalog(tmp_path / "storage")

@@ -215,6 +215,7 @@ def test_pooled_estimates_equal_the_ring_bytes_parsed_again(run):
                               np.nan_to_num(ref, nan=0.0))
 
 
+@pytest.mark.slow
 def test_exports_and_figures(run):
     settings, _, res = run
     out = settings.storage_path.parent
@@ -306,6 +307,7 @@ def _all_rows(settings) -> pd.DataFrame:
     return locs.reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_layer_unions_equal_postgresql(layer_run, regions_file, pg_conn):
     """Per layer and (region, class): the union's bytes, estimate and distinct users are
     PostgreSQL's hll_union_agg / hll_cardinality / count(DISTINCT) over the same rows."""
@@ -353,6 +355,7 @@ def test_layer_unions_equal_postgresql(layer_run, regions_file, pg_conn):
                 dict(zip(regions.ID_X.str[1:], regions.NAME_X.str[2:], strict=True)))).all()
 
 
+@pytest.mark.slow
 def test_layer_unions_do_not_depend_on_batch_size(layer_run, data, regions_file):
     settings, _, _ = layer_run
     root, csv = data
@@ -364,6 +367,7 @@ def test_layer_unions_do_not_depend_on_batch_size(layer_run, data, regions_file)
         pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow
 def test_worker_tables_equal_the_ones_computed_from_the_files(layer_run):
     """The batch workers' tables (from the rows in memory) and the ones landscape_batch_cells
     computes from the batch files when they are missing: the same bytes."""
@@ -392,6 +396,7 @@ def test_worker_tables_equal_the_ones_computed_from_the_files(layer_run):
         assert (tdir / a / f"{k}.parquet").read_bytes() == raw, (a, k)
 
 
+@pytest.mark.slow
 def test_worker_tables_are_not_used_under_other_settings(run):
     """A classification made with another rule than the batch workers saw: the cached tables
     do not fit (their tag differs) and the cells are computed from the files."""
@@ -410,6 +415,7 @@ def test_worker_tables_are_not_used_under_other_settings(run):
 
 
 # ------------------------------------------------------------------------------ automation
+@pytest.mark.slow
 def test_landscape_batches_follow_the_batches_and_the_classification_eagerly(data):
     """The landscape's per-batch assets are automated like the classification downstream of the
     batches (``AutomationCondition.eager()``, evaluated by ``homeloc_automation``): requested for
@@ -498,6 +504,7 @@ def test_a_batch_computed_again_without_the_landscape_drops_its_old_tables(run):
         assert (tdir / "landscape_batch_cells" / f"{k}.parquet").read_bytes() == before[k], k
 
 
+@pytest.mark.slow
 def test_worker_tables_with_a_study_region_equal_the_computed_ones(data):
     """With a study region the classes are nested (Domestic and International tourists count as
     Tourists): the workers take the region homes from memory, the fallback from the files."""

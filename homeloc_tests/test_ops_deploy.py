@@ -181,6 +181,7 @@ def _dg() -> Path | None:
 
 
 @pytest.mark.skipif(_dg() is None, reason="dagster-dg-cli is not installed")
+@pytest.mark.slow
 def test_dg_check_and_list_defs_load_the_project(tmp_path):
     """``dg check defs`` / ``dg list defs`` find the project through pyproject's ``[tool.dg]``
     and load the same definitions as ``workspace.yaml`` (which stays for ``dagster dev``)."""

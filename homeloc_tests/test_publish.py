@@ -84,6 +84,7 @@ def test_a_folder_of_the_old_layout_is_taken_over(tmp_path):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_a_reader_never_sees_two_sets_mixed(tmp_path):
     """Publisher and reader race; every read of the resolved set is one set."""
     out = tmp_path / "out"

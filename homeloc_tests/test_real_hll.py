@@ -64,11 +64,13 @@ def _float(text: str) -> float:
     return math.nan if text == "NULL" else float(text)
 
 
+@pytest.mark.slow
 def test_values_cover_the_real_shapes(values):
     assert len(values) > 60_000
     assert (values.hll.str.startswith("\\x138b40")).sum() >= 100  # the seed author's hlldb values
 
 
+@pytest.mark.slow
 def test_scalar_engine_accepts_what_postgresql_accepts_with_equal_cardinality(values, pg_answers):
     """Every real and regression value; every 10th generated one (the vectorised test takes all)."""
     pick = np.flatnonzero(~values.source.str.startswith("ak_").to_numpy()
@@ -100,6 +102,7 @@ def _fromhex(text: str) -> bytes | None:
         return None
 
 
+@pytest.mark.slow
 def test_vectorised_engine_accepts_the_same_and_counts_the_same(values, pg_answers):
     # 268 MB of hex text: decoded by Python's C fromhex here (the CSV reader's own
     # vectorised decoder is tested on real exports elsewhere)

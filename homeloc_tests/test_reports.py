@@ -46,6 +46,7 @@ def _png_width(png: bytes) -> int:
     return int.from_bytes(png[16:20], "big")
 
 
+@pytest.mark.slow
 def test_reports_on_a_local_instance_serve_the_figure_to_the_ui(pipeline, tmp_path):
     """With the instance's local compute-log folder the figure is a short Markdown image.
 
@@ -302,6 +303,7 @@ def layered(tmp_path_factory):
     return settings, defs, instance, keys
 
 
+@pytest.mark.slow
 def test_each_layer_gets_a_map_of_the_locals_home_regions(layered):
     settings, defs, instance, keys = layered
     names = ["local_home_regions_cells", "local_home_regions_halves"]

@@ -68,6 +68,7 @@ def test_help_describes_the_commands():
     assert "study country" in run and "Exit codes" in run
 
 
+@pytest.mark.slow
 def test_a_header_error_names_the_file_once_without_python_lists(tmp_path):
     src = tmp_path / "bad.csv"
     src.write_text("user_guid,lat,lon,hll\n")
@@ -78,6 +79,7 @@ def test_a_header_error_names_the_file_once_without_python_lists(tmp_path):
     assert "missing column(s) latitude, longitude, userday_hll" in line
 
 
+@pytest.mark.slow
 def test_an_unknown_study_country_stops_before_planning(small_input, tmp_path):
     res = homeloc("run", "--input", str(small_input), "--out", str(tmp_path / "out"),
                   "--study-country", "Germani", check=False)
