@@ -32,7 +32,6 @@ import h3ronpy.vector as h3v
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.stats import binom, false_discovery_control
 
 from homeloc_assets.hll import ParsedColumn, grouped_cardinality, grouped_union_arrow
 from homeloc_assets.hll._hex import arrow_buffers, not_null_mask
@@ -331,6 +330,8 @@ def binom_two_sided(k: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
     The same algorithm as scipy's (likelihood ordering with relative tolerance
     1e-7, binary search for the other tail), run on all cells at once.
     """
+    from scipy.stats import binom  # here: importing scipy.stats costs about 1 s per process
+
     k = np.asarray(k, np.int64)
     n = np.asarray(n, np.int64)
     pv = np.ones(len(k))
@@ -448,6 +449,8 @@ def landscape_table(combined: pa.Table, params: LandscapeParams) -> tuple[pa.Tab
     p = np.full(nc, np.nan)
     q = np.full(nc, np.nan)
     if tested.any():
+        from scipy.stats import false_discovery_control
+
         p[tested] = binom_two_sided(k[tested], n[tested], overall)
         q[tested] = false_discovery_control(p[tested], method="by")
     diff = share - overall
