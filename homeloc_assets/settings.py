@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 
+from homeloc_assets.backends import BACKENDS
 from homeloc_assets.layout import Layout, OutputLayout
 
 #: where each setting goes: ``run`` the ``HomelocConfig`` resource, ``backend`` the
@@ -76,7 +77,7 @@ class Settings:
     storage_dir: str = setting("", "HOMELOC_STORAGE_DIR", "partition files, batch plans, caches",
                                shown="<output>/.homeloc")
     backend: str = setting("embedded", "HOMELOC_HLL_BACKEND", "HLL engine", flag="--backend",
-                           group="backend", choices=("embedded", "postgres"))
+                           group="backend", choices=tuple(BACKENDS))
     pg_dsn: str = setting("", "HOMELOC_PG_DSN", "libpq DSN or URL, best without password",
                           group="backend")
     pg_host: str = setting("127.0.0.1", "HOMELOC_PG_HOST", "PostgreSQL host", group="backend")
@@ -202,10 +203,9 @@ class Settings:
 
     def validated(self) -> Settings:
         """Check ranges; raise ValueError with the setting's name."""
-        if self.backend not in ("embedded", "postgres"):
-            raise ValueError(
-                f"HOMELOC_HLL_BACKEND={self.backend!r}: choose 'embedded' or 'postgres'"
-            )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"HOMELOC_HLL_BACKEND={self.backend!r}: choose "
+                             + " or ".join(repr(b) for b in BACKENDS))
         if self.batch_users < 1:
             raise ValueError(f"HOMELOC_BATCH_USERS={self.batch_users}: must be at least 1")
         if self.min_userdays < 0:

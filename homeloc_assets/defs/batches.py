@@ -14,6 +14,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
+from homeloc_assets.backends import uses_postgres
 from homeloc_assets.batch_runner import (
     WorkerSetup,
     batch_assets,
@@ -220,7 +221,7 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
         country_codes=countries["country_code"].to_numpy(dtype=object),
         lookup_pickle=pickle.dumps(lookup),
         backend=hll_backend.backend,
-        pg=hll_backend.pg_settings if hll_backend.backend == "postgres" else None,
+        pg=hll_backend.pg_settings if uses_postgres(hll_backend.backend) else None,
         storage_dir=str(layout.root),
         layers_pickle=pickle.dumps(tuple(load_layer(spec, layout.lookup) for spec in layers)),
         layer_names=layer_names,

@@ -13,7 +13,7 @@ import os
 import dagster as dg
 from pydantic import Field
 
-from homeloc_assets.backends import HllBackend, PostgresSettings, make_backend
+from homeloc_assets.backends import HllBackend, PostgresSettings, make_backend, uses_postgres
 from homeloc_assets.catalog import Catalog
 from homeloc_assets.layout import Layout
 from homeloc_assets.settings import PASSWORD_ENV, Settings, option
@@ -129,7 +129,7 @@ class HllBackendResource(dg.ConfigurableResource):
 
     def make(self) -> HllBackend:
         """A fresh backend object."""
-        return make_backend(self.backend, self.pg_settings if self.backend == "postgres" else None)
+        return make_backend(self.backend, self.pg_settings if uses_postgres(self.backend) else None)
 
     @classmethod
     def from_settings(cls, s: Settings, env_vars: bool = False,
