@@ -281,6 +281,7 @@ def test_a_worker_that_cannot_see_the_shared_folder_is_named(cluster, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_a_worker_killed_mid_batch_changes_nothing(cluster, case, tmp_path):
     """kill -9 the worker that holds a batch's lease once a first batch is finished:
     the scheduler reruns that batch on the other worker, which takes the lease

@@ -208,6 +208,7 @@ def test_explain_reports_every_layer_as_the_run_does(layered_run, countries):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_cli_prints_each_layer(layered_run, capsys):
     csv, out, layers = layered_run
     guid = _users_with_countries(out, 1)[0]
@@ -278,6 +279,7 @@ def gpd_points(lon, lat, crs) -> np.ndarray:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_cli_min_share_makes_the_user_undetermined_with_the_rules_reason(run_out, capsys):
     csv, out = run_out
     homes = pq.read_table(out / "user_home_locations.parquet")

@@ -216,6 +216,7 @@ def test_pooled_estimates_equal_the_ring_bytes_parsed_again(run):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_exports_and_figures(run):
     settings, _, res = run
     out = settings.storage_path.parent
@@ -356,6 +357,7 @@ def test_layer_unions_equal_postgresql(layer_run, regions_file, pg_conn):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_layer_unions_do_not_depend_on_batch_size(layer_run, data, regions_file):
     settings, _, _ = layer_run
     root, csv = data
@@ -416,6 +418,7 @@ def test_worker_tables_are_not_used_under_other_settings(run):
 
 # ------------------------------------------------------------------------------ automation
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_landscape_batches_follow_the_batches_and_the_classification_eagerly(data):
     """The landscape's per-batch assets are automated like the classification downstream of the
     batches (``AutomationCondition.eager()``, evaluated by ``homeloc_automation``): requested for

@@ -30,6 +30,7 @@ def truth(path: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_a_batch_needs_no_dagster(small_input, world):
     countries, lookup = world
     plan = plan_batches(small_input, 1000)
@@ -47,6 +48,7 @@ def test_a_batch_needs_no_dagster(small_input, world):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_materialize_one_partition_with_dagster(small_input, tmp_path):
     settings = Settings(output_dir=str(tmp_path / "out"), batch_users=1000, workers=1)
     defs = build_definitions(settings)
@@ -127,6 +129,7 @@ def test_results_do_not_depend_on_batch_size_or_workers(small_input, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_study_country_by_code_and_min_userdays(small_input, tmp_path):
     out = tmp_path / "out"
     homeloc("run", "--input", str(small_input), "--out", str(out), "--study-country", "fra",
@@ -150,6 +153,7 @@ def test_study_country_by_code_and_min_userdays(small_input, tmp_path):
     ],
 )
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_structural_damage_stops_before_any_export(tmp_path, content, words):
     src = tmp_path / "bad.csv"
     src.write_bytes(content)
@@ -167,6 +171,7 @@ def test_missing_input_file_is_a_usage_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_unsorted_file_fails_with_the_line_and_no_exports(small_input, tmp_path):
     lines = small_input.read_bytes().splitlines(keepends=True)
     body = lines[1:]
@@ -226,6 +231,7 @@ def test_userdays_equal_postgresql_hll_union_agg(pg_conn, small_input, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_a_user_in_two_input_files_fails_the_no_user_twice_check(tmp_path):
     from homeloc_assets import hll
 

@@ -129,6 +129,7 @@ def _published(out: Path) -> tuple[str | None, dict[str, bytes]]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_a_failing_figure_step_publishes_nothing_new(small_input, tmp_path, monkeypatch, capsys):
     from homeloc_assets import cli, plots
 
@@ -192,6 +193,7 @@ def test_kill_9_after_the_new_exports_leaves_one_complete_set(small_input, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_with_a_persistent_dagster_home_each_run_describes_its_own_input(tmp_path):
     from homeloc_assets.synth import generate
 
@@ -222,6 +224,7 @@ def test_with_a_persistent_dagster_home_each_run_describes_its_own_input(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_dataset_keys_refuse_part_of_an_input(small_input, tmp_path):
     from homeloc_assets.catalog import Catalog
 
@@ -238,6 +241,7 @@ def test_dataset_keys_refuse_part_of_an_input(small_input, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_on_the_platform_an_incomplete_set_waits_and_keeps_the_previous_one(small_input, tmp_path):
     """The automation may run homeloc_published before the landscape: it publishes nothing."""
     import dagster as dg

@@ -158,6 +158,7 @@ def test_classification_bar_draws_all_classes():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_homeloc_run_draws_the_figures(small_input, tmp_path):
     import os
     import subprocess
@@ -304,6 +305,7 @@ def layered(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_each_layer_gets_a_map_of_the_locals_home_regions(layered):
     settings, defs, instance, keys = layered
     names = ["local_home_regions_cells", "local_home_regions_halves"]

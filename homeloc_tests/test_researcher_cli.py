@@ -69,6 +69,7 @@ def test_help_describes_the_commands():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_a_header_error_names_the_file_once_without_python_lists(tmp_path):
     src = tmp_path / "bad.csv"
     src.write_text("user_guid,lat,lon,hll\n")
@@ -80,6 +81,7 @@ def test_a_header_error_names_the_file_once_without_python_lists(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_an_unknown_study_country_stops_before_planning(small_input, tmp_path):
     res = homeloc("run", "--input", str(small_input), "--out", str(tmp_path / "out"),
                   "--study-country", "Germani", check=False)

@@ -178,6 +178,7 @@ def _holder(storage: Path, key: str, seconds: float) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_batch_lock_is_taken_in_turn_and_freed_by_kill_9(tmp_path):
     from homeloc_assets.batch_runner import batch_lock
     from homeloc_assets.layout import Layout

@@ -11,12 +11,15 @@ planned; a file that changed is planned anew with the sensor's size.
 from __future__ import annotations
 
 import dagster as dg
+import pytest
 
 from homeloc_assets.catalog import Catalog
 from homeloc_assets.defs import sensors
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.inputs.folder import watching_message
 from homeloc_tests.helpers import write_csv
+
+pytestmark = pytest.mark.heavy  # CI time: make test must stay under 15 minutes
 
 
 def _tick(instance, cfg, cursor):

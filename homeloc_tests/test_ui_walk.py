@@ -52,7 +52,7 @@ from homeloc_tests.test_ui_browser import (
     wait_for_server,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.heavy]  # CI time (3-4 min)
 
 USERS, BATCH_USERS = 3000, 1500
 #: the figure assets and the alt text of their picture
