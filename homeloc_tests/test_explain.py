@@ -56,6 +56,7 @@ def _users_with_countries(out: Path, n: int) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_explain_matches_run_exports(run_out, countries):
     csv, out = run_out
     cu = pq.read_table(out / "user_country_userdays.parquet")
@@ -84,6 +85,7 @@ def test_explain_matches_run_exports(run_out, countries):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_cli_prints_table_and_draws_map(run_out, tmp_path, capsys):
     csv, out = run_out
     guid = _users_with_countries(out, 1)[0]
@@ -100,6 +102,7 @@ def test_cli_prints_table_and_draws_map(run_out, tmp_path, capsys):
 
 @pytest.mark.parametrize("guid", ["not-a-user", "0" * 32, "f" * 32, "7"])
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_unknown_user_exits_2(run_out, guid, capsys):
     csv, _ = run_out
     rc = main(["explain", guid, "--input", str(csv)])
@@ -123,6 +126,7 @@ def _bytes_read() -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_explain_seeks_instead_of_reading_the_file(run_out, countries):
     csv, out = run_out
     guids = _users_with_countries(out, 3)

@@ -370,6 +370,7 @@ def test_layer_unions_do_not_depend_on_batch_size(layer_run, data, regions_file)
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_worker_tables_equal_the_ones_computed_from_the_files(layer_run):
     """The batch workers' tables (from the rows in memory) and the ones landscape_batch_cells
     computes from the batch files when they are missing: the same bytes."""
@@ -399,6 +400,7 @@ def test_worker_tables_equal_the_ones_computed_from_the_files(layer_run):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_worker_tables_are_not_used_under_other_settings(run):
     """A classification made with another rule than the batch workers saw: the cached tables
     do not fit (their tag differs) and the cells are computed from the files."""

@@ -85,6 +85,7 @@ def test_a_folder_of_the_old_layout_is_taken_over(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_a_reader_never_sees_two_sets_mixed(tmp_path):
     """Publisher and reader race; every read of the resolved set is one set."""
     out = tmp_path / "out"

@@ -47,6 +47,7 @@ def _png_width(png: bytes) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_reports_on_a_local_instance_serve_the_figure_to_the_ui(pipeline, tmp_path):
     """With the instance's local compute-log folder the figure is a short Markdown image.
 
@@ -86,6 +87,7 @@ def test_report_assets_are_wired():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_reports_materialise_with_figures_and_previews(pipeline):
     """Without a local compute-log folder (an ephemeral instance) the figure is a data-URI image."""
     settings, defs, instance = pipeline
@@ -134,6 +136,7 @@ def test_reports_materialise_with_figures_and_previews(pipeline):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_home_counts_sums_to_users(pipeline):
     settings, _, _ = pipeline
     path = settings.storage_path / "assets" / "user_classification.parquet"

@@ -92,6 +92,7 @@ def test_an_unknown_study_country_stops_before_planning(small_input, tmp_path):
     assert not (tmp_path / "out" / ".homeloc" / "plans").exists()
 
 
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_ui_serves_the_instance_homeloc_run_uses_and_says_what_it_watches(tmp_path, monkeypatch):
     from homeloc_assets import cli
 

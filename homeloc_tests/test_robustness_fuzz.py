@@ -108,6 +108,7 @@ def check_file(path) -> None:
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(_line_ops, max_size=6), st.lists(_byte_ops, max_size=6))
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_fuzz_mutated_real_file_through_plan_and_read_batch(real_lines, tmp_path, line_ops, byte_ops):
     p = tmp_path / "m.csv"
     p.write_bytes(mutate(real_lines, line_ops, byte_ops))
@@ -118,6 +119,7 @@ def test_fuzz_mutated_real_file_through_plan_and_read_batch(real_lines, tmp_path
     pytest.param(k, marks=pytest.mark.heavy)  # the same code path; make test-all runs them
     for k in ("empty_guid", "one_field", "bad_utf8", "stray_cr", "spaces"))])
 @pytest.mark.slow
+@pytest.mark.heavy  # CI time: make test must stay under 15 minutes on this machine
 def test_a_damaged_line_at_any_boundary_is_only_a_reject(real_lines, tmp_path, kind):
     """Regression: a damaged line where planning looks for a boundary used to fail the file."""
     damaged = {
