@@ -30,7 +30,7 @@ from homeloc_tests.helpers import (
 )
 from homeloc_tests.helpers import batch_stats_mtimes as _stats
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.heavy]  # CI time (about 50 s here)
 
 BATCH_USERS = "60"
 PG_ENV = {"HOMELOC_PG_HOST": "127.0.0.1", "HOMELOC_PG_PORT": "5432", "HOMELOC_PG_DB": "test",
