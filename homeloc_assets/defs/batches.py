@@ -14,7 +14,6 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from homeloc_assets.backends import uses_postgres
 from homeloc_assets.batch_runner import (
     WorkerSetup,
     batch_assets,
@@ -204,7 +203,8 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
     keys = list(context.partition_keys)
     catalog = homeloc.catalog
     refs = [catalog.batch(k) for k in keys]
-    layout = homeloc.settings.layout
+    settings = homeloc.settings
+    layout = settings.layout
     layer_names = tuple(spec.name for spec in layers)
     assets = batch_assets(layer_names)
     todo = [
@@ -221,12 +221,12 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
         country_codes=countries["country_code"].to_numpy(dtype=object),
         lookup_pickle=pickle.dumps(lookup),
         backend=hll_backend.backend,
-        pg=hll_backend.pg_settings if uses_postgres(hll_backend.backend) else None,
+        pg=hll_backend.backend_pg,
         storage_dir=str(layout.root),
         layers_pickle=pickle.dumps(tuple(load_layer(spec, layout.lookup) for spec in layers)),
         layer_names=layer_names,
         landscape=batch_landscape_spec(homeloc, countries, layers),
-        lease_timeout=homeloc.settings.lease_timeout,
+        lease_timeout=settings.lease_timeout,
     )
     done = {"n": 0}
 
@@ -238,7 +238,6 @@ def _run_batch_step(context, config, homeloc, hll_backend, countries, layers):
             f"{s['rows']} rows, {s['rejected']} rejected"
         )
 
-    settings = homeloc.settings
     if settings.dask_scheduler:
         context.log.info(f"batches on the Dask cluster {settings.dask_scheduler}")
     run_batches(todo, setup, settings.n_workers, on_done=progress,

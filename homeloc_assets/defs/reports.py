@@ -95,14 +95,18 @@ INLINE_MARKDOWN_LIMIT = 1000
 UI_WIDTH_PX = 870
 
 
+#: highest resolution of a figure's UI copy
+UI_MAX_DPI = 100.0
+
+
 def ui_dpi(fig) -> float:
-    """Resolution of a figure's UI copy: :data:`UI_WIDTH_PX` wide, at most 100 dpi."""
-    return min(100.0, UI_WIDTH_PX / float(fig.get_size_inches()[0]))
+    """Resolution of a figure's UI copy: :data:`UI_WIDTH_PX` wide, at most :data:`UI_MAX_DPI`."""
+    return min(UI_MAX_DPI, UI_WIDTH_PX / float(fig.get_size_inches()[0]))
 
 
 def ui_png(png_file: str | Path) -> bytes:
     """The UI copy of a saved figure: the :func:`ui_dpi` size, scaled from its PNG file."""
-    return plots.scaled_png(png_file, UI_WIDTH_PX, max_scale=100.0 / plots.SAVE_DPI)
+    return plots.scaled_png(png_file, UI_WIDTH_PX, max_scale=UI_MAX_DPI / plots.SAVE_DPI)
 
 
 def _local_log_manager(instance):

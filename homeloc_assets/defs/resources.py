@@ -127,9 +127,14 @@ class HllBackendResource(dg.ConfigurableResource):
             retries=self.pg_retries,
         )
 
+    @property
+    def backend_pg(self) -> PostgresSettings | None:
+        """:attr:`pg_settings` when the backend connects to PostgreSQL, else None."""
+        return self.pg_settings if uses_postgres(self.backend) else None
+
     def make(self) -> HllBackend:
         """A fresh backend object."""
-        return make_backend(self.backend, self.pg_settings if uses_postgres(self.backend) else None)
+        return make_backend(self.backend, self.backend_pg)
 
     @classmethod
     def from_settings(cls, s: Settings, env_vars: bool = False,

@@ -48,11 +48,11 @@ from ._inspect import (
     Floats,
     Ints,
     Mask,
-    _parse,
     _Parsed,
     _ranges,
     _unpack_full,
     params_of_code,
+    parse_many,
 )
 from ._ops import POW2_NEG, estimate_from_sums, gamma_m2, rho_and_index
 
@@ -204,7 +204,7 @@ def _explicit_thresholds(group_code: Ints, codes: list[int]) -> Ints:
 def _grouped(
     blobs: object, groups: object, n_groups: int | None, want_bytes: bool
 ) -> tuple[Floats, UnionOut]:
-    p = blobs if isinstance(blobs, _Parsed) else _parse(blobs)
+    p = parse_many(blobs)
     g, n_groups = _group_ids(groups, p.n, n_groups)
     bad = np.flatnonzero(p.valid & ~p.ok)
     if len(bad):
