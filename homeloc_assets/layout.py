@@ -9,11 +9,15 @@ Storage folder (``HOMELOC_STORAGE_DIR``, default ``<output>/.homeloc``), :class:
     batch_stats/<key>.users.parquet       a batch's users (hashes, first offsets)
     batch_stats/.locks/<key>.lease        the lease of the worker working on a batch
     batch_stats/landscape/<key>.<kind>.<tag>.parquet   landscape tables the workers left
-    lookup/                               country grid and region layer caches
+    lookup/                               country grid and region layer caches (without a
+                                          shared cache folder)
     plans/<plan_id>.json                  the batch plans (``catalog``)
     inputs/                               decompressed copies of gzip inputs
     dataset.json                          the plans the next classification covers
     dagster_home/                         the instance ``homeloc run`` and ``homeloc ui`` share
+
+Shared cache folder (``HOMELOC_CACHE_DIR``, default ``$XDG_CACHE_HOME/homeloc``), content-addressed
+and shared by output folders: ``lookup/`` (the grid lookups) and ``figures/`` (``figure_cache``).
 
 Output folder (``HOMELOC_OUTPUT_DIR``), :class:`OutputLayout`: ``generations/<generation>/``
 (every file of one classification), ``current`` (the published one), one link per
@@ -79,9 +83,13 @@ class Layout:
     """The storage folder ``root``: every file and folder under it is named here."""
 
     root: Path
+    #: the shared, content-addressed cache folder (None: caches stay in ``root``)
+    shared: Path | None = None
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str],
+                 shared: str | os.PathLike[str] | None = None) -> None:
         object.__setattr__(self, "root", Path(root))
+        object.__setattr__(self, "shared", Path(shared) if shared else None)
 
     # ------------------------------------------------------------------ asset tables
     @property
@@ -147,8 +155,13 @@ class Layout:
     # ------------------------------------------------------------------ the rest
     @property
     def lookup(self) -> Path:
-        """Caches of the country grid lookup and of the region layers."""
-        return self.root / "lookup"
+        """Caches of the country grid lookup and of the region layers (content-addressed)."""
+        return (self.shared or self.root) / "lookup"
+
+    @property
+    def figure_cache(self) -> Path | None:
+        """The figures drawn before, by content (``figure_cache``); None without a shared folder."""
+        return self.shared / "figures" if self.shared else None
 
     def country_lookup_file(self, digest: str) -> Path:
         """The country grid lookup of the geometries with hash ``digest``."""

@@ -67,8 +67,10 @@ def run_sensitivity(
     explicit_max: int = 160,
     name: str = "sensitivity",
     figure: bool = True,
+    figure_cache: str | Path | None = None,
 ) -> SensitivityResult:
-    """Sweep ``grid`` (keys ``min_userdays``/``min_share``/``min_margin``) and write CSV + PNG."""
+    """Sweep ``grid`` (keys ``min_userdays``/``min_share``/``min_margin``) and write CSV + PNG
+    (copied from ``figure_cache`` when the same table was drawn before)."""
     rules = rule_grid(chosen, **(grid or {}))
     if chosen not in rules:
         rules.append(chosen)
@@ -87,9 +89,11 @@ def run_sensitivity(
         with atomic_path(csv_path) as tmp:
             pacsv.write_csv(table, tmp)
         if figure:
-            from homeloc_assets.plots import save_figure
+            from homeloc_assets.figure_cache import cached_figure_files
 
-            fig_path = save_figure(sensitivity_figure(table, chosen), figures, name)["png"]
+            paths, _ = cached_figure_files(sensitivity_figure, (table, chosen), name=name,
+                                           out_dir=figures, cache_dir=figure_cache)
+            fig_path = paths["png"]
     return SensitivityResult(table, csv_path, fig_path)
 
 

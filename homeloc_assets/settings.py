@@ -49,6 +49,7 @@ OTHER_ENV = {
     "HOMELOC_PG_PASSWORD": "PostgreSQL password, read only at connect time",
     "PGPASSWORD": "libpq's own password variable (kept out of messages like HOMELOC_PG_PASSWORD)",
     "DAGSTER_HOME": "the Dagster instance (homeloc run --dagster-home)",
+    "XDG_CACHE_HOME": "where the shared cache goes when HOMELOC_CACHE_DIR is unset",
 }
 
 PASSWORD_ENV = "HOMELOC_PG_PASSWORD"
@@ -76,6 +77,10 @@ class Settings:
                              metavar="FOLDER")
     storage_dir: str = setting("", "HOMELOC_STORAGE_DIR", "partition files, batch plans, caches",
                                shown="<output>/.homeloc")
+    cache_dir: str = setting(
+        "", "HOMELOC_CACHE_DIR",
+        "content-addressed caches shared by output folders (country grid lookup, figures)",
+        flag="--cache-dir", metavar="FOLDER", shown="$XDG_CACHE_HOME/homeloc")
     backend: str = setting("embedded", "HOMELOC_HLL_BACKEND", "HLL engine", flag="--backend",
                            group="backend", choices=tuple(BACKENDS))
     pg_dsn: str = setting("", "HOMELOC_PG_DSN", "libpq DSN or URL, best without password",
@@ -284,9 +289,18 @@ class Settings:
         return Path(self.storage_dir) if self.storage_dir else Path(self.output_dir) / ".homeloc"
 
     @property
+    def cache_path(self) -> Path:
+        """The shared cache folder: ``HOMELOC_CACHE_DIR``, else ``$XDG_CACHE_HOME/homeloc``
+        (``~/.cache/homeloc`` when that is unset)."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "homeloc"
+
+    @property
     def layout(self) -> Layout:
         """Every file and folder of the storage folder (:class:`homeloc_assets.layout.Layout`)."""
-        return Layout(self.storage_path)
+        return Layout(self.storage_path, self.cache_path)
 
     @property
     def output_layout(self) -> OutputLayout:

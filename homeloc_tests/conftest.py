@@ -82,3 +82,25 @@ def pytest_runtest_setup(item) -> None:
 def pytest_runtest_teardown(item, nextitem) -> None:
     """And after each test, so that a test's own instance does not reach the next one."""
     _reset_dagster_defs_state_storage()
+
+
+def pytest_configure(config) -> None:
+    """One shared cache folder (``HOMELOC_CACHE_DIR``) per test session, never the user's
+    ``~/.cache/homeloc``: the tests' runs share what the lookups and figures cached, as the
+    output folders of one user do."""
+    import tempfile
+
+    if not os.environ.get("HOMELOC_CACHE_DIR"):
+        root = tempfile.mkdtemp(prefix="homeloc-test-cache-")
+        os.environ["HOMELOC_CACHE_DIR"] = os.path.join(root, "homeloc")
+        os.environ["XDG_CACHE_HOME"] = root
+        config._homeloc_cache_root = root
+
+
+def pytest_unconfigure(config) -> None:
+    """Remove the session's cache folder (made by :func:`pytest_configure`)."""
+    import shutil
+
+    root = getattr(config, "_homeloc_cache_root", None)
+    if root:
+        shutil.rmtree(root, ignore_errors=True)

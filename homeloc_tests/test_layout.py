@@ -57,9 +57,16 @@ def test_output_paths(tmp_path):
         tmp_path / "analysis", tmp_path / "stopped_run" / "rejected_rows.csv")
 
 
-def test_settings_derive_their_paths_from_the_layout(tmp_path):
+def test_settings_derive_their_paths_from_the_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     s = Settings(output_dir=str(tmp_path / "out"))
-    assert s.layout == Layout(tmp_path / "out" / ".homeloc")
+    assert s.layout == Layout(tmp_path / "out" / ".homeloc", tmp_path / "xdg" / "homeloc")
+    assert s.layout.lookup == tmp_path / "xdg" / "homeloc" / "lookup"
+    assert s.layout.figure_cache == tmp_path / "xdg" / "homeloc" / "figures"
+    own = Settings(cache_dir=str(tmp_path / "c")).layout
+    assert (own.lookup, own.figure_cache) == (tmp_path / "c" / "lookup", tmp_path / "c" / "figures")
+    # without a shared folder (the batch workers' view) the caches stay in the storage folder
+    assert Layout(tmp_path).lookup == tmp_path / "lookup" and Layout(tmp_path).figure_cache is None
     assert s.tables_path == s.layout.assets and s.stats_path == s.layout.batch_stats
     assert s.output_layout == OutputLayout(tmp_path / "out")
     assert Settings(storage_dir=str(tmp_path / "st")).layout.root == tmp_path / "st"

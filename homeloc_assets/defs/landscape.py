@@ -298,11 +298,22 @@ _MAP = {
 }
 
 
-def _cells(homeloc: HomelocConfig) -> pa.Table:
+#: the columns of ``landscape_cells`` the maps draw (the figure cache digests only these)
+MAP_COLUMNS = ("cell", "category", "tourist_share", "overall_share")
+
+
+def _map_columns(homeloc: HomelocConfig) -> pa.Table:
+    """The cells' :data:`MAP_COLUMNS` (not their HLLs)."""
     path = homeloc.layout.table(LANDSCAPE_CELLS)
     if not path.exists():
         raise dg.Failure(f"landscape_cells is not materialized yet ({path})")
-    return pq.read_table(path)
+    return pq.read_table(path, columns=list(MAP_COLUMNS))
+
+
+def _landscape_map(cells: pa.Table, countries: gpd.GeoDataFrame, code: str, column: str,
+                   title: str):
+    """The landscape map of ``cells`` (drawn only when the figure cache has no copy)."""
+    return plots.landscape_map(landscape_frame(cells), countries, code, column, title)
 
 
 @dg.asset(**_MAP, description=(
@@ -312,10 +323,10 @@ def landscape_category_map(context: dg.AssetExecutionContext, homeloc: HomelocCo
                            countries: gpd.GeoDataFrame) -> dg.MaterializeResult:
     """Cells by category."""
     info = read_run_info(classification_path(homeloc))
-    t = _cells(homeloc)
-    fig = plots.landscape_map(landscape_frame(t), countries, info.study_country_code,
-                              "category", f"Locals and Tourists in {info.study_country}")
-    return _publish(context, homeloc, fig, "landscape_category_map", "Landscape categories")
+    return _publish(context, homeloc, _landscape_map,
+                    (_map_columns(homeloc), countries, info.study_country_code, "category",
+                     f"Locals and Tourists in {info.study_country}"),
+                    "landscape_category_map", "Landscape categories")
 
 
 @dg.asset(**_MAP, description=(
@@ -325,10 +336,10 @@ def landscape_share_map(context: dg.AssetExecutionContext, homeloc: HomelocConfi
                         countries: gpd.GeoDataFrame) -> dg.MaterializeResult:
     """Cells by tourist share."""
     info = read_run_info(classification_path(homeloc))
-    t = _cells(homeloc)
-    fig = plots.landscape_map(landscape_frame(t), countries, info.study_country_code,
-                              "tourist_share", f"Tourist share of userdays in {info.study_country}")
-    return _publish(context, homeloc, fig, "landscape_share_map", "Tourist share")
+    return _publish(context, homeloc, _landscape_map,
+                    (_map_columns(homeloc), countries, info.study_country_code, "tourist_share",
+                     f"Tourist share of userdays in {info.study_country}"),
+                    "landscape_share_map", "Tourist share")
 
 
 def make_layer_landscape(spec: LayerSpec) -> dg.AssetsDefinition:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from homeloc_assets import plots
 from homeloc_assets.defs.classification import classification_path, publication_dir
 from homeloc_assets.defs.resources import HomelocConfig
+from homeloc_assets.figure_cache import cached_figure_files
 from homeloc_assets.inference import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
 from homeloc_assets.inference.rules import CLASS_DOMESTIC, CLASS_INTERNATIONAL
 from homeloc_assets.layout import FIGURES_DIR
@@ -151,23 +152,31 @@ def ui_figure_markdown(instance, png: bytes, name: str, alt: str) -> str | None:
     return md if len(md) < INLINE_MARKDOWN_LIMIT else None
 
 
-def _publish(context, config: HomelocConfig, fig, name: str, alt: str, extra_md: str = "",
-             metadata: dict | None = None) -> dg.MaterializeResult:
-    """Write the figure files and show the figure in the UI.
+def _publish(context, config: HomelocConfig, draw, args: tuple, name: str, alt: str,
+             extra_md: str = "", metadata: dict | None = None,
+             kwargs: dict | None = None) -> dg.MaterializeResult:
+    """Write the figure ``draw(*args, **kwargs)`` and show it in the UI.
+
+    The files come from the shared figure cache when the same drawing code was
+    drawn from the same inputs before (``homeloc_assets.figure_cache``), else
+    the figure is drawn and cached.
 
     ``figure``: the PNG shown inline on the asset's page (see
     :func:`ui_figure_markdown`); where it cannot be served (no local compute-log
     folder), the figure as a data-URI image instead, one click away behind
     "[Show Markdown]". ``extra_md`` (a table) is its own entry, inline when short.
     """
-    paths = plots.save_figure(fig, figures_dir(config), name)
+    paths, cached = cached_figure_files(draw, args, kwargs, name=name,
+                                        out_dir=figures_dir(config),
+                                        cache_dir=config.layout.figure_cache)
     png = ui_png(paths["png"])
     md = ui_figure_markdown(context.instance, png, name, alt)
     if md is None:
         import base64
 
         md = f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
-    context.log.info(f"{name}: wrote {paths['png']} and {paths['svg']}")
+    how = "copied from the figure cache" if cached else "wrote"
+    context.log.info(f"{name}: {how} {paths['png']} and {paths['svg']}")
     extra = {"table": dg.MetadataValue.md(extra_md)} if extra_md else {}
     return dg.MaterializeResult(
         metadata={
@@ -197,9 +206,9 @@ def classification_report(
     counts = df.groupby("classification")["users"].sum().to_dict()
     counts = {k: int(counts.get(k, 0)) for k in (CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED)
               } | {k: int(v) for k, v in counts.items() if k in TOURIST_CLASSES}
-    fig = plots.classification_bar(counts, name)
     return _publish(
-        context, homeloc, fig, "classification_report", "Locals and Tourists",
+        context, homeloc, plots.classification_bar, (counts, name), "classification_report",
+        "Locals and Tourists",
         metadata={"study_country": f"{name} ({code})",
                   **{k.lower() if k != CLASS_UNDETERMINED else k: v for k, v in counts.items()}},
     )
@@ -227,19 +236,19 @@ def tourist_origins_map(
         .rename(columns={"users": "tourists"})
     )
     total = int(tourists["tourists"].sum())
-    fig = plots.choropleth(
-        countries,
-        tourists.set_index("country_code")["tourists"],
-        title=f"Home countries of {total:,} Tourists visiting {name}",
-        label="Tourists (log scale)",
-        log=True,
-        cmap="YlOrRd",
-        highlight=code,
-        highlight_label=f"study country: {name} (Locals, not Tourists)",
-        highlight_fill="#4c72b0",
-    )
     return _publish(
-        context, homeloc, fig, "tourist_origins_map", "Tourists' home countries",
+        context, homeloc, plots.choropleth,
+        (countries, tourists.set_index("country_code")["tourists"]),
+        "tourist_origins_map", "Tourists' home countries",
+        kwargs=dict(
+            title=f"Home countries of {total:,} Tourists visiting {name}",
+            label="Tourists (log scale)",
+            log=True,
+            cmap="YlOrRd",
+            highlight=code,
+            highlight_label=f"study country: {name} (Locals, not Tourists)",
+            highlight_fill="#4c72b0",
+        ),
         extra_md="**Top home countries of Tourists**\n\n" + _top_table(tourists, "tourists"),
         metadata={"tourists": total, "origin_countries": len(tourists)},
     )
@@ -266,24 +275,28 @@ def study_country_share_map(
     per_home["share"] = per_home["users"] / total if total else 0.0
     own = per_home.loc[per_home["country_code"] == code, "share"]
     own_share = float(own.iloc[0]) if len(own) else 0.0
-    fig = plots.choropleth(
-        countries,
-        per_home.set_index("country_code")["share"] * 100,
-        title=f"Home country of {total:,} users active in the data (share of users, %)",
-        label="share of users with this home country, % (log scale)",
-        log=True,
-        cmap="viridis",
-        highlight=code,
-        highlight_label=f"{name}: {own_share:.1%} of users (Locals)",
-        value_format=lambda v: f"{plots.format_number(v)}%",
-    )
     return _publish(
-        context, homeloc, fig, "study_country_share_map", "Share of users per home country",
+        context, homeloc, plots.choropleth,
+        (countries, per_home.set_index("country_code")["share"] * 100),
+        "study_country_share_map", "Share of users per home country",
+        kwargs=dict(
+            title=f"Home country of {total:,} users active in the data (share of users, %)",
+            label="share of users with this home country, % (log scale)",
+            log=True,
+            cmap="viridis",
+            highlight=code,
+            highlight_label=f"{name}: {own_share:.1%} of users (Locals)",
+            value_format=_percent,
+        ),
         extra_md="**Largest home countries (share of users)**\n\n"
         + _top_table(per_home, "share", fmt="{:.2%}"),
         metadata={"users_with_home": total, "study_country_share": round(own_share, 6),
                   "home_countries": len(per_home)},
     )
+
+
+def _percent(v: float) -> str:
+    return f"{plots.format_number(v)}%"
 
 
 REPORT_ASSETS: list = [classification_report, tourist_origins_map, study_country_share_map]
@@ -370,18 +383,19 @@ def _layer_report(spec):
         layer, _, code = info.study_region.partition("=")
         highlight = code if layer == spec.name else None
         total = int(counts["users"].sum())
-        fig = plots.region_layer_map(
-            countries, regions, counts.set_index("region_code")["users"],
-            info.study_country_code,
-            title=f"Home regions ({spec.name}) of {total:,} users living in "
-                  f"{info.study_country}",
-            label="users with their home here (log scale)",
-            highlight=highlight,
-            highlight_label=f"study region {code}" if highlight else None,
-        )
         top = counts.rename(columns={"region": "country", "region_code": "country_code"})
         return _publish(
-            context, homeloc, fig, name, f"Home regions in layer {spec.name}",
+            context, homeloc, plots.region_layer_map,
+            (countries, regions, counts.set_index("region_code")["users"],
+             info.study_country_code),
+            name, f"Home regions in layer {spec.name}",
+            kwargs=dict(
+                title=f"Home regions ({spec.name}) of {total:,} users living in "
+                      f"{info.study_country}",
+                label="users with their home here (log scale)",
+                highlight=highlight,
+                highlight_label=f"study region {code}" if highlight else None,
+            ),
             extra_md=f"**Largest home regions ({spec.name})**\n\n"
             + _top_table(top, "users"),
             metadata={"users": total, "regions": len(counts), "layer": str(spec)},

@@ -37,6 +37,7 @@ class HomelocConfig(dg.ConfigurableResource):
     input_dir: str = _field("input_dir")
     output_dir: str = _field("output_dir")
     storage_dir: str = _field("storage_dir")
+    cache_dir: str = _field("cache_dir")
     study_country: str = _field("study_country")
     min_userdays: float = _field("min_userdays")
     min_share: float = _field("min_share")

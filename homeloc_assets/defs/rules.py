@@ -46,7 +46,8 @@ def home_rule_sensitivity(context: dg.AssetExecutionContext, homeloc: HomelocCon
     table = pa.concat_tables([t for _, t in homes.iter_tables(HOMES_COLUMNS)])
     chosen = rule_of(info)
     result = run_sensitivity(table, info.study_country_code, chosen, publication_dir(homeloc),
-                             log2m=info.hll_log2m, explicit_max=info.hll_explicit_max)
+                             log2m=info.hll_log2m, explicit_max=info.hll_explicit_max,
+                             figure_cache=homeloc.layout.figure_cache)
     rows = result.table.to_pylist()
     lines = ["| min userdays | min share | min margin | classified | Locals | Tourists | changed |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
