@@ -71,3 +71,39 @@ def test_atomic_path_leaves_target_untouched_on_error(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new" and os.listdir(tmp_path) == ["x.csv"]
+
+
+def test_a_geo_table_is_read_once_per_version_and_each_step_gets_its_own_copy(tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import Point
+
+    from homeloc_assets.defs import io_managers
+
+    seen = []
+
+    @dg.asset
+    def regions() -> gpd.GeoDataFrame:
+        return gpd.GeoDataFrame({"name": ["a"]}, geometry=[Point(0, 0)], crs="EPSG:4326")
+
+    @dg.asset
+    def first(regions: gpd.GeoDataFrame) -> pa.Table:
+        seen.append(list(regions["name"]))
+        regions["name"] = ["changed by a step"]
+        return pa.table({"n": [len(regions)]})
+
+    @dg.asset
+    def second(regions: gpd.GeoDataFrame) -> pa.Table:
+        seen.append(list(regions["name"]))
+        return pa.table({"n": [len(regions)]})
+
+    io = HomelocIOManager(base_dir=str(tmp_path))
+    inst = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([regions, first, second], resources={"io_manager": io},
+                          instance=inst).success
+    assert seen == [["a"], ["a"]]  # the first step's change did not reach the second
+    gpd.GeoDataFrame({"name": ["b"]}, geometry=[Point(1, 1)], crs="EPSG:4326").to_parquet(
+        tmp_path / "regions.parquet")
+    assert dg.materialize([regions, first, second], selection=["second"],
+                          resources={"io_manager": io}, instance=inst).success
+    assert seen[-1] == ["b"]  # a rewritten file is read again
+    assert len([v for v in io_managers._GEO_READ if v[0] == str(tmp_path / "regions.parquet")]) == 1

@@ -99,7 +99,26 @@ class HomelocIOManager(dg.ConfigurableIOManager):
 
             meta = pq.read_schema(target).metadata or {}
             if b"geo" in meta:
-                import geopandas as gpd
-
-                return gpd.read_parquet(target)
+                return _read_geo(target)
         return read_table(target)
+
+
+#: geo tables read in this process, by file version: the countries are an input of about ten
+#: steps of one run, 0.1 s each to read
+_GEO_READ: dict[tuple, object] = {}
+
+
+def _read_geo(path):
+    """``gpd.read_parquet(path)``, read once per file version in a process (a copy each time:
+    a step may change its frame)."""
+    import geopandas as gpd
+
+    st = os.stat(path)
+    version = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if version not in _GEO_READ:
+        stale = [v for v in _GEO_READ if v[0] == version[0]]  # older versions of this file
+        stale += list(_GEO_READ)[: max(0, len(_GEO_READ) - len(stale) - 3)]  # beyond 4 files
+        for old in stale:
+            _GEO_READ.pop(old, None)
+        _GEO_READ[version] = gpd.read_parquet(path)
+    return _GEO_READ[version].copy()
