@@ -768,6 +768,20 @@ def _pack_full(regs: Bytes, w: int) -> Bytes:
     return out.reshape(k, m // 8 * w)
 
 
+def _nonzero_bytes(regs: Bytes) -> Ints:
+    """``np.flatnonzero(regs)`` (ascending), read 8 registers at a time.
+
+    SPARSE results are mostly zero registers: scanning the matrix as uint64
+    words and only the non-zero words byte by byte is several times faster.
+    """
+    flat = np.ascontiguousarray(regs).reshape(-1)
+    if len(flat) % 8:
+        return np.flatnonzero(flat)
+    words = np.flatnonzero(flat.view(np.uint64))
+    at = np.flatnonzero(flat.reshape(-1, 8)[words])
+    return words[at >> 3] * 8 + (at & 7)
+
+
 def _pack_groups(pr: Params, regs: Bytes, group_ids: Ints, n_filled: Ints, out: _Out) -> None:
     """Union bytes (SPARSE or FULL, as hll.c ``multiset_pack``) of register rows ``regs``."""
     w, log2m, m = pr.regwidth, pr.log2m, pr.nregs
@@ -783,7 +797,7 @@ def _pack_groups(pr: Params, regs: Bytes, group_ids: Ints, n_filled: Ints, out: 
         return
     if log2m + w == 16:
         sub = regs if len(sparse_at) == len(regs) else regs[sparse_at]
-        flat = np.flatnonzero(sub)
+        flat = _nonzero_bytes(sub)
         value = sub.reshape(-1)[flat]
         r, c = flat >> log2m, (flat & (m - 1)).astype(np.uint32)
         fields = ((c << np.uint32(w)) | value).astype(">u2")
