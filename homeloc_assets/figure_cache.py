@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from homeloc_assets.atomic import atomic_path, write_text_atomic
+from homeloc_assets.atomic import write_bytes_atomic, write_text_atomic
 
 __all__ = ["Uncacheable", "digest", "figure_key", "cached_figure_files"]
 
@@ -158,30 +158,26 @@ def figure_key(draw: Callable, args: tuple, kwargs: dict, name: str, dpi: int) -
     return h.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _place(source: Path, target: Path) -> None:
-    """``target`` becomes a copy of ``source`` atomically. A copy, not a hard link: a file
-    changed in place on one side (an image editor saving over it) must not change the other."""
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _lookup(entry: Path, name: str, out_dir: Path) -> dict[str, Path] | None:
+    """Copy entry ``entry``'s files to ``out_dir`` when they are whole (each read once)."""
     meta_file = entry / _META
     try:
         meta = json.loads(meta_file.read_text())
-        files = {fmt: entry / f"{name}.{fmt}" for fmt in _FORMATS}
-        if meta.get("name") != name or any(_sha256_file(files[f]) != meta["sha256"][f]
-                                           for f in _FORMATS):
+        if meta.get("name") != name:
+            return None
+        data = {fmt: (entry / f"{name}.{fmt}").read_bytes() for fmt in _FORMATS}
+        if any(_sha256(data[f]) != meta["sha256"][f] for f in _FORMATS):
             return None
         paths = {}
         for fmt in _FORMATS:
+            # a copy, not a hard link: a file changed in place on one side (an image editor
+            # saving over it) must not change the other
             paths[fmt] = out_dir / f"{name}.{fmt}"
-            _place(files[fmt], paths[fmt])
+            write_bytes_atomic(paths[fmt], data[fmt])
         os.utime(meta_file)  # most recently used
         return paths
     except (OSError, ValueError, KeyError, TypeError):
@@ -189,11 +185,13 @@ def _lookup(entry: Path, name: str, out_dir: Path) -> dict[str, Path] | None:
 
 
 def _store(cache_dir: Path, entry: Path, name: str, paths: dict[str, Path]) -> None:
+    """Add the saved figure files ``paths`` as entry ``entry`` (metadata last)."""
     entry.mkdir(parents=True, exist_ok=True)
     sums = {}
     for fmt in _FORMATS:
-        _place(paths[fmt], entry / f"{name}.{fmt}")
-        sums[fmt] = _sha256_file(entry / f"{name}.{fmt}")
+        data = paths[fmt].read_bytes()
+        write_bytes_atomic(entry / f"{name}.{fmt}", data)
+        sums[fmt] = _sha256(data)
     write_text_atomic(entry / _META, json.dumps({"name": name, "sha256": sums}))
     _prune(cache_dir)
 

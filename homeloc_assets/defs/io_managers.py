@@ -116,9 +116,9 @@ def _read_geo(path):
     st = os.stat(path)
     version = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if version not in _GEO_READ:
-        stale = [v for v in _GEO_READ if v[0] == version[0]]  # older versions of this file
-        stale += list(_GEO_READ)[: max(0, len(_GEO_READ) - len(stale) - 3)]  # beyond 4 files
-        for old in stale:
-            _GEO_READ.pop(old, None)
+        for old in [v for v in _GEO_READ if v[0] == version[0]]:  # older versions of the file
+            del _GEO_READ[old]
+        while len(_GEO_READ) >= 4:  # at most four files, the oldest read goes first
+            del _GEO_READ[next(iter(_GEO_READ))]
         _GEO_READ[version] = gpd.read_parquet(path)
     return _GEO_READ[version].copy()
