@@ -35,7 +35,7 @@ import numpy as np
 
 from homeloc_assets.atomic import write_bytes_atomic, write_text_atomic
 
-__all__ = ["Uncacheable", "digest", "figure_key", "cached_figure_files"]
+__all__ = ["Uncacheable", "digest", "figure_key", "cached_figure_files", "cached_derived"]
 
 #: bump when the entry layout changes
 FORMAT_VERSION = 1
@@ -43,6 +43,8 @@ FORMAT_VERSION = 1
 MAX_ENTRIES = 64
 _META = "meta.json"
 _FORMATS = ("png", "svg")
+#: folder of :func:`cached_derived`'s entries inside the figure cache
+_DERIVED = "derived"
 
 
 class Uncacheable(TypeError):
@@ -240,3 +242,45 @@ def cached_figure_files(draw: Callable, args: tuple = (), kwargs: dict | None = 
         with contextlib.suppress(OSError):
             _store(Path(cache_dir), entry, name, paths)
     return paths, False
+
+
+def cached_derived(make: Callable[[Path], bytes], source: str | os.PathLike[str],
+                   cache_dir: str | os.PathLike[str] | None) -> bytes:
+    """``make(source)`` (bytes made from a file, e.g. a figure's scaled UI copy), from the
+    cache when ``make`` made it from a file with the same bytes before.
+
+    Keyed by the source file's content and ``make``'s code (and its module's
+    source); checked by SHA-256 before reuse; any cache error makes it afresh.
+    ``cache_dir=None`` always makes it.
+    """
+    source = Path(source)
+    if cache_dir is None:
+        return make(source)
+    root = Path(cache_dir) / _DERIVED
+    try:
+        if not isinstance(make, types.FunctionType):
+            raise Uncacheable(f"make must be a plain function, not {type(make).__name__}")
+        h = hashlib.sha256(f"homeloc-derived-{FORMAT_VERSION}".encode())
+        h.update(_source_bytes(make.__module__))
+        digest(make, h)
+        h.update(hashlib.sha256(source.read_bytes()).digest())
+        key = h.hexdigest()
+        entry = root / key[:2] / key
+        try:
+            meta_file = entry / _META
+            meta = json.loads(meta_file.read_text())
+            data = (entry / "data").read_bytes()
+            if _sha256(data) == meta["sha256"]:
+                os.utime(meta_file)  # most recently used
+                return data
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    except (Uncacheable, OSError):
+        return make(source)
+    data = make(source)
+    with contextlib.suppress(OSError):
+        entry.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(entry / "data", data)
+        write_text_atomic(entry / _META, json.dumps({"sha256": _sha256(data)}))
+        _prune(root)
+    return data

@@ -20,6 +20,7 @@ import io
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -30,7 +31,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib import ticker as mticker  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from homeloc_assets.atomic import atomic_path  # noqa: E402
 
@@ -52,6 +55,10 @@ HOME_OUTLINE = "#000000"
 
 def _figure(width: float, height: float) -> Figure:
     # Figure() directly (not pyplot): no global state, safe in threads and long-lived processes.
+    # Imported here: matplotlib.figure costs about 0.3 s, and a run whose figures all come
+    # from the figure cache draws none.
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), layout="constrained")
 
 

@@ -127,3 +127,48 @@ def test_digest_tells_contents_apart():
     assert d(pd.DataFrame({"a": [1]})) != d(pd.DataFrame({"b": [1]}))
     assert d((1, "1")) != d(("1", 1)) and d([1.0]) != d([1])
     assert d(lambda v: f"{v}%") != d(lambda v: f"{v} %")
+
+
+MADE: list[bytes] = []
+
+
+def _shout(path):
+    data = path.read_bytes()
+    MADE.append(data)
+    return data.upper()
+
+
+def _whisper(path):
+    MADE.append(b"w")
+    return path.read_bytes().lower()
+
+
+def test_derived_bytes_are_made_once_per_source_content(tmp_path):
+    """The figure's UI copy (cached_derived): made once per source content and maker."""
+    MADE.clear()
+    cache = tmp_path / "cache"
+    src = tmp_path / "a.png"
+    src.write_bytes(b"abc")
+    assert fc.cached_derived(_shout, src, cache) == b"ABC"
+    assert fc.cached_derived(_shout, src, cache) == b"ABC" and len(MADE) == 1
+    src.write_bytes(b"abd")  # same path, other bytes: made again
+    assert fc.cached_derived(_shout, src, cache) == b"ABD" and len(MADE) == 2
+    assert fc.cached_derived(_whisper, src, cache) == b"abd" and len(MADE) == 3  # other maker
+    other = tmp_path / "b.png"  # other path, same bytes: reused
+    other.write_bytes(b"abd")
+    assert fc.cached_derived(_shout, other, cache) == b"ABD" and len(MADE) == 3
+    # a damaged entry is made again, never served
+    for data in (cache / "derived").glob("*/*/data"):
+        data.write_bytes(b"XXX")
+    assert fc.cached_derived(_shout, other, cache) == b"ABD" and len(MADE) == 4
+    assert fc.cached_derived(_shout, other, None) == b"ABD" and len(MADE) == 5
+
+
+def test_derived_cache_keeps_the_newest_entries(tmp_path, monkeypatch):
+    monkeypatch.setattr(fc, "MAX_ENTRIES", 3)
+    cache = tmp_path / "cache"
+    for i in range(6):
+        src = tmp_path / f"{i}.png"
+        src.write_bytes(str(i).encode())
+        fc.cached_derived(_shout, src, cache)
+    assert len(list((cache / "derived").glob("*/*/meta.json"))) == 3

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from scipy.stats import binomtest, false_discovery_control
+from scipy.stats import binom, binomtest, false_discovery_control
 
 from homeloc_assets.batch_runner import batch_assets
 from homeloc_assets.definitions import build_definitions
@@ -17,7 +17,9 @@ from homeloc_assets.defs.jobs import range_tags
 from homeloc_assets.defs.landscape import landscape_batch_keys, make_landscape_assets
 from homeloc_assets.inference.landscape import (
     LandscapeParams,
+    _binom_functions,
     binom_two_sided,
+    by_q_values,
     combine,
     landscape_table,
 )
@@ -162,11 +164,45 @@ def test_binomial_test_equals_scipy():
     for p in (0.03, 0.3, 0.5, 0.91):
         got = binom_two_sided(k, n, p)
         want = [binomtest(int(a), int(b), p).pvalue for a, b in zip(k, n, strict=True)]
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+        np.testing.assert_array_equal(got, want)  # the same functions, the same bits
     # k == n p and the extremes
     np.testing.assert_allclose(binom_two_sided(np.array([5, 0, 10]), np.array([10, 10, 10]), 0.5),
                                [binomtest(5, 10, .5).pvalue, binomtest(0, 10, .5).pvalue,
                                 binomtest(10, 10, .5).pvalue], rtol=1e-12)
+
+
+def test_binomial_functions_are_scipy_stats_bit_for_bit():
+    """The scipy.special ufuncs behind scipy.stats.binom, with its support handling:
+    equal to the last bit, inside, on and outside the support."""
+    pmf, cdf, sf = _binom_functions()
+    rng = np.random.default_rng(3)
+    n = rng.integers(1, 5000, 3000)
+    x = np.concatenate([rng.integers(-3, n + 3), [0, -1], [5, 6]])
+    n = np.concatenate([n, [7, 7], [5, 5]])
+    for p in (0.001, 0.27, 0.5, 0.93):
+        np.testing.assert_array_equal(pmf(x, n, p), binom.pmf(x, n, p))
+        np.testing.assert_array_equal(cdf(x, n, p), binom.cdf(x, n, p))
+        np.testing.assert_array_equal(sf(x, n, p), binom.sf(x, n, p))
+
+
+def test_by_q_values_are_scipy_bit_for_bit():
+    rng = np.random.default_rng(4)
+    for p in (rng.uniform(size=1000), np.repeat(rng.uniform(size=50), 7),
+              np.array([0.0, 1.0, 0.5, 0.5, 1e-300]), np.array([0.2])):
+        np.testing.assert_array_equal(by_q_values(p), false_discovery_control(p, method="by"))
+    assert len(by_q_values(np.zeros(0))) == 0
+
+
+def test_landscape_table_does_not_import_scipy_stats():
+    """The test's functions come from scipy.special: scipy.stats costs ~1 s per process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from homeloc_assets.inference.landscape import binom_two_sided, by_q_values\n"
+            "by_q_values(binom_two_sided(np.array([3, 40]), np.array([50, 60]), 0.4))\n"
+            "assert 'scipy.stats' not in sys.modules, 'scipy.stats imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.slow

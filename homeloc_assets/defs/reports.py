@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from homeloc_assets import plots
 from homeloc_assets.defs.classification import classification_path, publication_dir
 from homeloc_assets.defs.resources import HomelocConfig
-from homeloc_assets.figure_cache import cached_figure_files
+from homeloc_assets.figure_cache import cached_derived, cached_figure_files
 from homeloc_assets.inference import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
 from homeloc_assets.inference.rules import CLASS_DOMESTIC, CLASS_INTERNATIONAL
 from homeloc_assets.layout import FIGURES_DIR
@@ -169,7 +169,7 @@ def _publish(context, config: HomelocConfig, draw, args: tuple, name: str, alt: 
     paths, cached = cached_figure_files(draw, args, kwargs, name=name,
                                         out_dir=figures_dir(config),
                                         cache_dir=config.layout.figure_cache)
-    png = ui_png(paths["png"])
+    png = cached_derived(ui_png, paths["png"], config.layout.figure_cache)
     md = ui_figure_markdown(context.instance, png, name, alt)
     if md is None:
         import base64

@@ -17,6 +17,7 @@ from homeloc_assets.defs.classification import (
 )
 from homeloc_assets.defs.reports import ui_figure_markdown, ui_png
 from homeloc_assets.defs.resources import HomelocConfig
+from homeloc_assets.figure_cache import cached_derived
 from homeloc_assets.inference.rules import rule_of
 from homeloc_assets.names import HOME_RULE_SENSITIVITY, USER_CLASSIFICATION, USER_HOME_LOCATIONS
 from homeloc_assets.provenance import read_run_info
@@ -55,7 +56,8 @@ def home_rule_sensitivity(context: dg.AssetExecutionContext, homeloc: HomelocCon
               f"{r['classified']:,} | {r['locals']:,} | {r['tourists']:,} | {r['changed_share']:.1%} |"
               for r in rows if r["min_margin"] == chosen.min_margin]
     md = "\n".join(lines)
-    figure = ui_figure_markdown(context.instance, ui_png(result.figure_path),
+    png = cached_derived(ui_png, result.figure_path, homeloc.layout.figure_cache)
+    figure = ui_figure_markdown(context.instance, png,
                                 "sensitivity", "sensitivity") \
         or plots.figure_markdown(sensitivity_figure(result.table, chosen), "sensitivity", dpi=80)
     context.log.info(f"sensitivity: {len(rows)} settings -> {result.csv_path}")
