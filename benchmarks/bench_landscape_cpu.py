@@ -88,8 +88,8 @@ def main(csv: str, work: str, resolution: int = 8, ring: int = 1, repeat: int = 
     clock("landscape_cells: write parquet + gpkg", write_landscape, work_dir / "out", table)
     print(f"{len(keys)} batches, {table.num_rows} cells")
     rows = sum(t.num_rows for t in parts)
-    ring_only = sum(t.column("hll").null_count for t in parts)
-    print(f"batch tables: {rows} rows, {ring_only} ring-only (no HLL); combined: "
+    no_hll = sum(t.column("hll").null_count for t in parts)
+    print(f"batch tables: {rows} rows, {no_hll} without an HLL (neighbours); combined: "
           f"{combined.num_rows} rows (cells with an HLL in some batch)")
     print(f"{'step':45s} {'cpu s':>8s} {'wall s':>8s}")
     for name in clock.cpu:

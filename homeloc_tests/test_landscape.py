@@ -16,15 +16,17 @@ from homeloc_assets.definitions import build_definitions
 from homeloc_assets.defs.jobs import range_tags
 from homeloc_assets.defs.landscape import landscape_batch_keys, make_landscape_assets
 from homeloc_assets.inference.landscape import (
+    BATCH_SCHEMA,
     LandscapeParams,
     _binom_functions,
+    batch_cells,
     binom_two_sided,
     by_q_values,
     combine,
     landscape_table,
 )
 from homeloc_assets.settings import Settings
-from homeloc_tests.helpers import materialize, materialized, registered
+from homeloc_tests.helpers import days, materialize, materialized, registered
 
 CLS = {"Local": "local", "Tourist": "tourist", "undetermined": "undetermined"}
 
@@ -169,6 +171,92 @@ def test_binomial_test_equals_scipy():
     np.testing.assert_allclose(binom_two_sided(np.array([5, 0, 10]), np.array([10, 10, 10]), 0.5),
                                [binomtest(5, 10, .5).pvalue, binomtest(0, 10, .5).pvalue,
                                 binomtest(10, 10, .5).pvalue], rtol=1e-12)
+
+
+def _clustered_rows(n_users: int, seed: int) -> pd.DataFrame:
+    """Users with 1-6 locations among neighbouring H3 cells (resolution 9) of one town, so
+    that many users have several cells in one k-ring: the case the overlap counts are for."""
+    rng = np.random.default_rng(seed)
+    base = h3.latlng_to_cell(52.52, 13.40, 9)
+    area = sorted(h3.grid_disk(base, 4))
+    rows = []
+    for u in range(n_users):
+        home = area[rng.integers(len(area))]
+        near = sorted(h3.grid_disk(home, 1))
+        for c in rng.choice(near, size=rng.integers(1, 7), replace=False):
+            lat, lon = h3.cell_to_latlng(c)
+            rows.append((f"u{u:04d}", lat, lon, "DEU",
+                         days(*(int(d) for d in rng.choice(400, size=rng.integers(1, 6),
+                                                           replace=False)))))
+    rows.append(("x", 48.85, 2.35, "FRA", days(1)))  # outside the study country: no part
+    return pd.DataFrame(rows, columns=["user_guid", "latitude", "longitude", "country_code",
+                                       "userday_hll"])
+
+
+@pytest.mark.parametrize("ring", [0, 1, 2])
+def test_pooled_users_of_every_cell_equal_a_direct_count(ring):
+    """Per cell and class, ``pooled_<class>_users`` (the ring's users less their repeats,
+    summed over batches) equals the distinct users counted directly over the k-ring (h3),
+    for every cell, whatever the batches; the batch tables hold no row for a neighbour
+    without rows unless a user's cells overlap there."""
+    rows = _clustered_rows(300, seed=ring)
+    users = rows.user_guid.unique()
+    rng = np.random.default_rng(9)
+    cls_of = dict(zip(users, rng.choice(["Local", "Tourist", "undetermined"], len(users)),
+                      strict=True))
+    classes = pa.table({"user_guid": list(cls_of), "classification": list(cls_of.values())})
+    loc = pa.Table.from_pandas(rows, preserve_index=False)
+
+    def table(batches):
+        parts = []
+        for members in batches:
+            sub = loc.filter(pa.array(rows.user_guid.isin(members).to_numpy()))
+            t = batch_cells(sub, classes, "DEU", 9, ring)
+            assert t.schema.equals(BATCH_SCHEMA)
+            own = set(zip(sub.column("latitude").to_pylist(), sub.column("longitude").to_pylist(),
+                          strict=True))
+            own_cells = {h3.latlng_to_cell(a, b, 9) for a, b in own}
+            extra = t.filter(pa.compute.is_null(t.column("hll")))
+            assert all(v > 0 for v in extra.column("ring_overlap").to_pylist())
+            assert len(set(t.column("cell").to_pylist())) <= len(own_cells) + len(extra)
+            parts.append(t)
+        out, _ = landscape_table(combine(parts), LandscapeParams(resolution=9, ring=ring))
+        return out.to_pandas().set_index("cell")
+
+    inside = rows[rows.country_code == "DEU"].copy()
+    inside["cell"] = [h3.latlng_to_cell(a, b, 9)
+                      for a, b in zip(inside.latitude, inside.longitude, strict=True)]
+    inside["cls"] = inside.user_guid.map(cls_of)
+    one = table([users])
+    assert set(one.index) == set(inside.cell)
+    for cell in one.index:
+        near = inside[inside.cell.isin(h3.grid_disk(cell, ring))]
+        for cls in ("Local", "Tourist"):
+            want = near[near.cls == cls].user_guid.nunique()
+            assert one.at[cell, f"pooled_{CLS[cls]}_users"] == want, (cell, cls)
+        assert one.at[cell, "ring_cells"] == len(set(near.cell))
+    shuffled = rng.permutation(users)
+    for n_batches in (2, 7):
+        other = table(np.array_split(shuffled, n_batches))
+        pd.testing.assert_frame_equal(other, one)
+
+
+def test_batch_tables_of_an_older_format_or_other_settings_are_refused(tmp_path):
+    """A batch table of the format before ``ring_overlap`` (metadata without a version) or of
+    other settings is not combined: landscape_cells asks for it to be made again."""
+    from homeloc_assets.defs.landscape import check_batch_params
+    from homeloc_assets.inference.landscape import PARAMS_KEY, batch_params
+
+    files = {}
+    for key, meta in (("a", batch_params(8, 1, "DEU")), ("b", b"8,1,DEU")):
+        files[key] = tmp_path / f"{key}.parquet"
+        pq.write_table(BATCH_SCHEMA.empty_table().replace_schema_metadata({PARAMS_KEY: meta}),
+                       files[key])
+    check_batch_params({"a": files["a"]}, batch_params(8, 1, "DEU"))
+    with pytest.raises(dg.Failure, match="landscape_batch_cells b .*materialize it again"):
+        check_batch_params(files, batch_params(8, 1, "DEU"))
+    with pytest.raises(dg.Failure, match="landscape_batch_cells a "):
+        check_batch_params(files, batch_params(8, 2, "DEU"))
 
 
 def test_binomial_functions_are_scipy_stats_bit_for_bit():

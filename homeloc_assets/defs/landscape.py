@@ -41,6 +41,7 @@ from homeloc_assets.inference.landscape import (
     PARAMS_KEY,
     BatchLandscapeSpec,
     batch_cells,
+    batch_params,
     batch_regions,
     cell_polygons,
     cell_wkb,
@@ -81,7 +82,7 @@ def _landscape_batch_step(context: dg.AssetExecutionContext, homeloc: HomelocCon
     spec = BatchLandscapeSpec.of(info, p, [str(s) for s in layers])
     keys = list(context.partition_keys)
     code = info.study_country_code
-    meta = {_PARAMS_KEY: f"{p.resolution},{p.ring},{code}".encode()}
+    meta = {_PARAMS_KEY: batch_params(p.resolution, p.ring, code)}
     layout = homeloc.layout
     kinds = {"cells": LANDSCAPE_BATCH_CELLS, **{s.name: layer_landscape_assets(s.name)[0] for s in layers}}
     located_by: dict = {}
@@ -164,7 +165,7 @@ def make_landscape_batch_assets(layers: tuple[LayerSpec, ...] = ()) -> dg.Assets
         description=(
             "Per batch, H3 cell (HOMELOC_CELL_RESOLUTION) and class: hll_union_agg of the "
             "userday HLLs of that class's users' locations in the study country, distinct "
-            "users, users in the cell's k-ring (HOMELOC_CELL_RING) and rows. The batch "
+            "users, the users' repeats in the cell's k-ring (HOMELOC_CELL_RING) and rows. The batch "
             "workers compute it from the rows in memory; here it is only staged, unless "
             "the classification's settings changed since."))}
     for spec in layers:
@@ -226,12 +227,7 @@ def landscape_cells(
     if parts is None:
         raise dg.Failure("expected all user batches as input")
     parts = select_batches(homeloc, parts, info.plan_ids)
-    want = f"{p.resolution},{p.ring},{info.study_country_code}".encode()
-    for key, path in parts.files.items():
-        got = (pq.read_schema(path).metadata or {}).get(_PARAMS_KEY)
-        if got != want:
-            raise dg.Failure(f"landscape_batch_cells {key} was made with other settings "
-                             f"({got!r}, now {want!r}): materialize it again")
+    check_batch_params(parts.files, batch_params(p.resolution, p.ring, info.study_country_code))
     table, summary = landscape_table(combine(t for _, t in parts.iter_tables()), p)
     paths = write_landscape(publication_dir(homeloc), table)
     context.log.info(f"wrote {', '.join(str(x) for x in paths.values())}")
@@ -241,6 +237,17 @@ def landscape_cells(
         "parquet": dg.MetadataValue.path(str(paths["landscape_cells.parquet"].resolve())),
         "gpkg": dg.MetadataValue.path(str(paths["landscape_cells.gpkg"].resolve())),
     })
+
+
+def check_batch_params(files: dict[str, Path], want: bytes) -> None:
+    """Fail naming the first batch table made with other settings or in an older format (its
+    :data:`PARAMS_KEY` metadata is not ``want``): it must be materialized again."""
+    for key, path in files.items():
+        got = (pq.read_schema(path).metadata or {}).get(_PARAMS_KEY)
+        if got != want:
+            raise dg.Failure(f"landscape_batch_cells {key} was made with other settings "
+                             f"or an older homeloc ({got!r}, now {want!r}): materialize it "
+                             "again")
 
 
 def landscape_frame(table: pa.Table) -> gpd.GeoDataFrame:

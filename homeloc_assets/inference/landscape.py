@@ -45,8 +45,12 @@ _COMBINE_ROWS = 2_000_000
 
 BATCH_SCHEMA = pa.schema([
     ("cell", pa.uint64()), ("cls", pa.int8()), ("hll", pa.large_binary()),
-    ("users", pa.int64()), ("ring_users", pa.int64()), ("locations", pa.int64()),
+    ("users", pa.int64()), ("ring_overlap", pa.int64()), ("locations", pa.int64()),
 ])
+#: version of the batch table's columns, part of its settings metadata and cache tag
+#: (2: ``ring_overlap`` in place of ``ring_users``, no rows for cells that are only a
+#: neighbour)
+BATCH_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -130,13 +134,19 @@ def batch_cells(
     locations: pa.Table, classes: pa.Table, study_country_code: str, resolution: int, ring: int,
     parsed: ParsedColumn | None = None,
 ) -> pa.Table:
-    """Per (cell, class) of one batch: union HLL, distinct users, users in the k-ring, rows.
+    """Per (cell, class) of one batch: union HLL, distinct users, k-ring overlap, rows.
 
     ``locations``: ``user_guid, latitude, longitude, country_code, userday_hll``;
     ``classes``: ``user_guid, classification`` of the batch's users. Only rows in
-    the study country count. ``ring_users`` rows may name cells without rows
-    of their own (they are a neighbour of one); their ``hll`` is null.
-    ``parsed``: ``userday_hll`` already parsed (``hll.parse_many``), not parsed again.
+    the study country count. ``parsed``: ``userday_hll`` already parsed
+    (``hll.parse_many``), not parsed again.
+
+    The distinct users of a class in a cell's k-ring are the sum of the ring's
+    cells' ``users`` less ``ring_overlap``: per user of the class, the number of
+    the user's cells in that ring beyond the first. Both add up over batches (a
+    user is in one batch), so the pooled counts stay exact while the table holds
+    only cells with rows and the few neighbours where a user's cells overlap;
+    those rows have a null ``hll`` and ``users`` 0.
     """
     inside = pc.fill_null(pc.equal(locations.column("country_code"),
                                    pa.scalar(study_country_code)), False)
@@ -161,25 +171,13 @@ def batch_cells(
     pc_cell, pc_user = pair >> b, pair & user_mask
     pc_cls = ucls[pc_user].astype(np.int64)
     users = np.bincount(np.searchsorted(gkey, pc_cell * 3 + pc_cls), minlength=len(gkey))
-    # users counted distinct over each cell's k-ring: expand (user, cell) to the
-    # cells whose ring contains it (the ring is symmetric), then unique the keys
-    # ``(ring cell * 3 + class) << b | user`` (a user has one class)
-    center, nbr = _rings(ucells, ring)
-    order = np.argsort(center, kind="stable")
-    starts = np.searchsorted(center[order], np.arange(len(ucells)))
-    lens = np.bincount(center, minlength=len(ucells))
-    rep = lens[pc_cell]
-    base = np.repeat(starts[pc_cell], rep) + _ranges_within(rep)
-    # every cell with rows is a centre of some pair, so the targets are all ring cells
-    tcells = _sorted_unique(nbr)
-    tid = np.searchsorted(tcells, nbr[order])[base]
-    tkey = _sorted_unique(((tid * 3) << b) + np.repeat((pc_cls << b) | pc_user, rep))
-    ring_counts = np.bincount(tkey >> b, minlength=3 * len(tcells))
-    rkey = np.flatnonzero(ring_counts)
-    rcount = ring_counts[rkey]
-    # one table keyed by (cell, class), sorted; every own group is a ring group
-    # (a cell is in its own ring), so own columns are scattered into ring rows
-    at = np.searchsorted(rkey, np.searchsorted(tcells, ucells[gkey // 3]) * 3 + gkey % 3)
+    ocells, okey, ocount = _ring_overlap(ucells, pc_cell, pc_user, pc_cls, ring, b)
+    # one table keyed by (cell, class), sorted: own groups and overlap groups merged
+    allcells = _sorted_unique(np.concatenate([ucells, ocells]))
+    own_k = np.searchsorted(allcells, ucells[gkey // 3]) * 3 + gkey % 3
+    ov_k = np.searchsorted(allcells, ocells[okey // 3]) * 3 + okey % 3
+    rkey = _sorted_unique(np.concatenate([own_k, ov_k]))
+    at = np.searchsorted(rkey, own_k)
     nr = len(rkey)
     hll_idx = np.full(nr, -1, np.int64)
     hll_idx[at] = np.arange(len(gkey))
@@ -187,13 +185,51 @@ def batch_cells(
     own_users[at] = users
     own_rows = np.zeros(nr, np.int64)
     own_rows[at] = gcount
+    overlap = np.zeros(nr, np.int64)
+    overlap[np.searchsorted(rkey, ov_k)] = ocount
     return pa.table({
-        "cell": pa.array(tcells[rkey // 3], pa.uint64()),
+        "cell": pa.array(allcells[rkey // 3], pa.uint64()),
         "cls": pa.array((rkey % 3).astype(np.int8)),
         "hll": blobs.take(pa.array(hll_idx, mask=hll_idx < 0)),
-        "users": pa.array(own_users), "ring_users": pa.array(rcount.astype(np.int64)),
+        "users": pa.array(own_users), "ring_overlap": pa.array(overlap),
         "locations": pa.array(own_rows),
     }, schema=BATCH_SCHEMA)
+
+
+def _ring_overlap(ucells: np.ndarray, pc_cell: np.ndarray, pc_user: np.ndarray,
+                  pc_cls: np.ndarray, ring: int, b: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(cells, keys, counts)``: per (ring cell, class) with a positive count, the number of
+    times a user of the class has a further cell in that cell's k-ring (``keys`` =
+    index into the sorted ``cells`` * 3 + class).
+
+    ``pc_cell`` (index into ``ucells``), ``pc_user``, ``pc_cls``: the distinct
+    (cell, user) pairs. Only users with two or more cells can be in a ring twice,
+    so only their pairs are expanded to the cells whose ring holds them (the
+    ring is symmetric); a key ``(ring cell * 3 + class) << b | user`` seen ``m``
+    times adds ``m - 1``.
+    """
+    empty = np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if ring == 0 or not len(pc_user):
+        return empty
+    multi = np.bincount(pc_user)[pc_user] >= 2
+    if not multi.any():
+        return empty
+    m_cell, m_user, m_cls = pc_cell[multi], pc_user[multi], pc_cls[multi]
+    used, m_cell = _unique_inverse(m_cell)  # the rings of these cells only
+    center, nbr = _rings(ucells[used], ring)  # grouped by centre, in order
+    lens = np.bincount(center, minlength=len(used))
+    starts = np.cumsum(lens) - lens
+    rep = lens[m_cell]
+    base = np.repeat(starts[m_cell], rep) + _ranges_within(rep)
+    tcells, tinv = _unique_inverse(nbr)
+    key = np.sort(((tinv[base] * 3) << b) + np.repeat((m_cls << b) | m_user, rep))
+    dup = key[1:][key[1:] == key[:-1]] >> b
+    if not len(dup):
+        return empty
+    counts = np.bincount(dup, minlength=3 * len(tcells))
+    okey = np.flatnonzero(counts)
+    return tcells, okey, counts[okey]
 
 
 def _small_groups(key: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -253,7 +289,7 @@ def _reduce(t: pa.Table) -> pa.Table:
         "cell": pa.array(ucell[gkey // 3], pa.uint64()),
         "cls": pa.array((gkey % 3).astype(np.int8)),
         "hll": blobs,
-        "users": total("users"), "ring_users": total("ring_users"),
+        "users": total("users"), "ring_overlap": total("ring_overlap"),
         "locations": total("locations"),
     }, schema=BATCH_SCHEMA)
 
@@ -287,8 +323,9 @@ def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups:
 def combine(tables: Iterable[pa.Table]) -> pa.Table:
     """Union batch tables per (cell, class); same bytes as one union over all rows.
 
-    Cells with no HLL in any batch (only a neighbour of cells with rows) are left out:
-    :func:`landscape_table` has one row per cell with rows and uses only their ring counts.
+    Cells with no HLL in any batch (rows only for a ring overlap as a neighbour of
+    cells with rows) are left out: :func:`landscape_table` has one row per cell with
+    rows and pools only those.
     """
     held: list[pa.Table] = []
     rows = 0
@@ -483,8 +520,10 @@ def landscape_table(combined: pa.Table, params: LandscapeParams) -> tuple[pa.Tab
 
         cols[f"{name}_users"] = pa.array(per_cell("users"))
         cols[f"{name}_hll"] = _hex_column(blobs)
-        # ring users of centres: rows of the combined table of cells with own data
-        pooled[f"{name}_users"] = per_cell("ring_users")
+        # distinct users in the ring: the ring's cells' users less the users' repeats
+        own_users = per_cell("users")
+        pooled[f"{name}_users"] = (np.bincount(center, weights=own_users[npos], minlength=nc)
+                                   .astype(np.int64) - per_cell("ring_overlap"))
         if pcard is not None:
             pooled[f"{name}_userdays"] = np.nan_to_num(pcard, nan=0.0)
     locs = np.zeros(nc, np.int64)
@@ -578,7 +617,7 @@ class BatchLandscapeSpec:
              "min_share": self.min_share, "min_margin": self.min_margin,
              "study_region": self.study_region, "kind": kind}
         if kind == "cells":
-            d.update(resolution=self.resolution, ring=self.ring)
+            d.update(resolution=self.resolution, ring=self.ring, format=BATCH_FORMAT)
         else:
             d["layer"] = next(s for s in self.layers if s.split("=", 1)[0] == kind)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -724,8 +763,14 @@ def region_table(combined: pa.Table) -> pa.Table:
     return pa.table(cols)
 
 
-#: schema metadata of a batch cells table: ``resolution,ring,study country code``
+#: schema metadata of a batch cells table: ``format,resolution,ring,study country code``
 PARAMS_KEY = b"homeloc.landscape"
+
+
+def batch_params(resolution: int, ring: int, study_country_code: str) -> bytes:
+    """The :data:`PARAMS_KEY` value of a batch cells table made with these settings (and
+    this :data:`BATCH_FORMAT`): a table with another value must be made again."""
+    return f"v{BATCH_FORMAT},{resolution},{ring},{study_country_code}".encode()
 
 
 def batch_tables(result, spec: BatchLandscapeSpec, hll_params: int | None = None
@@ -749,7 +794,7 @@ def batch_tables(result, spec: BatchLandscapeSpec, hll_params: int | None = None
     loc = result.locations
     parsed = result.parsed_hll  # the reader's parse of the rows' HLLs (None: parse here)
     cells = batch_cells(loc, classes, spec.study_country_code, spec.resolution, spec.ring, parsed)
-    meta = f"{spec.resolution},{spec.ring},{spec.study_country_code}".encode()
+    meta = batch_params(spec.resolution, spec.ring, spec.study_country_code)
     out = {"cells": cells.replace_schema_metadata({PARAMS_KEY: meta})}
     guid = loc.column("user_guid").combine_chunks()
     hlls = loc.column("userday_hll").combine_chunks() if parsed is None else parsed
