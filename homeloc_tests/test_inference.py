@@ -117,3 +117,39 @@ def test_many_users_vectorised_equals_scalar_union():
     for h in homes.to_pylist():
         best = max(v for (g, _), v in expect.items() if g == h["user_guid"])
         assert h["userdays"] == best
+
+
+class _BytesOnly:
+    """A backend without ``takes_parsed``: it is given the bytes (as PostgreSQL is)."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def grouped_cardinality(self, blobs, groups, n_groups):
+        assert isinstance(blobs, pa.Array), type(blobs)
+        self.calls.append(len(blobs))
+        return hll.grouped_cardinality(blobs, groups, n_groups)
+
+
+def test_a_given_parse_gives_the_same_userdays_as_the_bytes():
+    """country_userdays with the reader's parse (all rows, some outside any country) equals
+    the same call on the bytes, for the embedded engine and for a bytes-only backend."""
+    rng = np.random.default_rng(8)
+    rows = [(f"{u:04d}", int(rng.integers(-1, 4)),
+             days(*rng.integers(0, 900, rng.integers(1, 200)).tolist()))
+            for u in range(200) for _ in range(rng.integers(1, 5))]
+    guid = pa.array([r[0] for r in rows], pa.string())
+    cidx = np.array([r[1] for r in rows])
+    blobs = pa.array([r[2] for r in rows], pa.binary())
+    parsed = hll.parse_many(blobs)
+    want = country_userdays(guid, cidx, blobs, NAMES, CODES, _BytesOnly())
+    for backend, p in ((EmbeddedBackend(), parsed), (EmbeddedBackend(), None),
+                       (_BytesOnly(), parsed)):
+        got = country_userdays(guid, cidx, blobs, NAMES, CODES, backend, p)
+        assert got[0].equals(want[0]) and got[1].equals(want[1])
+    inside = cidx >= 0
+    assert (cidx < 0).any() and inside.any()
+    only_inside = country_userdays(guid.filter(pa.array(inside)), cidx[inside],
+                                   blobs.filter(pa.array(inside)), NAMES, CODES,
+                                   EmbeddedBackend(), parsed.take(np.flatnonzero(inside)))
+    assert only_inside[0].column("userdays").equals(want[0].column("userdays"))

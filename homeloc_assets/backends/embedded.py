@@ -12,6 +12,8 @@ class EmbeddedBackend:
     """Grouped unions with ``homeloc_assets.hll``; needs no database."""
 
     name = "embedded"
+    #: ``grouped_cardinality`` takes a parsed column (``hll.ParsedColumn``) as well as bytes
+    takes_parsed = True
 
     def grouped_cardinality(
         self, blobs: pa.Array, groups: np.ndarray, n_groups: int

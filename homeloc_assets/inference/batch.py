@@ -92,7 +92,8 @@ def process_batch(
     )
     guid = rows.column("user_guid").combine_chunks()
     hlls = rows.column("hll").combine_chunks()
-    per_country, per_user = country_userdays(guid, cidx, hlls, names, codes, backend)
+    per_country, per_user = country_userdays(guid, cidx, hlls, names, codes, backend,
+                                             batch.parsed_hll)
     homes = pick_homes(per_country, per_user)
     cu = per_country.drop_columns(["user_index", "country_index"])
     stats = {
@@ -115,7 +116,7 @@ def process_batch(
     for layer in layers:
         located = layer.locate(lon, lat)
         per_region, region_homes = region_userdays(guid, located.index, hlls, located.names,
-                                                   located.codes, backend)
+                                                   located.codes, backend, batch.parsed_hll)
         ud_name, home_name = layer_assets(layer.name)
         layer_tables[ud_name], layer_tables[home_name] = per_region, region_homes
         layer_located[layer.name] = located

@@ -39,6 +39,7 @@ def country_userdays(
     country_names: np.ndarray,
     country_codes: np.ndarray,
     backend: GroupedCardinality,
+    parsed: object = None,
 ) -> tuple[pa.Table, pa.Table]:
     """Union the location HLLs per (user, country) and per user over all countries.
 
@@ -48,6 +49,10 @@ def country_userdays(
     locations`` sorted by user (input order) then country index, where
     ``user_index`` is the row of the user in ``per_user``; ``per_user`` has
     ``user_guid, total_userdays, locations, locations_no_country``.
+
+    ``parsed``: ``hlls`` already parsed (``hll.parse_many``, the reader's). A backend
+    with ``takes_parsed`` (the embedded engine) unions the parse, made once here
+    when not given, in both unions; the bytes are not read again.
     """
     codes = user_codes(user_guid)
     n_users = int(codes[-1]) + 1 if len(codes) else 0
@@ -58,6 +63,13 @@ def country_userdays(
     key = codes[inside] * (n_countries + 1) + country_index[inside]
     uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
     blobs_in = hlls.filter(pa.array(inside)) if not inside.all() else hlls
+    if getattr(backend, "takes_parsed", False):
+        from homeloc_assets import hll
+
+        if parsed is None:
+            blobs_in = hll.parse_many(blobs_in)
+        else:
+            blobs_in = parsed if inside.all() else parsed.take(np.flatnonzero(inside))
     if len(uniq):
         userdays = backend.grouped_cardinality(blobs_in, inverse.astype(np.int64), len(uniq))
     else:

@@ -32,8 +32,9 @@ def region_userdays(
     names: np.ndarray,
     codes: np.ndarray,
     backend: GroupedCardinality,
+    parsed: object = None,
 ) -> tuple[pa.Table, pa.Table]:
-    """``(per_region, homes)`` of one batch for one layer.
+    """``(per_region, homes)`` of one batch for one layer (``parsed``: see ``country_userdays``).
 
     ``per_region``: ``user_guid, region, region_code, userdays, locations``;
     ``homes``: one row per user with a point in a region: ``user_guid, region,
@@ -42,7 +43,7 @@ def region_userdays(
     """
     per, per_user = country_userdays(user_guid, region_index, hlls,
                                      np.asarray(names, dtype=object),
-                                     np.asarray(codes, dtype=object), backend)
+                                     np.asarray(codes, dtype=object), backend, parsed)
     homes = pick_homes(per, per_user)
     per = per.rename_columns(["user_guid", "user_index", "region", "region_code",
                               "region_index", "userdays", "locations"])
