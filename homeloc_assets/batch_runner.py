@@ -45,6 +45,9 @@ from homeloc_assets.tables import write_table
 #: asset name -> attribute of BatchResult
 BATCH_TABLES = dict(zip(BATCH_ASSETS, ("locations", "country_userdays", "homes", "rejects"),
                         strict=True))
+#: columns written without Parquet dictionary encoding: nearly every value distinct (a
+#: 50,000-user seed-shape batch's locations table: 57 -> 48 ms to write, 7.8 -> 7.5 MB)
+TABLE_NO_DICTIONARY = ("userday_hll", "line")
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,7 @@ def _compute(ref: BatchRef, setup: WorkerSetup) -> dict:
     files = {}
     for asset, table in tables.items():
         target = layout.table(asset, ref.key)
-        write_table(table, target)
+        write_table(table, target, no_dictionary=TABLE_NO_DICTIONARY)
         files[asset] = str(target)
     write_table(result.users if result.users is not None else USERS_SCHEMA.empty_table(),
                 layout.users_file(ref.key))
