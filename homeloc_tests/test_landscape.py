@@ -241,6 +241,29 @@ def test_pooled_users_of_every_cell_equal_a_direct_count(ring):
         pd.testing.assert_frame_equal(other, one)
 
 
+def test_combine_gives_the_same_bytes_however_often_it_reduces(monkeypatch):
+    """combine unions the held batch tables whenever their HLL bytes grow (memory bound):
+    reducing after every table gives the same table as one union at the end."""
+    import homeloc_assets.inference.landscape as land
+
+    rows = _clustered_rows(400, seed=3)
+    users = rows.user_guid.unique()
+    classes = pa.table({"user_guid": list(users),
+                        "classification": [("Local", "Tourist", "undetermined")[i % 3]
+                                           for i in range(len(users))]})
+    loc = pa.Table.from_pandas(rows, preserve_index=False)
+    parts = [batch_cells(loc.filter(pa.array(rows.user_guid.isin(m).to_numpy())), classes, "DEU",
+                         9, 1) for m in np.array_split(users, 9)]
+    once = land.combine(parts)
+    monkeypatch.setattr(land, "_COMBINE_BYTES", 1)
+    calls = []
+    real = land._reduce
+    monkeypatch.setattr(land, "_reduce", lambda t: calls.append(t.num_rows) or real(t))
+    often = land.combine(parts)
+    assert len(calls) >= 3  # reductions along the way (each once the bytes doubled) and the last
+    assert often.equals(once)
+
+
 def test_batch_tables_of_an_older_format_or_other_settings_are_refused(tmp_path):
     """A batch table of the format before ``ring_overlap`` (metadata without a version) or of
     other settings is not combined: landscape_cells asks for it to be made again."""

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from homeloc_assets.layout import table_file
+from homeloc_assets.memory import release_memory
 from homeloc_assets.tables import (
     PartitionedTables,
     StagedPartitions,
@@ -77,7 +78,12 @@ class HomelocIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"path": dg.MetadataValue.path(str(target))})
 
     def load_input(self, context: dg.InputContext):
-        """One partition as a table, many as a lazy ``PartitionedTables``, else the file."""
+        """One partition as a table, many as a lazy ``PartitionedTables``, else the file.
+
+        A step's inputs are loaded when the earlier steps' values are gone: their freed
+        memory is given back first (``memory.release_memory``).
+        """
+        release_memory()
         asset = _asset_name(context)
         fmt = self._fmt(context.upstream_output) if context.upstream_output else "parquet"
         if context.has_asset_partitions:

@@ -40,8 +40,9 @@ from homeloc_assets.inference.homes import CLASS_LOCAL, CLASS_TOURIST, CLASS_UND
 CLASSES = (CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED)
 _PREFIX = ("local", "tourist", "undetermined")
 CATEGORIES = ("touristic", "local", "not different", "too little data")
-#: rows of batch tables held before they are unioned down (bounds memory)
+#: rows and HLL bytes of batch tables held before they are unioned down (bounds memory)
 _COMBINE_ROWS = 2_000_000
+_COMBINE_BYTES = 8 << 20
 
 BATCH_SCHEMA = pa.schema([
     ("cell", pa.uint64()), ("cls", pa.int8()), ("hll", pa.large_binary()),
@@ -328,13 +329,17 @@ def combine(tables: Iterable[pa.Table]) -> pa.Table:
     rows and pools only those.
     """
     held: list[pa.Table] = []
-    rows = 0
+    rows = size = base = 0  # held rows and HLL bytes; HLL bytes of the last reduction
     for t in tables:
         held.append(t.select(BATCH_SCHEMA.names).cast(BATCH_SCHEMA))
         rows += t.num_rows
-        if rows > _COMBINE_ROWS and len(held) > 1:
+        size += held[-1].column("hll").nbytes
+        # parsing HLLs for a union takes about 17x their bytes: reduce before that gets
+        # large, and no sooner than the last reduction's bytes again (linear work)
+        if len(held) > 1 and (rows > _COMBINE_ROWS or size - base > max(_COMBINE_BYTES, base)):
             held = [_reduce(pa.concat_tables(held))]
-            rows = held[0].num_rows
+            rows, size = held[0].num_rows, held[0].column("hll").nbytes
+            base = size
     if not held:
         return BATCH_SCHEMA.empty_table()
     t = pa.concat_tables(held)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -230,36 +231,40 @@ def sensitivity(
                 for cn in ("Local", "Tourist", "undetermined"))):
             rows[k] = []
     n = len(ev.total)
-    for rule in rules:
+
+    def row(rule: HomeRule) -> dict:
+        """The rule's row (small: its class arrays do not outlive it)."""
         cls, status, _ = ev.classes(rule)
         counts = np.bincount(cls, minlength=3)
-        rows["min_userdays"].append(rule.min_userdays)
-        rows["min_share"].append(rule.min_share)
-        rows["min_margin"].append(rule.min_margin)
-        rows["ambiguity_z"].append(rule.ambiguity_z)
-        rows["drop_ambiguous"].append(rule.drop_ambiguous)
-        rows["users"].append(n)
-        rows["classified"].append(int(counts[1] + counts[2]))
-        rows["locals"].append(int(counts[1]))
-        rows["tourists"].append(int(counts[2]))
-        rows["undetermined"].append(int(counts[0]))
-        rows["ambiguous"].append(int(np.count_nonzero(status == 2)))
-        rows["local_tourist_ratio"].append(float(counts[1] / counts[2]) if counts[2] else math.nan)
-        rows["changed_share"].append(float(np.count_nonzero(cls != base_cls) / n) if n else 0.0)
+        r = {"min_userdays": rule.min_userdays, "min_share": rule.min_share,
+             "min_margin": rule.min_margin, "ambiguity_z": rule.ambiguity_z,
+             "drop_ambiguous": rule.drop_ambiguous, "users": n,
+             "classified": int(counts[1] + counts[2]), "locals": int(counts[1]),
+             "tourists": int(counts[2]), "undetermined": int(counts[0]),
+             "ambiguous": int(np.count_nonzero(status == 2)),
+             "local_tourist_ratio": float(counts[1] / counts[2]) if counts[2] else math.nan,
+             "changed_share": float(np.count_nonzero(cls != base_cls) / n) if n else 0.0}
         if t is not None:
             known = t > 0
             judged = known & (cls > 0)
-            rows["accuracy"].append(
-                float(np.count_nonzero(cls[judged] == t[judged]) / np.count_nonzero(judged))
-                if judged.any() else math.nan)
+            r["accuracy"] = (float(np.count_nonzero(cls[judged] == t[judged])
+                                   / np.count_nonzero(judged)) if judged.any() else math.nan)
             n_known = np.count_nonzero(known) + missing[1] + missing[2]
-            rows["undetermined_share"].append(
+            r["undetermined_share"] = (
                 float((np.count_nonzero(known & (cls == 0)) + missing[1] + missing[2]) / n_known)
                 if n_known else math.nan)
             for tc, tn in ((1, "Local"), (2, "Tourist")):
                 for cc, cn in ((1, "Local"), (2, "Tourist"), (0, "undetermined")):
                     extra = missing[tc] if cc == 0 else 0
-                    rows[f"truth_{tn}_as_{cn}"].append(int(np.count_nonzero((t == tc) & (cls == cc))) + extra)
+                    r[f"truth_{tn}_as_{cn}"] = int(np.count_nonzero((t == tc) & (cls == cc))) + extra
+        return r
+
+    # two rules at a time: numpy's passes over the users release the GIL, and this step
+    # has the machine to itself in a run
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for r in pool.map(row, rules):
+            for k, v in r.items():
+                rows[k].append(v)
     return pa.table(rows)
 
 
