@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -137,37 +138,46 @@ def write_exports(
     out_dir.mkdir(parents=True, exist_ok=True)
     with exports_lock(out_dir), _Writers(out_dir) as w:
         remove_stale_temporaries(out_dir)
-        _stream_csv(
-            w.path("user_home_locations.csv"),
-            (t for _, t in homes.iter_tables(["user_guid", "country"])),
-            pa.schema([("user_guid", pa.string()), ("country", pa.string())]),
-        )
-        cls_file = pq.ParquetFile(classification_path)
-        schema = pa.schema([("user_guid", pa.string()), ("classification", pa.string())])
-        with csv_writer(w.path("user_classification.csv"), schema) as cw:
-            # streamed: the table of all users is never held whole
-            for rb in cls_file.iter_batches(batch_size=500_000,
-                                            columns=["user_guid", "classification"]):
-                t = pa.Table.from_batches([rb])
-                cw.write_table(t.filter(pc.not_equal(t.column("classification"),
-                                                     CLASS_UNDETERMINED)))
-        _stream_parquet(
-            w.path("user_country_userdays.parquet"),
-            (t for _, t in country_userdays.iter_tables(
-                ["user_guid", "country", "country_code", "userdays", "locations"])),
-        )
-        _stream_parquet(
-            w.path("user_home_locations.parquet"),
-            (home_evidence(t) for _, t in homes.iter_tables()),
-        )
+
+        def classification_csv(path: Path) -> None:
+            cls_file = pq.ParquetFile(classification_path)
+            schema = pa.schema([("user_guid", pa.string()), ("classification", pa.string())])
+            with csv_writer(path, schema) as cw:
+                # streamed: the table of all users is never held whole
+                for rb in cls_file.iter_batches(batch_size=500_000,
+                                                columns=["user_guid", "classification"]):
+                    t = pa.Table.from_batches([rb])
+                    cw.write_table(t.filter(pc.not_equal(t.column("classification"),
+                                                         CLASS_UNDETERMINED)))
+
+        jobs: dict[str, Callable[[Path], None]] = {
+            "user_home_locations.csv": lambda path: _stream_csv(
+                path, (t for _, t in homes.iter_tables(["user_guid", "country"])),
+                pa.schema([("user_guid", pa.string()), ("country", pa.string())])),
+            "user_classification.csv": classification_csv,
+            "user_country_userdays.parquet": lambda path: _stream_parquet(
+                path, (t for _, t in country_userdays.iter_tables(
+                    ["user_guid", "country", "country_code", "userdays", "locations"]))),
+            "user_home_locations.parquet": lambda path: _stream_parquet(
+                path, (home_evidence(t) for _, t in homes.iter_tables())),
+        }
         for name, (region_userdays, region_homes) in (layers or {}).items():
             ud_file, home_file = (f"{a}.parquet" for a in layer_assets(name))
-            _stream_parquet(w.path(ud_file), (t for _, t in region_userdays.iter_tables()))
-            _stream_parquet(w.path(home_file), (
-                layer_evidence(t).select(LAYER_HOME_COLUMNS) for _, t in region_homes.iter_tables()))
-        _stream_csv(w.path("rejected_rows.csv"), _global_rejects(rejects, line_offsets), REJECTS_SCHEMA)
-        _stream_csv(w.path("home_countries.csv"), [home_countries(classification_path)],
-                    HOME_COUNTRIES_SCHEMA)
+            jobs[ud_file] = lambda path, r=region_userdays: _stream_parquet(
+                path, (t for _, t in r.iter_tables()))
+            jobs[home_file] = lambda path, r=region_homes: _stream_parquet(path, (
+                layer_evidence(t).select(LAYER_HOME_COLUMNS) for _, t in r.iter_tables()))
+        jobs["rejected_rows.csv"] = lambda path: _stream_csv(
+            path, _global_rejects(rejects, line_offsets), REJECTS_SCHEMA)
+        jobs["home_countries.csv"] = lambda path: _stream_csv(
+            path, [home_countries(classification_path)], HOME_COUNTRIES_SCHEMA)
+        targets = {name: w.path(name) for name in jobs}  # registered here, not in threads
+        # two files at a time: Arrow's CSV and Parquet writers release the GIL, and
+        # the exports step has the machine to itself in a run
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [pool.submit(job, targets[name]) for name, job in jobs.items()]
+        for future in futures:
+            future.result()  # the first error, after every writer stopped
         w.path("summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         paths = {name: out_dir / name for name in w.paths}
     return paths

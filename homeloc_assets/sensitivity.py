@@ -28,6 +28,9 @@ from homeloc_assets.layout import FIGURES_DIR, OutputLayout
 HOMES_FILE = "user_home_locations.parquet"
 HOMES_COLUMNS = ["user_guid", "country_code", "userdays", "total_userdays", "home_share",
             "runner_up_userdays", "tie"]
+#: what the rules read without a truth to compare with: no ids (at 6.25 M users the
+#: 43-character ids were a third of the sweep's memory)
+RULE_COLUMNS = [c for c in HOMES_COLUMNS if c != "user_guid"]
 
 
 @dataclass(frozen=True)

@@ -241,9 +241,9 @@ def test_pooled_users_of_every_cell_equal_a_direct_count(ring):
         pd.testing.assert_frame_equal(other, one)
 
 
-def test_combine_gives_the_same_bytes_however_often_it_reduces(monkeypatch):
-    """combine unions the held batch tables whenever their HLL bytes grow (memory bound):
-    reducing after every table gives the same table as one union at the end."""
+def test_combine_gives_the_same_bytes_however_it_bounds_memory(monkeypatch):
+    """combine unions the held batch tables once they pass _COMBINE_ROWS, and union_groups
+    unions at most _UNION_BYTES of HLLs at once: neither changes a byte."""
     import homeloc_assets.inference.landscape as land
 
     rows = _clustered_rows(400, seed=3)
@@ -255,12 +255,14 @@ def test_combine_gives_the_same_bytes_however_often_it_reduces(monkeypatch):
     parts = [batch_cells(loc.filter(pa.array(rows.user_guid.isin(m).to_numpy())), classes, "DEU",
                          9, 1) for m in np.array_split(users, 9)]
     once = land.combine(parts)
-    monkeypatch.setattr(land, "_COMBINE_BYTES", 1)
     calls = []
-    real = land._reduce
-    monkeypatch.setattr(land, "_reduce", lambda t: calls.append(t.num_rows) or real(t))
+    real = land.grouped_union_arrow
+    monkeypatch.setattr(land, "grouped_union_arrow",
+                        lambda h, g, n: calls.append(n) or real(h, g, n))
+    monkeypatch.setattr(land, "_COMBINE_ROWS", 1)  # a reduction after every table
+    monkeypatch.setattr(land, "_UNION_BYTES", 200)  # unions of a few groups each
     often = land.combine(parts)
-    assert len(calls) >= 3  # reductions along the way (each once the bytes doubled) and the last
+    assert len(calls) > 3 * 9 and max(calls) < 20
     assert often.equals(once)
 
 

@@ -21,7 +21,7 @@ from homeloc_assets.figure_cache import cached_derived
 from homeloc_assets.inference.rules import rule_of
 from homeloc_assets.names import HOME_RULE_SENSITIVITY, USER_CLASSIFICATION, USER_HOME_LOCATIONS
 from homeloc_assets.provenance import read_run_info
-from homeloc_assets.sensitivity import HOMES_COLUMNS, run_sensitivity, sensitivity_figure
+from homeloc_assets.sensitivity import RULE_COLUMNS, run_sensitivity, sensitivity_figure
 from homeloc_assets.tables import PartitionedTables
 
 
@@ -44,7 +44,7 @@ def home_rule_sensitivity(context: dg.AssetExecutionContext, homeloc: HomelocCon
     """Sweep the default grid around the classification's own rule."""
     info = read_run_info(classification_path(homeloc))
     homes = classified_batches(homeloc, user_home_locations)
-    table = pa.concat_tables([t for _, t in homes.iter_tables(HOMES_COLUMNS)])
+    table = pa.concat_tables([t for _, t in homes.iter_tables(RULE_COLUMNS)])
     chosen = rule_of(info)
     result = run_sensitivity(table, info.study_country_code, chosen, publication_dir(homeloc),
                              log2m=info.hll_log2m, explicit_max=info.hll_explicit_max,

@@ -40,9 +40,12 @@ from homeloc_assets.inference.homes import CLASS_LOCAL, CLASS_TOURIST, CLASS_UND
 CLASSES = (CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED)
 _PREFIX = ("local", "tourist", "undetermined")
 CATEGORIES = ("touristic", "local", "not different", "too little data")
-#: rows and HLL bytes of batch tables held before they are unioned down (bounds memory)
+#: rows of batch tables held before they are unioned down (bounds memory)
 _COMBINE_ROWS = 2_000_000
-_COMBINE_BYTES = 8 << 20
+#: HLL bytes unioned at once by :func:`union_groups`: parsing takes about 16x their
+#: bytes; the 126 batch tables of 6.25 M seed-shape users combined with a peak of 1.07 GB
+#: in 8.4 s with 1 MiB slices (1.36 GB, 10.8 s with 16 MiB; 1.81 GB, 11.1 s unsliced)
+_UNION_BYTES = 1 << 20
 
 BATCH_SCHEMA = pa.schema([
     ("cell", pa.uint64()), ("cls", pa.int8()), ("hll", pa.large_binary()),
@@ -315,7 +318,23 @@ def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups:
     if not len(multi):
         return out
     mg, minv = _unique_inverse(g[multi])
-    _, blobs = grouped_union_arrow(hlls.take(pa.array(valid[multi])), minv, len(mg))
+    rows = valid[multi]
+    # in slices of whole groups of at most _UNION_BYTES each: parsing HLLs for a union
+    # takes about 16x their bytes, so one union of everything held would be the peak
+    order = np.argsort(minv, kind="stable")
+    rows, minv = rows[order], minv[order]
+    _, off, _ = arrow_buffers(hlls)
+    size = np.cumsum(off[rows + 1] - off[rows])
+    first = np.searchsorted(minv, np.arange(len(mg)))  # each group's first row
+    cut = np.unique(np.searchsorted(size[first], np.arange(0, size[-1], _UNION_BYTES)))
+    bounds = np.append(first[cut], len(rows)) if len(cut) else np.array([0, len(rows)])
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        g0 = minv[a]
+        _, part = grouped_union_arrow(hlls.take(pa.array(rows[a:b])), minv[a:b] - g0,
+                                      int(minv[b - 1] - g0 + 1))
+        parts.append(part)
+    blobs = pa.concat_arrays(parts)
     pos = np.arange(n_groups, dtype=np.int64)  # into out, or past it into the unions
     pos[mg] = n_groups + np.arange(len(mg))
     return pa.concat_arrays([out, blobs]).take(pa.array(pos))
@@ -329,17 +348,13 @@ def combine(tables: Iterable[pa.Table]) -> pa.Table:
     rows and pools only those.
     """
     held: list[pa.Table] = []
-    rows = size = base = 0  # held rows and HLL bytes; HLL bytes of the last reduction
+    rows = 0
     for t in tables:
         held.append(t.select(BATCH_SCHEMA.names).cast(BATCH_SCHEMA))
         rows += t.num_rows
-        size += held[-1].column("hll").nbytes
-        # parsing HLLs for a union takes about 17x their bytes: reduce before that gets
-        # large, and no sooner than the last reduction's bytes again (linear work)
-        if len(held) > 1 and (rows > _COMBINE_ROWS or size - base > max(_COMBINE_BYTES, base)):
+        if rows > _COMBINE_ROWS and len(held) > 1:
             held = [_reduce(pa.concat_tables(held))]
-            rows, size = held[0].num_rows, held[0].column("hll").nbytes
-            base = size
+            rows = held[0].num_rows
     if not held:
         return BATCH_SCHEMA.empty_table()
     t = pa.concat_tables(held)
