@@ -266,6 +266,18 @@ def test_combine_gives_the_same_bytes_however_it_bounds_memory(monkeypatch):
     assert often.equals(once)
 
 
+def test_union_slices_end_at_a_last_group_larger_than_a_slice(monkeypatch):
+    """A last group of many rows with small first rows: the byte thresholds inside it
+    start no slice (the union is the same as in one piece)."""
+    import homeloc_assets.inference.landscape as land
+
+    hlls = pa.array([days(1), days(2)] + [days(i, i + 1) for i in range(40)], pa.large_binary())
+    groups = np.array([0, 0] + [1] * 40)
+    whole = land.union_groups(hlls, groups, 2)
+    monkeypatch.setattr(land, "_UNION_BYTES", 50)
+    assert land.union_groups(hlls, groups, 2).equals(whole)
+
+
 def test_batch_tables_of_an_older_format_or_other_settings_are_refused(tmp_path):
     """A batch table of the format before ``ring_overlap`` (metadata without a version) or of
     other settings is not combined: landscape_cells asks for it to be made again."""

@@ -327,6 +327,7 @@ def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups:
     size = np.cumsum(off[rows + 1] - off[rows])
     first = np.searchsorted(minv, np.arange(len(mg)))  # each group's first row
     cut = np.unique(np.searchsorted(size[first], np.arange(0, size[-1], _UNION_BYTES)))
+    cut = cut[cut < len(mg)]  # thresholds within the last group start no slice
     bounds = np.append(first[cut], len(rows)) if len(cut) else np.array([0, len(rows)])
     parts = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
