@@ -329,13 +329,16 @@ def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups:
     cut = np.unique(np.searchsorted(size[first], np.arange(0, size[-1], _UNION_BYTES)))
     cut = cut[cut < len(mg)]  # thresholds within the last group start no slice
     bounds = np.append(first[cut], len(rows)) if len(cut) else np.array([0, len(rows)])
-    parts = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+
+    def union(a: int, b: int) -> pa.Array:
         g0 = minv[a]
-        _, part = grouped_union_arrow(hlls.take(pa.array(rows[a:b])), minv[a:b] - g0,
-                                      int(minv[b - 1] - g0 + 1))
-        parts.append(part)
-    blobs = pa.concat_arrays(parts)
+        return grouped_union_arrow(hlls.take(pa.array(rows[a:b])), minv[a:b] - g0,
+                                   int(minv[b - 1] - g0 + 1))[1]
+
+    # two slices at a time: the engine's numpy work releases the GIL (it runs in the
+    # combining step, alone in its run)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        blobs = pa.concat_arrays(list(pool.map(union, bounds[:-1], bounds[1:])))
     pos = np.arange(n_groups, dtype=np.int64)  # into out, or past it into the unions
     pos[mg] = n_groups + np.arange(len(mg))
     return pa.concat_arrays([out, blobs]).take(pa.array(pos))
