@@ -6,9 +6,11 @@ Shared by the IO manager, the worker processes and the exports; no Dagster.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,6 +18,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from homeloc_assets.atomic import atomic_path
+
+T = TypeVar("T")
 
 FORMATS = ("parquet", "csv")
 #: plain `user_guid,country` lines like the seed's; a chunk with a comma, quote
@@ -118,6 +122,28 @@ class PartitionedTables:
         """``(partition_key, table)`` one partition at a time."""
         for key, path in self.files.items():
             yield key, read_table(path, columns)
+
+    def map_ahead(self, f: Callable[[str, pa.Table], T],
+                  columns: Sequence[str] | None = None) -> Iterator[T]:
+        """``f(key, table)`` of every partition in order, the next one read and computed on
+        a thread while the caller uses the current one (at most two results held).
+
+        For a step that reads, transforms and writes partition by partition: Arrow's
+        reading and numpy's work release the GIL, so the writing overlaps them.
+        """
+        keys = list(self.files)
+        if not keys:
+            return
+
+        def one(key: str) -> T:
+            return f(key, read_table(self.files[key], columns))
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(one, keys[0])
+            for nxt in [*keys[1:], None]:
+                current = ahead.result()
+                ahead = pool.submit(one, nxt) if nxt is not None else None
+                yield current
 
     def read_all(self, columns: Sequence[str] | None = None) -> pa.Table:
         """All partitions concatenated (small data only)."""

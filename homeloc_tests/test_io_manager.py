@@ -107,3 +107,35 @@ def test_a_geo_table_is_read_once_per_version_and_each_step_gets_its_own_copy(tm
                           resources={"io_manager": io}, instance=inst).success
     assert seen[-1] == ["b"]  # a rewritten file is read again
     assert len([v for v in io_managers._GEO_READ if v[0] == str(tmp_path / "regions.parquet")]) == 1
+
+
+def test_map_ahead_keeps_order_holds_two_and_passes_errors(tmp_path):
+    """PartitionedTables.map_ahead: results in partition order, at most one computed ahead
+    of the one in use, and an error of a partition reaches the caller."""
+    import threading
+
+    from homeloc_assets.tables import write_table
+
+    files = {}
+    for i in range(6):
+        files[f"b{i}"] = write_table(pa.table({"x": [i, i]}), tmp_path / f"b{i}.parquet")
+    parts = PartitionedTables(files)
+    started, lock = [], threading.Lock()
+
+    def f(key, t):
+        with lock:
+            started.append(key)
+        if key == "b4" and fail:
+            raise ValueError("bad b4")
+        return key, t.column("x")[0].as_py()
+
+    fail = False
+    got = []
+    for item in parts.map_ahead(f):
+        got.append(item)
+        assert len(started) <= len(got) + 1  # never more than one ahead
+    assert got == [(f"b{i}", i) for i in range(6)]
+    fail, started[:] = True, []
+    with pytest.raises(ValueError, match="bad b4"):
+        list(parts.map_ahead(f))
+    assert list(PartitionedTables({}).map_ahead(f)) == []

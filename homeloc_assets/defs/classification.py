@@ -153,8 +153,11 @@ def user_classification(
     staged = staged_path(target.parent, target.stem)
     writer = None
     try:
-        for key, t in homes.iter_tables():
-            c = classify_batch(t, info, lambda asset, k=key: homeloc.layout.table(asset, k))
+        def classify(key: str, t: pa.Table) -> pa.Table:
+            return classify_batch(t, info, lambda asset, k=key: homeloc.layout.table(asset, k))
+
+        # the next batch is read and classified while this one is written
+        for c in homes.map_ahead(classify):
             if writer is None:
                 writer = pq.ParquetWriter(str(staged), info.attach(c.schema),
                                           compression=PARQUET_COMPRESSION)
