@@ -21,7 +21,7 @@ import fcntl
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pyarrow as pa
@@ -176,8 +176,12 @@ def write_exports(
         # the exports step has the machine to itself in a run
         with ThreadPoolExecutor(max_workers=2) as pool:
             futures = [pool.submit(job, targets[name]) for name, job in jobs.items()]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:
+                future.cancel()  # after a failure, the files not started are not written
         for future in futures:
-            future.result()  # the first error, after every writer stopped
+            if not future.cancelled():
+                future.result()  # the first error, once every writer stopped
         w.path("summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         paths = {name: out_dir / name for name in w.paths}
     return paths

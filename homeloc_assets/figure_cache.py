@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import inspect
 import json
 import os
@@ -245,13 +246,15 @@ def cached_figure_files(draw: Callable, args: tuple = (), kwargs: dict | None = 
 
 
 def cached_derived(make: Callable[[Path], bytes], source: str | os.PathLike[str],
-                   cache_dir: str | os.PathLike[str] | None) -> bytes:
+                   cache_dir: str | os.PathLike[str] | None,
+                   depends: tuple[str, ...] = ()) -> bytes:
     """``make(source)`` (bytes made from a file, e.g. a figure's scaled UI copy), from the
     cache when ``make`` made it from a file with the same bytes before.
 
-    Keyed by the source file's content and ``make``'s code (and its module's
-    source); checked by SHA-256 before reuse; any cache error makes it afresh.
-    ``cache_dir=None`` always makes it.
+    Keyed by the source file's content, ``make``'s code and its module's source,
+    and the source and ``__version__`` of every module named in ``depends`` (what
+    ``make`` calls); checked by SHA-256 before reuse; any cache error makes it
+    afresh. ``cache_dir=None`` always makes it.
     """
     source = Path(source)
     if cache_dir is None:
@@ -262,6 +265,13 @@ def cached_derived(make: Callable[[Path], bytes], source: str | os.PathLike[str]
             raise Uncacheable(f"make must be a plain function, not {type(make).__name__}")
         h = hashlib.sha256(f"homeloc-derived-{FORMAT_VERSION}".encode())
         h.update(_source_bytes(make.__module__))
+        for name in depends:
+            try:
+                module = importlib.import_module(name)
+            except ImportError as e:
+                raise Uncacheable(f"cannot import {name}") from e
+            h.update(f"{name}|{getattr(module, '__version__', '')}".encode())
+            h.update(_source_bytes(name))
         digest(make, h)
         h.update(hashlib.sha256(source.read_bytes()).digest())
         key = h.hexdigest()

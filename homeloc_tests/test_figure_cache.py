@@ -172,3 +172,21 @@ def test_derived_cache_keeps_the_newest_entries(tmp_path, monkeypatch):
         src.write_bytes(str(i).encode())
         fc.cached_derived(_shout, src, cache)
     assert len(list((cache / "derived").glob("*/*/meta.json"))) == 3
+
+
+def test_derived_bytes_are_made_again_when_a_dependency_changes(tmp_path, monkeypatch):
+    """A module named in ``depends`` (what the maker calls) is part of the key: its version."""
+    import PIL
+
+    MADE.clear()
+    src = tmp_path / "a.png"
+    src.write_bytes(b"abc")
+    cache = tmp_path / "cache"
+    fc.cached_derived(_shout, src, cache, ("PIL",))
+    fc.cached_derived(_shout, src, cache, ("PIL",))
+    assert len(MADE) == 1
+    monkeypatch.setattr(PIL, "__version__", "0.0-other")
+    assert fc.cached_derived(_shout, src, cache, ("PIL",)) == b"ABC" and len(MADE) == 2
+    # a dependency that cannot be imported: made every time, never an error
+    assert fc.cached_derived(_shout, src, cache, ("no_such_module_x",)) == b"ABC"
+    assert len(MADE) == 3

@@ -266,6 +266,23 @@ def test_combine_gives_the_same_bytes_however_it_bounds_memory(monkeypatch):
     assert often.equals(once)
 
 
+def test_rows_without_an_hll_are_no_trace():
+    """A row with a null HLL counts for no cell: not in users, not in the ring overlaps
+    (else a neighbour without an HLL would lower its ring's pooled users)."""
+    a = h3.latlng_to_cell(52.52, 13.40, 9)
+    b = next(c for c in h3.grid_disk(a, 1) if c != a)
+    (la, oa), (lb, ob) = h3.cell_to_latlng(a), h3.cell_to_latlng(b)
+    loc = pa.table({"user_guid": ["u1", "u1", "u2"], "latitude": [la, lb, lb],
+                    "longitude": [oa, ob, ob], "country_code": ["DEU"] * 3,
+                    "userday_hll": pa.array([days(1), None, None], pa.binary())})
+    classes = pa.table({"user_guid": ["u1", "u2"], "classification": ["Tourist", "Tourist"]})
+    t = batch_cells(loc, classes, "DEU", 9, 1)
+    assert t.column("cell").to_pylist() == [int(a, 16)]
+    assert t.column("users").to_pylist() == [1] and t.column("ring_overlap").to_pylist() == [0]
+    out, _ = landscape_table(combine([t]), LandscapeParams(resolution=9, ring=1))
+    assert out.column("pooled_tourist_users").to_pylist() == [1]
+
+
 def test_union_slices_end_at_a_last_group_larger_than_a_slice(monkeypatch):
     """A last group of many rows with small first rows: the byte thresholds inside it
     start no slice (the union is the same as in one piece)."""

@@ -105,6 +105,10 @@ def ui_dpi(fig) -> float:
     return min(UI_MAX_DPI, UI_WIDTH_PX / float(fig.get_size_inches()[0]))
 
 
+#: what :func:`ui_png` calls (its cached copies are made again when these change)
+UI_PNG_DEPENDS = ("homeloc_assets.plots", "PIL")
+
+
 def ui_png(png_file: str | Path) -> bytes:
     """The UI copy of a saved figure: the :func:`ui_dpi` size, scaled from its PNG file."""
     return plots.scaled_png(png_file, UI_WIDTH_PX, max_scale=UI_MAX_DPI / plots.SAVE_DPI)
@@ -169,7 +173,7 @@ def _publish(context, config: HomelocConfig, draw, args: tuple, name: str, alt: 
     paths, cached = cached_figure_files(draw, args, kwargs, name=name,
                                         out_dir=figures_dir(config),
                                         cache_dir=config.layout.figure_cache)
-    png = cached_derived(ui_png, paths["png"], config.layout.figure_cache)
+    png = cached_derived(ui_png, paths["png"], config.layout.figure_cache, UI_PNG_DEPENDS)
     md = ui_figure_markdown(context.instance, png, name, alt)
     if md is None:
         import base64

@@ -15,7 +15,7 @@ from homeloc_assets.defs.classification import (
     classified_batches,
     publication_dir,
 )
-from homeloc_assets.defs.reports import ui_figure_markdown, ui_png
+from homeloc_assets.defs.reports import UI_PNG_DEPENDS, ui_figure_markdown, ui_png
 from homeloc_assets.defs.resources import HomelocConfig
 from homeloc_assets.figure_cache import cached_derived
 from homeloc_assets.inference.rules import rule_of
@@ -56,7 +56,8 @@ def home_rule_sensitivity(context: dg.AssetExecutionContext, homeloc: HomelocCon
               f"{r['classified']:,} | {r['locals']:,} | {r['tourists']:,} | {r['changed_share']:.1%} |"
               for r in rows if r["min_margin"] == chosen.min_margin]
     md = "\n".join(lines)
-    png = cached_derived(ui_png, result.figure_path, homeloc.layout.figure_cache)
+    png = cached_derived(ui_png, result.figure_path, homeloc.layout.figure_cache,
+                         UI_PNG_DEPENDS)
     figure = ui_figure_markdown(context.instance, png,
                                 "sensitivity", "sensitivity") \
         or plots.figure_markdown(sensitivity_figure(result.table, chosen), "sensitivity", dpi=80)

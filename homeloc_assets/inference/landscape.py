@@ -152,8 +152,11 @@ def batch_cells(
     only cells with rows and the few neighbours where a user's cells overlap;
     those rows have a null ``hll`` and ``users`` 0.
     """
-    inside = pc.fill_null(pc.equal(locations.column("country_code"),
-                                   pa.scalar(study_country_code)), False)
+    # a row without an HLL (never from the reader) has no userday: it is no trace at all,
+    # so it counts neither for the cell's users nor for the ring overlaps
+    inside = pc.and_(pc.fill_null(pc.equal(locations.column("country_code"),
+                                           pa.scalar(study_country_code)), False),
+                     pc.is_valid(locations.column("userday_hll")))
     loc = locations.select(["user_guid", "latitude", "longitude"]).filter(inside)
     hlls = (locations.column("userday_hll").filter(inside) if parsed is None
             else parsed.take(np.flatnonzero(inside.to_numpy(zero_copy_only=False))))
@@ -319,8 +322,9 @@ def union_groups(hlls: pa.Array | pa.ChunkedArray, groups: np.ndarray, n_groups:
         return out
     mg, minv = _unique_inverse(g[multi])
     rows = valid[multi]
-    # in slices of whole groups of at most _UNION_BYTES each: parsing HLLs for a union
-    # takes about 16x their bytes, so one union of everything held would be the peak
+    # in slices of whole groups of about _UNION_BYTES each (a slice ends at the group that
+    # crosses the bound): parsing HLLs for a union takes about 16x their bytes, so one
+    # union of everything held would be the peak
     order = np.argsort(minv, kind="stable")
     rows, minv = rows[order], minv[order]
     _, off, _ = arrow_buffers(hlls)
