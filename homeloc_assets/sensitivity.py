@@ -42,12 +42,13 @@ class SensitivityResult:
     figure_path: Path | None
 
 
-def read_homes(out_dir: str | Path) -> pa.Table:
-    """The columns of the run's homes that the rules need; a clear error when there is no run."""
+def read_homes(out_dir: str | Path, with_ids: bool = True) -> pa.Table:
+    """The columns of the run's homes that the rules need (``user_guid`` too when
+    ``with_ids``: to compare with a truth); a clear error when there is no run."""
     path = Path(out_dir) / HOMES_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `homeloc run --out {out_dir}` first")
-    return pq.read_table(path, columns=HOMES_COLUMNS)
+    return pq.read_table(path, columns=HOMES_COLUMNS if with_ids else RULE_COLUMNS)
 
 
 def read_truth(path: str | Path) -> pa.Table:
@@ -186,7 +187,7 @@ def main(args: argparse.Namespace, *, validate: bool = False) -> int:
     """Run ``homeloc sensitivity`` (or ``validate`` with ``args.truth``); print where it went."""
     chosen = HomeRule(min_userdays=args.min_userdays, min_share=args.min_share,
                       min_margin=args.min_margin, ambiguity_z=args.ambiguity_z)
-    homes = read_homes(args.out)
+    homes = read_homes(args.out, with_ids=validate)
     truth = read_truth(args.truth) if validate else None
     run = _summary(args.out)
     result = run_sensitivity(
