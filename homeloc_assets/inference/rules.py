@@ -136,8 +136,10 @@ class _Evidence:
             reason[checks[i]] = i
         undetermined = reason < 3
         ambiguous = (reason == 3) | (reason == 4)
-        status = np.where(undetermined, 1, np.where(ambiguous, 2, 0)).astype(np.int8)
-        cls = np.where(self.local, 1, 2).astype(np.int8)
+        # int8 throughout: int64 temporaries of every user were most of the sweep's memory
+        one, two, zero = np.int8(1), np.int8(2), np.int8(0)
+        status = np.where(undetermined, one, np.where(ambiguous, two, zero))
+        cls = np.where(self.local, one, two)
         cls[undetermined] = 0
         if rule.drop_ambiguous:
             cls[ambiguous] = 0
