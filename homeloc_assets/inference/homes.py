@@ -62,14 +62,16 @@ def country_userdays(
 
     key = codes[inside] * (n_countries + 1) + country_index[inside]
     uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    blobs_in = hlls.filter(pa.array(inside)) if not inside.all() else hlls
-    if getattr(backend, "takes_parsed", False):
-        from homeloc_assets import hll
+    every = bool(inside.all())
+    takes_parsed = getattr(backend, "takes_parsed", False)
+    if takes_parsed and parsed is not None:
+        blobs_in = parsed if every else parsed.take(np.flatnonzero(inside))
+    else:
+        blobs_in = hlls if every else hlls.filter(pa.array(inside))
+        if takes_parsed:
+            from homeloc_assets import hll
 
-        if parsed is None:
-            blobs_in = hll.parse_many(blobs_in)
-        else:
-            blobs_in = parsed if inside.all() else parsed.take(np.flatnonzero(inside))
+            blobs_in = hll.parse_many(blobs_in)  # once, for both unions
     if len(uniq):
         userdays = backend.grouped_cardinality(blobs_in, inverse.astype(np.int64), len(uniq))
     else:

@@ -223,16 +223,10 @@ def sensitivity(
         absent_cls = truth.column("classification").filter(absent)
         missing = {1: int(pc.sum(pc.equal(absent_cls, CLASS_LOCAL)).as_py() or 0),
                    2: int(pc.sum(pc.equal(absent_cls, CLASS_TOURIST)).as_py() or 0)}
-    rows: dict[str, list] = {k: [] for k in (
-        "min_userdays", "min_share", "min_margin", "ambiguity_z", "drop_ambiguous", "users",
-        "classified", "locals", "tourists", "undetermined", "ambiguous", "local_tourist_ratio",
-        "changed_share")}
-    if t is not None:
-        for k in ("accuracy", "undetermined_share", *(
-                f"truth_{tn}_as_{cn}" for tn in ("Local", "Tourist")
-                for cn in ("Local", "Tourist", "undetermined"))):
-            rows[k] = []
     n = len(ev.total)
+    if t is not None:  # the same for every rule
+        known = t > 0
+        n_known = np.count_nonzero(known) + missing[1] + missing[2]
 
     def row(rule: HomeRule) -> dict:
         """The rule's row (small: its class arrays do not outlive it)."""
@@ -247,11 +241,9 @@ def sensitivity(
              "local_tourist_ratio": float(counts[1] / counts[2]) if counts[2] else math.nan,
              "changed_share": float(np.count_nonzero(cls != base_cls) / n) if n else 0.0}
         if t is not None:
-            known = t > 0
             judged = known & (cls > 0)
             r["accuracy"] = (float(np.count_nonzero(cls[judged] == t[judged])
                                    / np.count_nonzero(judged)) if judged.any() else math.nan)
-            n_known = np.count_nonzero(known) + missing[1] + missing[2]
             r["undetermined_share"] = (
                 float((np.count_nonzero(known & (cls == 0)) + missing[1] + missing[2]) / n_known)
                 if n_known else math.nan)
@@ -264,10 +256,7 @@ def sensitivity(
     # two rules at a time: numpy's passes over the users release the GIL, and this step
     # has the machine to itself in a run
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for r in pool.map(row, rules):
-            for k, v in r.items():
-                rows[k].append(v)
-    return pa.table(rows)
+        return pa.Table.from_pylist(list(pool.map(row, rules)))
 
 
 def nest_classes(classified: pa.Table, region_homes: pa.Table, region_code: str) -> pa.Table:
