@@ -165,38 +165,57 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _lookup(entry: Path, name: str, out_dir: Path) -> dict[str, Path] | None:
-    """Copy entry ``entry``'s files to ``out_dir`` when they are whole (each read once)."""
+def _read_entry(entry: Path, files: dict[str, str], **meta) -> dict[str, bytes] | None:
+    """The bytes of entry ``entry``'s ``files`` (key -> file name) when its metadata has
+    ``meta`` and every file's SHA-256 matches (each read once), else None; a whole entry
+    becomes the most recently used."""
     meta_file = entry / _META
     try:
-        meta = json.loads(meta_file.read_text())
-        if meta.get("name") != name:
+        stored = json.loads(meta_file.read_text())
+        if any(stored.get(k) != v for k, v in meta.items()):
             return None
-        data = {fmt: (entry / f"{name}.{fmt}").read_bytes() for fmt in _FORMATS}
-        if any(_sha256(data[f]) != meta["sha256"][f] for f in _FORMATS):
+        data = {k: (entry / f).read_bytes() for k, f in files.items()}
+        if any(_sha256(data[k]) != stored["sha256"][k] for k in files):
             return None
-        paths = {}
+        os.utime(meta_file)
+        return data
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_entry(cache_dir: Path, entry: Path, files: dict[str, tuple[str, bytes]],
+                 **meta) -> None:
+    """Add entry ``entry`` with ``files`` (key -> (file name, bytes)) and ``meta``; the
+    metadata is written last, so a half-written entry is never read as whole."""
+    entry.mkdir(parents=True, exist_ok=True)
+    for name, data in files.values():
+        write_bytes_atomic(entry / name, data)
+    sums = {k: _sha256(data) for k, (_, data) in files.items()}
+    write_text_atomic(entry / _META, json.dumps({**meta, "sha256": sums}))
+    _prune(cache_dir)
+
+
+def _lookup(entry: Path, name: str, out_dir: Path) -> dict[str, Path] | None:
+    """Copy entry ``entry``'s files to ``out_dir`` when they are whole."""
+    data = _read_entry(entry, {fmt: f"{name}.{fmt}" for fmt in _FORMATS}, name=name)
+    if data is None:
+        return None
+    paths = {}
+    try:
         for fmt in _FORMATS:
             # a copy, not a hard link: a file changed in place on one side (an image editor
             # saving over it) must not change the other
             paths[fmt] = out_dir / f"{name}.{fmt}"
             write_bytes_atomic(paths[fmt], data[fmt])
-        os.utime(meta_file)  # most recently used
-        return paths
-    except (OSError, ValueError, KeyError, TypeError):
+    except OSError:
         return None
+    return paths
 
 
 def _store(cache_dir: Path, entry: Path, name: str, paths: dict[str, Path]) -> None:
-    """Add the saved figure files ``paths`` as entry ``entry`` (metadata last)."""
-    entry.mkdir(parents=True, exist_ok=True)
-    sums = {}
-    for fmt in _FORMATS:
-        data = paths[fmt].read_bytes()
-        write_bytes_atomic(entry / f"{name}.{fmt}", data)
-        sums[fmt] = _sha256(data)
-    write_text_atomic(entry / _META, json.dumps({"name": name, "sha256": sums}))
-    _prune(cache_dir)
+    """Add the saved figure files ``paths`` as entry ``entry``."""
+    _write_entry(cache_dir, entry, {fmt: (f"{name}.{fmt}", paths[fmt].read_bytes())
+                                    for fmt in _FORMATS}, name=name)
 
 
 def _prune(cache_dir: Path) -> None:
@@ -275,22 +294,13 @@ def cached_derived(make: Callable[[Path], bytes], source: str | os.PathLike[str]
         digest(make, h)
         h.update(hashlib.sha256(source.read_bytes()).digest())
         key = h.hexdigest()
-        entry = root / key[:2] / key
-        try:
-            meta_file = entry / _META
-            meta = json.loads(meta_file.read_text())
-            data = (entry / "data").read_bytes()
-            if _sha256(data) == meta["sha256"]:
-                os.utime(meta_file)  # most recently used
-                return data
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
     except (Uncacheable, OSError):
         return make(source)
+    entry = root / key[:2] / key
+    hit = _read_entry(entry, {"data": "data"})
+    if hit is not None:
+        return hit["data"]
     data = make(source)
     with contextlib.suppress(OSError):
-        entry.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(entry / "data", data)
-        write_text_atomic(entry / _META, json.dumps({"sha256": _sha256(data)}))
-        _prune(root)
+        _write_entry(root, entry, {"data": ("data", data)})
     return data
