@@ -104,3 +104,21 @@ def pytest_unconfigure(config) -> None:
     root = getattr(config, "_homeloc_cache_root", None)
     if root:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def hll_kernel(request):
+    """Runs the test once with each grouped-union kernel: the compiled one and the numpy reference."""
+    from homeloc_assets import hll
+
+    with hll.use_kernel(request.param):
+        yield request.param
+
+
+@pytest.fixture()
+def numpy_kernel():
+    """The numpy reference of the grouped union (for tests of its own chunking)."""
+    from homeloc_assets import hll
+
+    with hll.use_kernel("numpy"):
+        yield

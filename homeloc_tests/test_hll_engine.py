@@ -172,7 +172,7 @@ def test_hashes_vs_pg(pgc):
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("params", [(11, 5, -1, 1), (10, 4, 64, 0), (12, 6, -1, 1)])
-def test_grouped_union_vs_pg(pgc, params):
+def test_grouped_union_vs_pg(pgc, params, hll_kernel):
     """Many groups with a mix of EMPTY, EXPLICIT, SPARSE and FULL inputs, vs hll_union_agg GROUP BY."""
     ps = ",".join(map(str, params))
     pgc.execute(
@@ -200,7 +200,7 @@ def test_grouped_union_vs_pg(pgc, params):
 
 
 @pytest.mark.postgres
-def test_grouped_many_estimator_groups_vs_pg(pgc):
+def test_grouped_many_estimator_groups_vs_pg(pgc, hll_kernel):
     """Thousands of estimator groups (several scratch chunks) of every composition vs PostgreSQL:
     one SPARSE row + EXPLICIT rows, several SPARSE rows, FULL + SPARSE + EXPLICIT, several FULL,
     EXPLICIT rows whose union passes the threshold, and overlapping values across rows."""
@@ -314,10 +314,10 @@ def test_explicit_counts_exactly(xs, ys):
     assert outs[0] == u and card[0] == hll.cardinality(u)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.data())
 @pytest.mark.slow
-def test_grouped_equals_scalar(data):
+def test_grouped_equals_scalar(hll_kernel, data):
     params = data.draw(_params_st)
     blobs = [data.draw(_hll_st(params)) for _ in range(data.draw(st.integers(1, 8)))]
     groups = [data.draw(st.integers(0, 2)) for _ in blobs]
@@ -344,10 +344,10 @@ def _explicit_st(draw, params):
     return h
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.data())
 @pytest.mark.slow
-def test_grouped_many_groups_equals_scalar(data):
+def test_grouped_many_groups_equals_scalar(hll_kernel, data):
     """Many rows over many (sparse, possibly huge) group ids: every composition of a group vs the scalar union."""
     params = data.draw(_params_st)
     pool = [data.draw(_hll_st(params)) for _ in range(data.draw(st.integers(1, 5)))]
@@ -376,8 +376,8 @@ def test_grouped_many_groups_equals_scalar(data):
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_grouped_small_chunks_and_wide_scratch_equal_scalar(monkeypatch, data):
-    """The chunked estimator with one group per chunk and the uint64 scratch give the same results."""
+def test_grouped_small_chunks_and_wide_scratch_equal_scalar(monkeypatch, numpy_kernel, data):
+    """The numpy reference's chunked estimator with one group per chunk and the uint64 scratch give the same results."""
     from homeloc_assets.hll import _vector
 
     params = data.draw(st.sampled_from([(11, 5, -1, 1), (6, 4, 8, 1), (8, 5, -1, 0)]))
@@ -396,10 +396,10 @@ def test_grouped_small_chunks_and_wide_scratch_equal_scalar(monkeypatch, data):
         assert outs[g] == u
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.data())
 @pytest.mark.slow
-def test_parsed_take_equals_parsing_the_taken_bytes(data):
+def test_parsed_take_equals_parsing_the_taken_bytes(hll_kernel, data):
     """``parse_many(...).take(rows)`` (any order, repeats) gives the same verdicts, unions and
     estimates as parsing the bytes of those rows: two params sets, nulls, invalid rows."""
     pa_, pb_ = data.draw(st.lists(_params_st, min_size=2, max_size=2, unique=True))
@@ -436,7 +436,7 @@ def test_parsed_take_equals_parsing_the_taken_bytes(data):
                               equal_nan=True)
 
 
-def test_grouped_explicit_values_equal_in_their_high_bits():
+def test_grouped_explicit_values_equal_in_their_high_bits(hll_kernel):
     """Values that differ only in their low bits, in unsorted row order: the exact fallback."""
     n_groups = 1 << 20
     rows = [[10, 12], [3, 10], [11], [-1, 0], [1 << 40]]

@@ -47,7 +47,7 @@ def test_scalar_union_bytes_are_postgresqls(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_vectorised_grouped_union_is_postgresqls(case):
+def test_vectorised_grouped_union_is_postgresqls(case, hll_kernel):
     values = [_blob(v["value"]) for v in case["values"]]
     blobs, groups = [], []
     for g, u in enumerate(case["unions"]):

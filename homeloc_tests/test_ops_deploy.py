@@ -107,6 +107,8 @@ def test_compose_services_images_and_builds(compose):
     assert services["dagster_daemon"]["entrypoint"][:2] == ["dagster-daemon", "run"]
     code = (DEPLOY / "Dockerfile.homeloc").read_text()
     assert '"code-server", "start"' in code and '"homeloc_assets.definitions"' in code
+    # the image builds the compiled hll kernel, and fails to build without it
+    assert "setup.py" in code and "gcc" in code and "import homeloc_assets.hll._kernel" in code
 
 
 def test_compose_ports_only_on_localhost(compose):

@@ -103,7 +103,7 @@ def _fromhex(text: str) -> bytes | None:
 
 
 @pytest.mark.slow
-def test_vectorised_engine_accepts_the_same_and_counts_the_same(values, pg_answers):
+def test_vectorised_engine_accepts_the_same_and_counts_the_same(values, pg_answers, hll_kernel):
     # 268 MB of hex text: decoded by Python's C fromhex here (the CSV reader's own
     # vectorised decoder is tested on real exports elsewhere)
     blobs = pa.array([_fromhex(v) for v in values.hll], pa.binary())

@@ -5,7 +5,9 @@ format (``_format``), the scalar operations with hll.c's semantics and
 estimator (``_ops``), the ``hll_hash_*`` functions (``_hash``), the hex
 text of whole columns (``_hex``), the validation of whole columns
 (``_inspect``) and the grouped union for the pipeline (``_vector``;
-:func:`grouped_union_arrow` gives the unions as one Arrow array). A column
+:func:`grouped_union_arrow` gives the unions as one Arrow array; its estimator runs in
+the compiled ``_kernel.c`` where it was built, else in numpy, the reference it is tested
+against: :func:`kernel`, :func:`use_kernel`). A column
 parsed once by :func:`parse_many` can be passed to the grouped functions
 instead of its bytes, whole or as some of its rows (``ParsedColumn.take``).  No
 Dagster here.
@@ -52,7 +54,7 @@ from ._hash import (
 from ._hex import unhex_many
 from ._inspect import InspectResult, ParsedColumn, inspect_many, params_of_code, parse_many
 from ._ops import add, cardinality, describe, empty, union
-from ._vector import grouped_cardinality, grouped_union, grouped_union_arrow
+from ._vector import grouped_cardinality, grouped_union, grouped_union_arrow, kernel, use_kernel
 
 __all__ = [
     "EMPTY",
@@ -68,6 +70,8 @@ __all__ = [
     "grouped_cardinality",
     "grouped_union",
     "grouped_union_arrow",
+    "kernel",
+    "use_kernel",
     "inspect_many",
     "params_of_code",
     "parse_many",

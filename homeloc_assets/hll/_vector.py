@@ -24,6 +24,10 @@ group's register.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +60,7 @@ from ._inspect import (
 )
 from ._ops import POW2_NEG, estimate_from_sums, gamma_m2, rho_and_index
 
-__all__ = ["grouped_cardinality", "grouped_union", "grouped_union_arrow"]
+__all__ = ["grouped_cardinality", "grouped_union", "grouped_union_arrow", "kernel", "use_kernel"]
 
 
 class _Out:
@@ -264,7 +268,7 @@ def _grouped(
         selected = np.flatnonzero(estimated & (group_code == c))
         gamma_m2(pr.nregs)  # raises for too few registers, like hll_cardinality
         if pr.log2m + 1 + pr.max_register <= 53:
-            _estimate_exact(p, g, selected, pr, card, out)
+            (_estimate_compiled if _compiled() else _estimate_exact)(p, g, selected, pr, card, out)
         else:
             _estimate_dense(p, g, selected, pr, card, out)
     return card, out
@@ -807,6 +811,142 @@ def _pack_groups(pr: Params, regs: Bytes, group_ids: Ints, n_filled: Ints, out: 
     else:
         out.put_list(group_ids[sparse_at],
                      [encode_compressed(pr, regs[i], SPARSE) for i in sparse_at.tolist()])
+
+
+# ---------------------------------------------------------------- estimator, compiled
+
+#: the interface version of ``_kernel.c`` this module calls (its ``KERNEL_VERSION``)
+_KERNEL_VERSION = 1
+KERNELS = ("compiled", "numpy")
+_OUT_BYTES = 8 << 20  # union bytes written per kernel call (at most)
+_EMPTY_U8 = np.zeros(0, np.uint8)
+_EMPTY_I64 = np.zeros(0, np.int64)
+
+
+def _load_kernel():
+    """The compiled kernel module, or None where it was not built or is out of date."""
+    try:
+        from . import _kernel  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    if getattr(_kernel, "VERSION", None) != _KERNEL_VERSION:
+        warnings.warn("homeloc's compiled hll kernel is out of date (run `make setup` or "
+                      "`pip install -e .` again); using the numpy path", stacklevel=2)
+        return None
+    return _kernel
+
+
+_KERNEL = _load_kernel()
+
+
+def _kernel_from_env() -> str:
+    name = os.environ.get("HOMELOC_HLL_KERNEL", "").strip().lower()
+    if not name:
+        return "compiled" if _KERNEL is not None else "numpy"
+    if name not in KERNELS:
+        raise HLLError(f"HOMELOC_HLL_KERNEL={name!r}: use one of {', '.join(KERNELS)}")
+    return name
+
+
+_CHOSEN = _kernel_from_env()
+
+
+def kernel() -> str:
+    """The grouped union in use: ``compiled`` (``_kernel.c``) or ``numpy`` (the reference).
+
+    ``HOMELOC_HLL_KERNEL`` chooses; unset, the compiled kernel where it was built.
+    """
+    return _CHOSEN
+
+
+@contextlib.contextmanager
+def use_kernel(name: str) -> Iterator[None]:
+    """Run the grouped functions with kernel ``name`` inside the block (tests, benchmarks)."""
+    global _CHOSEN
+    if name not in KERNELS:
+        raise HLLError(f"unknown hll kernel {name!r}: use one of {', '.join(KERNELS)}")
+    if name == "compiled" and _KERNEL is None:
+        raise HLLError("the compiled hll kernel is not built (run `make setup`)")
+    before, _CHOSEN = _CHOSEN, name
+    try:
+        yield
+    finally:
+        _CHOSEN = before
+
+
+def _compiled() -> bool:
+    if _CHOSEN == "numpy":
+        return False
+    if _KERNEL is None:
+        raise HLLError("HOMELOC_HLL_KERNEL=compiled, but the compiled hll kernel is not "
+                       "built (run `make setup`)")
+    return True
+
+
+def _estimate_compiled(
+    p: _Parsed, g: Ints, selected: Ints, pr: Params, card: Floats, out: UnionOut
+) -> None:
+    """:func:`_estimate_exact` by the compiled kernel: same cardinalities, same bytes.
+
+    Lists every row of the groups ``selected`` (one params code) as (kind, lo, hi) in
+    group order; the kernel unions each group's rows in one m-byte register array.
+    """
+    n_local = len(selected)
+    local = np.full(len(card), -1, np.int64)
+    local[selected] = np.arange(n_local)
+    ids, kinds, los, his = [], [], [], []
+
+    def rows_of(kind: int, row_local: Ints, lo: Ints, hi: Ints) -> None:
+        at = np.flatnonzero(row_local >= 0)
+        if len(at):
+            ids.append(row_local[at])
+            kinds.append(np.full(len(at), kind, np.uint8))
+            los.append(lo[at])
+            his.append(hi[at])
+
+    if len(p.x_rows):
+        rows_of(2, local[g[p.x_rows]], p.x_offsets[:-1], p.x_offsets[1:])
+    s_lo, s_hi = p.sparse_segment(pr.code)
+    if s_hi > s_lo:
+        rows_of(0, local[g[p.s_rows[s_lo:s_hi]]], p.s_offsets[s_lo:s_hi],
+                p.s_offsets[s_lo + 1 : s_hi + 1])
+    full_rows = p.full_rows.get(pr.code, _NO_ROWS)
+    if len(full_rows):
+        payload = p.start[full_rows] + 3
+        rows_of(1, local[g[full_rows]], payload, payload)
+    if ids:
+        row_local = np.concatenate(ids) if len(ids) > 1 else ids[0]
+        kind, lo, hi = (np.concatenate(k) if len(k) > 1 else k[0] for k in (kinds, los, his))
+        if len(ids) > 1 or (row_local[1:] < row_local[:-1]).any():  # rows are often in group order
+            order = _group_order(row_local, n_local)
+            kind, lo, hi = kind[order], lo[order], hi[order]
+        lo, hi = np.ascontiguousarray(lo, np.int64), np.ascontiguousarray(hi, np.int64)
+        count = np.bincount(row_local, minlength=n_local)
+    else:
+        kind, lo, hi, count = _EMPTY_U8, _EMPTY_I64, _EMPTY_I64, np.zeros(n_local, np.int64)
+    grp_off = np.zeros(n_local + 1, np.int64)
+    np.cumsum(count, out=grp_off[1:])
+    s_index = p.s_index
+    if s_index.dtype.itemsize not in (2, 4) or not s_index.flags.c_contiguous:
+        s_index = np.ascontiguousarray(s_index, np.int32)
+    args = (grp_off, kind, lo, hi, s_index, s_index.dtype.itemsize,
+            np.ascontiguousarray(p.s_value, np.uint8), p.padded,
+            np.ascontiguousarray(p.x_values, np.int64), pr.log2m, pr.regwidth, pr.sparseon)
+    heads = (pr.header(SPARSE), pr.header(FULL))
+    reg_sum = np.empty(n_local, np.int64)
+    zeros = np.empty(n_local, np.int64)
+    if out is None:
+        _KERNEL.union_groups(*args, 0, n_local, *heads, reg_sum, zeros, _EMPTY_U8, _EMPTY_I64)
+    elif n_local:
+        per_group = 3 + (pr.nregs * pr.regwidth + 7) // 8  # FULL, the largest a union can be
+        step = max(1, _OUT_BYTES // per_group)
+        buf = np.empty(min(n_local, step) * per_group, np.uint8)
+        offsets = np.empty(min(n_local, step) + 1, np.int64)
+        for c0 in range(0, n_local, step):
+            c1 = min(n_local, c0 + step)
+            used = _KERNEL.union_groups(*args, c0, c1, *heads, reg_sum, zeros, buf, offsets)
+            out.put(selected[c0:c1], _binary(buf[:used].copy(), offsets[: c1 - c0 + 1].copy()))
+    card[selected] = estimate_from_sums(pr, reg_sum * np.ldexp(1.0, -pr.max_register), zeros)
 
 
 # ---------------------------------------------------------------- estimator, dense

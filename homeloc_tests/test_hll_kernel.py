@@ -1,0 +1,228 @@
+"""The compiled grouped-union kernel (``hll/_kernel.c``) against its numpy reference.
+
+The reference (``_vector._estimate_exact``) is tested against PostgreSQL elsewhere (the
+grouped tests there run with both kernels); here random columns of every storage type and
+parameter set the kernel takes, in many group layouts, must give the same cardinalities
+to the last bit and the same union bytes. Also: the kernel is built, it refuses
+inconsistent buffers instead of reading outside them, and it runs in threads.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from homeloc_assets import hll
+from homeloc_assets.hll import _vector
+
+
+def test_the_compiled_kernel_is_built():
+    """`make setup` builds it; without it every run takes the slower numpy path."""
+    assert _vector._KERNEL is not None, "homeloc_assets/hll/_kernel.c was not built: run `make setup`"
+    assert hll.kernel() == "compiled"
+
+
+def _value(rng: np.random.Generator, params: hll.Params, kind: str) -> bytes:
+    m, top = params.nregs, (1 << params.regwidth) - 1
+    if kind == "explicit":
+        n = int(rng.integers(0, max(1, min(params.effective_expthresh, 40)) + 1))
+        vals = np.unique(rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64))
+        return hll.encode(hll.HLL(params, hll.EXPLICIT, values=vals))
+    if kind == "empty":
+        return params.header(hll.EMPTY)
+    fill = {"sparse": rng.uniform(0, 0.05), "full": rng.uniform(0.05, 1.0)}[kind]
+    regs = np.where(rng.random(m) < fill, rng.integers(1, top + 1, m), 0).astype(np.uint8)
+    value = hll.encode(hll.HLL(params, hll.SPARSE if kind == "sparse" else hll.FULL, registers=regs))
+    if kind == "sparse" and not hll.inspect_many([value]).ok[0]:
+        # narrow entries whose padding reads as one more (zero) entry: not a valid value
+        return hll.encode(hll.HLL(params, hll.FULL, registers=regs))
+    return value
+
+
+def _column(rng: np.random.Generator, params: list[hll.Params], n_rows: int):
+    """Rows of random kinds, each params set in its own groups; some nulls."""
+    blobs, groups = [], []
+    per = max(1, n_rows // 3)
+    for k, pr in enumerate(params):
+        kinds = ["explicit", "sparse", "full", "empty"] if pr.sparseon else ["explicit", "full", "empty"]
+        for _ in range(n_rows):
+            kind = kinds[int(rng.integers(len(kinds)))]
+            blobs.append(None if rng.random() < 0.03 else _value(rng, pr, kind))
+            groups.append(k * per + int(rng.integers(per)))
+    return blobs, np.array(groups, np.int64), per * len(params)
+
+
+def _both(blobs, groups, n_groups):
+    col = pa.array(blobs, pa.binary())
+    got = {}
+    for name in ("compiled", "numpy"):
+        with hll.use_kernel(name):
+            card, out = hll.grouped_union_arrow(col, groups, n_groups)
+            got[name] = (card, out, hll.grouped_cardinality(col, groups, n_groups))
+    return got["compiled"], got["numpy"]
+
+
+_PARAMS = st.builds(
+    hll.Params,
+    log2m=st.integers(4, 17),
+    regwidth=st.integers(1, 5),
+    expthresh=st.sampled_from([-1, 0, 1, 8, 32]),
+    sparseon=st.integers(0, 1),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_PARAMS, min_size=1, max_size=3, unique=True), st.integers(1, 40),
+       st.integers(0, 2**32 - 1))
+@pytest.mark.slow
+def test_compiled_equals_the_numpy_reference(params, n_rows, seed):
+    rng = np.random.default_rng(seed)
+    blobs, groups, n_groups = _column(rng, params, n_rows)
+    (card, out, card2), (ref_card, ref_out, ref_card2) = _both(blobs, groups, n_groups)
+    assert out.equals(ref_out)
+    assert np.array_equal(card, ref_card, equal_nan=True)
+    assert np.array_equal(card2, ref_card2, equal_nan=True)
+    assert np.array_equal(card, card2, equal_nan=True)
+
+
+def test_seed_shape_values_equal_the_reference():
+    """(11, 5, 0, 1): SPARSE from the first element, as in the real data; many groups."""
+    rng = np.random.default_rng(5)
+    pr = hll.Params(11, 5, 0, 1)
+    blobs = [_value(rng, pr, "sparse" if rng.random() < 0.97 else "full") for _ in range(6000)]
+    groups = rng.integers(0, 1500, len(blobs))
+    (card, out, card2), (ref_card, ref_out, ref_card2) = _both(blobs, groups, 1500)
+    assert out.equals(ref_out) and np.array_equal(card, ref_card, equal_nan=True)
+    assert np.array_equal(card2, ref_card2, equal_nan=True)
+    kinds = {b[0] & 15 for b in out.to_pylist() if b}
+    assert kinds == {hll.SPARSE, hll.FULL}
+
+
+@pytest.mark.parametrize("params", [(11, 5, -1, 1), (12, 4, -1, 1), (4, 4, -1, 1)])
+def test_sparse_or_full_at_the_cutoff(params):
+    """A union stays SPARSE only while smaller than FULL: at n_filled * (log2m + w) == m * w
+    it is FULL, one register fewer SPARSE (hll.c ``multiset_pack``)."""
+    pr = hll.Params(*params)
+    bits = pr.log2m + pr.regwidth
+    at = pr.nregs * pr.regwidth // bits
+    assert at * bits == pr.nregs * pr.regwidth  # these params have an exact cutoff
+    rng = np.random.default_rng(2)
+    blobs, groups = [], []
+    for g, filled in enumerate((at - 1, at)):
+        regs = np.zeros(pr.nregs, np.uint8)
+        regs[rng.choice(pr.nregs, filled, replace=False)] = rng.integers(1, 1 << pr.regwidth, filled)
+        half = np.zeros_like(regs)
+        half[: pr.nregs // 2] = regs[: pr.nregs // 2]
+        blobs += [hll.encode(hll.HLL(pr, hll.FULL, registers=regs - half)),
+                  hll.encode(hll.HLL(pr, hll.FULL, registers=half))]
+        groups += [g, g]
+    (card, out, _), (ref_card, ref_out, _) = _both(blobs, np.array(groups), 2)
+    assert out.equals(ref_out) and np.array_equal(card, ref_card)
+    assert [b[0] & 15 for b in out.to_pylist()] == [hll.SPARSE, hll.FULL]
+
+
+def test_output_in_many_kernel_calls_is_the_same(monkeypatch):
+    """Union bytes written a few groups per call (a small output buffer) are the same bytes."""
+    rng = np.random.default_rng(9)
+    pr = hll.Params(11, 5, -1, 1)
+    blobs = [_value(rng, pr, ["sparse", "full", "explicit"][i % 3]) for i in range(900)]
+    groups = rng.integers(0, 300, len(blobs))
+    col = pa.array(blobs, pa.binary())
+    with hll.use_kernel("compiled"):
+        card, out = hll.grouped_union_arrow(col, groups, 300)
+        monkeypatch.setattr(_vector, "_OUT_BYTES", 3000)  # two FULL unions per call
+        card_small, out_small = hll.grouped_union_arrow(col, groups, 300)
+    assert out_small.equals(out) and np.array_equal(card_small, card, equal_nan=True)
+
+
+def test_taken_rows_and_wide_indices():
+    """A parsed column's ``take`` (rows reordered, repeated) and SPARSE entries whose index
+    array is int32 (params whose entries are not 16 bits, mixed in one column)."""
+    rng = np.random.default_rng(3)
+    a, b = hll.Params(11, 5, -1, 1), hll.Params(13, 4, -1, 1)
+    blobs = [_value(rng, (a, b)[i % 2], "sparse") for i in range(400)]
+    parsed = hll.parse_many(pa.array(blobs, pa.binary()))
+    assert parsed.s_index.dtype.itemsize == 4
+    rows = rng.integers(0, len(blobs), 700)
+    groups = np.where(rows % 2 == 0, rows % 50, 50 + rows % 50)
+    res = {}
+    for name in ("compiled", "numpy"):
+        with hll.use_kernel(name):
+            res[name] = hll.grouped_union_arrow(parsed.take(rows), groups, 100)
+    assert res["compiled"][1].equals(res["numpy"][1])
+    assert np.array_equal(res["compiled"][0], res["numpy"][0], equal_nan=True)
+
+
+def test_threads_give_the_same_unions():
+    """The kernel releases the GIL: unions in two threads at once equal those in one."""
+    rng = np.random.default_rng(1)
+    pr = hll.Params(11, 5, 0, 1)
+    cols = []
+    for _ in range(4):
+        blobs = [_value(rng, pr, "sparse") for _ in range(3000)]
+        cols.append((pa.array(blobs, pa.binary()), rng.integers(0, 800, 3000)))
+    with hll.use_kernel("compiled"):
+        alone = [hll.grouped_union_arrow(c, g, 800) for c, g in cols]
+        with ThreadPoolExecutor(2) as pool:
+            threaded = list(pool.map(lambda cg: hll.grouped_union_arrow(cg[0], cg[1], 800), cols))
+    for (c1, o1), (c2, o2) in zip(alone, threaded, strict=True):
+        assert o1.equals(o2) and np.array_equal(c1, c2, equal_nan=True)
+
+
+_P = hll.Params(11, 5, -1, 1)
+
+
+def _kernel_args(**change):
+    """A valid call of ``_kernel.union_groups`` over one SPARSE row of two entries, then ``change``."""
+    args = dict(
+        grp_off=np.array([0, 1], np.int64), kind=np.array([0], np.uint8),
+        lo=np.array([0], np.int64), hi=np.array([2], np.int64),
+        s_index=np.array([3, 7], np.uint16), index_size=2, s_value=np.array([1, 4], np.uint8),
+        padded=np.zeros(8, np.uint8), x_values=np.zeros(0, np.int64),
+        log2m=11, regwidth=5, sparseon=1, g0=0, g1=1,
+        hdr_sparse=_P.header(hll.SPARSE), hdr_full=_P.header(hll.FULL),
+        reg_sum=np.zeros(1, np.int64), zeros=np.zeros(1, np.int64),
+        out=np.zeros(1283, np.uint8), out_off=np.zeros(2, np.int64),
+    )
+    args.update(change)
+    return args
+
+
+def test_the_kernel_call_itself():
+    """One SPARSE row: the sum, the zero count and the bytes are hll.c's."""
+    a = _kernel_args()
+    used = _vector._KERNEL.union_groups(*a.values())
+    regs = np.zeros(2048, np.uint8)
+    regs[[3, 7]] = [1, 4]
+    assert bytes(a["out"][:used]) == hll.encode(hll.HLL(_P, hll.SPARSE, registers=regs))
+    assert list(a["out_off"]) == [0, used]
+    assert a["zeros"][0] == 2046
+    assert a["reg_sum"][0] == 2046 * 2**31 + 2**30 + 2**27
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(hi=np.array([3], np.int64)), "row offsets outside"),
+    (dict(lo=np.array([-1], np.int64)), "row offsets outside"),
+    (dict(s_index=np.array([3, 2048], np.uint16)), "register index out of range"),
+    (dict(s_value=np.array([1, 32], np.uint8)), "register value out of range"),
+    (dict(kind=np.array([9], np.uint8)), "unknown row kind"),
+    (dict(kind=np.array([1], np.uint8)), "row offsets outside"),  # FULL payload past the buffer
+    (dict(grp_off=np.array([0, 5], np.int64)), "group offsets outside"),
+    (dict(g1=2), "buffer sizes"),
+    (dict(out=np.zeros(10, np.uint8)), "output buffer too small"),
+    (dict(regwidth=6), "unsupported parameters"),
+    (dict(index_size=8), "unsupported parameters"),
+])
+def test_inconsistent_buffers_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        _vector._KERNEL.union_groups(*_kernel_args(**change).values())
+
+
+def test_unknown_kernel_name_is_refused():
+    with pytest.raises(hll.HLLError, match="unknown hll kernel"), hll.use_kernel("fortran"):
+        pass
