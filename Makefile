@@ -11,7 +11,7 @@ USERS  ?= 20000
 
 setup: $(STAMP)  ## create .venv with .venv/bin/homeloc (idempotent)
 
-$(STAMP): pyproject.toml setup.py homeloc_assets/hll/_kernel.c
+$(STAMP): pyproject.toml setup.py homeloc_assets/hll/_kernel.c homeloc_assets/inputs/_scan.c
 	@echo "setup: creating $(VENV) and installing homeloc with its dependencies (about 80 s on a fresh machine)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -1,7 +1,8 @@
-"""Build of the compiled hll kernel (everything else is in pyproject.toml).
+"""Build of the two compiled kernels (everything else is in pyproject.toml).
 
-``homeloc_assets.hll._kernel`` is optional: without a C compiler the install still
-succeeds and the engine uses its numpy reference path (``homeloc_assets/hll/_vector.py``).
+``homeloc_assets.hll._kernel`` (the grouped hll union) and ``homeloc_assets.inputs._scan``
+(the reader's line scan) are optional: without a C compiler the install still succeeds
+and each falls back to its numpy reference (``hll/_vector.py``, ``inputs/reader.py``).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,12 @@ setup(
             ["homeloc_assets/hll/_kernel.c"],
             extra_compile_args=["-O3", "-std=c11"],
             optional=True,
-        )
+        ),
+        Extension(
+            "homeloc_assets.inputs._scan",
+            ["homeloc_assets/inputs/_scan.c"],
+            extra_compile_args=["-O3", "-std=c11"],
+            optional=True,
+        ),
     ]
 )

@@ -115,8 +115,12 @@ class BatchRows:
 # --------------------------------------------------------------------- helpers
 
 
-def _starts_ends(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Line starts, content ends (\\n and one trailing \\r excluded) and raw ends (incl. \\n)."""
+def _scan_lines_numpy(buf: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Line starts, content ends (\\n and one trailing \\r excluded), raw ends (incl. \\n),
+    commas per line and flags per line (1: a \\r inside the content, 2: a byte >= 0x80).
+
+    The reference of the compiled ``_scan.scan_lines`` (see ``_scan.c``), used without it.
+    """
     n = len(buf)
     nl = np.flatnonzero(buf == 10)
     starts = np.concatenate([[0], nl + 1]).astype(np.int64)
@@ -129,7 +133,40 @@ def _starts_ends(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cr = np.zeros(len(ends), dtype=bool)
         cr[has] = buf[ends[has] - 1] == 13
         ends = ends - cr
-    return starts, ends, raw_end
+    # commas per line: commas before each line start, differenced
+    cpos = np.flatnonzero(buf == 44)
+    commas = np.diff(np.append(np.searchsorted(cpos, starts), len(cpos))).astype(np.int32)
+    flags = np.zeros(len(starts), np.uint8)
+    if len(starts) and np.count_nonzero(buf == 13):
+        crpos = np.flatnonzero(buf == 13)
+        flags[np.searchsorted(crpos, ends) > np.searchsorted(crpos, starts)] |= 1
+    if len(starts) and np.count_nonzero(buf >= 0x80):
+        hi = np.flatnonzero(buf >= 0x80)
+        flags[np.unique(np.searchsorted(starts, hi, side="right") - 1)] |= 2
+    return starts, ends, raw_end, commas, flags
+
+
+def _load_scan():
+    try:
+        from homeloc_assets.inputs import _scan  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _scan if getattr(_scan, "VERSION", None) == 1 else None
+
+
+_SCAN = _load_scan()
+
+
+def _scan_lines(data: bytes) -> tuple[np.ndarray, ...]:
+    """:func:`_scan_lines_numpy` of ``data`` in one compiled pass where ``_scan.c`` was built."""
+    if _SCAN is None:
+        return _scan_lines_numpy(np.frombuffer(data, np.uint8))
+    cap = (data.count(b"\n") if isinstance(data, bytes | bytearray)
+           else int(np.count_nonzero(np.frombuffer(data, np.uint8) == 10))) + 1
+    starts, ends, raw_end = (np.empty(cap, np.int64) for _ in range(3))
+    commas, flags = np.empty(cap, np.int32), np.empty(cap, np.uint8)
+    n = _SCAN.scan_lines(data, starts, ends, raw_end, commas, flags)
+    return starts[:n], ends[:n], raw_end[:n], commas[:n], flags[:n]
 
 
 def _parse_float(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -290,13 +327,13 @@ def _bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _prescan(data: bytes, buf: np.ndarray, skip_header: bool, layout: Layout = STANDARD):
+def _prescan(data: bytes, skip_header: bool, layout: Layout = STANDARD):
     """Physical lines and the line-level verdicts, before any parsing.
 
     Returns (starts, ends, raw_end, skip, reasons) where ``skip`` marks blank
     lines (and a leading header) and ``reasons`` the line-level rejects.
     """
-    starts, ends, raw_end = _starts_ends(buf)
+    starts, ends, raw_end, commas, flags = _scan_lines(data)
     n_lines = len(starts)
     skip = ends == starts  # blank lines
     if skip_header and n_lines:
@@ -310,10 +347,6 @@ def _prescan(data: bytes, buf: np.ndarray, skip_header: bool, layout: Layout = S
     reasons = _Reasons(n_lines)
     if not n_lines:
         return starts, ends, raw_end, skip, reasons
-    # commas per line: commas before each line start, differenced
-    cpos = np.flatnonzero(buf == 44)
-    before = np.searchsorted(cpos, starts)
-    commas = np.diff(np.append(before, len(cpos)))
     wrong = ~skip & (commas != layout.fields - 1)
     if wrong.any():
         idx = np.flatnonzero(wrong)
@@ -322,14 +355,11 @@ def _prescan(data: bytes, buf: np.ndarray, skip_header: bool, layout: Layout = S
             f"wrong field count: {c + 1} fields, expected {layout.fields}" for c in commas[idx].tolist()
         ]
         reasons.mark(wrong, texts)
-    if np.count_nonzero(buf == 13):
-        crpos = np.flatnonzero(buf == 13)
-        crs = np.searchsorted(crpos, ends) - np.searchsorted(crpos, starts)
-        reasons.mark(~skip & (crs > 0), "carriage return inside the line")
-    if np.count_nonzero(buf >= 0x80):
-        hi = np.flatnonzero(buf >= 0x80)
+    reasons.mark(~skip & (flags & 1 > 0), "carriage return inside the line")
+    high = np.flatnonzero(flags & 2)
+    if len(high):
         bad = np.zeros(n_lines, dtype=bool)
-        for li in np.unique(np.searchsorted(starts, hi, side="right") - 1).tolist():
+        for li in high.tolist():
             if not skip[li] and reasons.code[li] == 0:
                 try:
                     data[starts[li] : ends[li]].decode("utf-8")
@@ -371,7 +401,7 @@ def parse_bytes(
     when a user's rows are not together; :func:`read_batch` turns it into InputError.
     """
     buf = np.frombuffer(data, dtype=np.uint8)
-    starts, ends, raw_end, skip, line_rej = _prescan(data, buf, skip_header, layout)
+    starts, ends, raw_end, skip, line_rej = _prescan(data, skip_header, layout)
     n_lines = len(starts)
     pre_rej = line_rej.code != 0
     gidx = np.flatnonzero(~skip & ~pre_rej)
