@@ -111,6 +111,44 @@ def test_sensitivity_rows_equal_separate_applications(random_homes):
     assert len({r["classified"] for r in table}) > 1
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sensitivity_by_cells_equals_rule_by_rule(random_homes, monkeypatch, seed):
+    """The one-pass cell tally gives the rows of the rule-by-rule tally, value for value:
+    rules in any order with repeated and unsorted thresholds, several ambiguity_z (0 too),
+    drop_ambiguous both ways, a truth, and homes with missing runner-ups and NaN shares."""
+    from homeloc_assets.inference import rules as R
+
+    rng = np.random.default_rng(seed)
+    n = random_homes.num_rows
+    homes = random_homes
+    share = homes.column("home_share").to_numpy(zero_copy_only=False).astype(float)
+    share[rng.random(n) < 0.05] = np.nan
+    homes = homes.set_column(homes.column_names.index("home_share"), "home_share",
+                             pa.array(share))
+    rules = [HomeRule(min_userdays=float(rng.choice([0, 1, 2.5, 3, 8])),
+                      min_share=float(rng.choice([0, 0.3, 0.5, 1.0])),
+                      min_margin=float(rng.choice([0, 1, 2])),
+                      ambiguity_z=float(rng.choice([0, 0.5, 1.96, 3])),
+                      drop_ambiguous=bool(rng.integers(2))) for _ in range(40)]
+    guids = homes.column("user_guid").to_pylist()
+    truth = pa.table({"user_guid": guids[::2] + ["nobody"],
+                      "classification": ["Local" if i % 3 else "Tourist"
+                                         for i in range(len(guids[::2]))] + ["Tourist"]})
+    for t in (None, truth):
+        by_cells = sensitivity(homes, "DEU", rules, rules[0], explicit_max=0, truth=t)
+        monkeypatch.setattr(R, "_MAX_CELLS", 0)  # forces the rule-by-rule tally
+        by_rule = sensitivity(homes, "DEU", rules, rules[0], explicit_max=0, truth=t)
+        monkeypatch.undo()
+        assert by_cells.column_names == by_rule.column_names
+        for a, b in zip(by_cells.to_pylist(), by_rule.to_pylist(), strict=True):
+            assert a.keys() == b.keys()
+            for k in a:
+                same = (a[k] == b[k]) or (isinstance(a[k], float) and math.isnan(a[k])
+                                          and math.isnan(b[k]))
+                assert same and type(a[k]) is type(b[k]), (k, a[k], b[k])
+    assert len({(r["classified"], r["ambiguous"]) for r in by_cells.to_pylist()}) > 5
+
+
 def test_validation_counts_against_truth(random_homes):
     guids = random_homes.column("user_guid").to_pylist()
     truth_cls = ["Local" if i % 3 else "Tourist" for i in range(len(guids))]

@@ -8,6 +8,7 @@ the asset's page in the UI without a click (metadata entry ``figure``, see
 ``user_classification`` does (eager automation) and can be materialised by hand.
 """
 
+import functools
 import os
 from pathlib import Path
 
@@ -55,10 +56,20 @@ def figures_dir(config: HomelocConfig) -> Path:
 
 
 def home_counts(path: str | Path) -> pd.DataFrame:
-    """Users per (home ``country_code``, ``country``, ``classification``), read batch by batch."""
+    """Users per (home ``country_code``, ``country``, ``classification``), read batch by batch.
+
+    Three figures of a run count the same file: the counts are kept per process for the
+    file's current version (path, size, modification time), a copy given to each caller.
+    """
     path = Path(path)
     if not path.exists():
         raise dg.Failure(f"user_classification is not materialized yet ({path})")
+    st = path.stat()
+    return _home_counts(str(path.resolve()), st.st_size, st.st_mtime_ns).copy()
+
+
+@functools.lru_cache(maxsize=2)
+def _home_counts(path: str, size: int, mtime_ns: int) -> pd.DataFrame:
     parts = []
     pf = pq.ParquetFile(path)
     for batch in pf.iter_batches(columns=["country_code", "country", "classification"],

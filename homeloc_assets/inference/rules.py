@@ -224,39 +224,127 @@ def sensitivity(
         missing = {1: int(pc.sum(pc.equal(absent_cls, CLASS_LOCAL)).as_py() or 0),
                    2: int(pc.sum(pc.equal(absent_cls, CLASS_TOURIST)).as_py() or 0)}
     n = len(ev.total)
-    if t is not None:  # the same for every rule
-        known = t > 0
-        n_known = np.count_nonzero(known) + missing[1] + missing[2]
+    tcode = None if t is None else np.where(t > 0, t, 0).astype(np.int8)  # 0 unknown, 1, 2
+    tallies = _tallies_by_cells(ev, rules, base_cls, tcode)
+    if tallies is None:  # too many distinct thresholds for the cells: rule by rule
+        # two rules at a time: numpy's passes over the users release the GIL, and this
+        # step has the machine to itself in a run
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            tallies = list(pool.map(lambda rule: _tally(ev, rule, base_cls, tcode), rules))
+    return pa.Table.from_pylist([_sensitivity_row(rule, n, tally, missing, t is not None)
+                                 for rule, tally in zip(rules, tallies, strict=True)])
 
-    def row(rule: HomeRule) -> dict:
-        """The rule's row (small: its class arrays do not outlive it)."""
-        cls, status, _ = ev.classes(rule)
-        counts = np.bincount(cls, minlength=3)
-        r = {"min_userdays": rule.min_userdays, "min_share": rule.min_share,
-             "min_margin": rule.min_margin, "ambiguity_z": rule.ambiguity_z,
-             "drop_ambiguous": rule.drop_ambiguous, "users": n,
-             "classified": int(counts[1] + counts[2]), "locals": int(counts[1]),
-             "tourists": int(counts[2]), "undetermined": int(counts[0]),
-             "ambiguous": int(np.count_nonzero(status == 2)),
-             "local_tourist_ratio": float(counts[1] / counts[2]) if counts[2] else math.nan,
-             "changed_share": float(np.count_nonzero(cls != base_cls) / n) if n else 0.0}
-        if t is not None:
-            judged = known & (cls > 0)
-            r["accuracy"] = (float(np.count_nonzero(cls[judged] == t[judged])
-                                   / np.count_nonzero(judged)) if judged.any() else math.nan)
-            r["undetermined_share"] = (
-                float((np.count_nonzero(known & (cls == 0)) + missing[1] + missing[2]) / n_known)
-                if n_known else math.nan)
-            for tc, tn in ((1, "Local"), (2, "Tourist")):
-                for cc, cn in ((1, "Local"), (2, "Tourist"), (0, "undetermined")):
-                    extra = missing[tc] if cc == 0 else 0
-                    r[f"truth_{tn}_as_{cn}"] = int(np.count_nonzero((t == tc) & (cls == cc))) + extra
-        return r
 
-    # two rules at a time: numpy's passes over the users release the GIL, and this step
-    # has the machine to itself in a run
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return pa.Table.from_pylist(list(pool.map(row, rules)))
+@dataclass(frozen=True)
+class _Tally:
+    """What a rule's sensitivity row is made of: users per class, ambiguous users, users
+    whose class differs from the chosen rule's, users per (truth code, class)."""
+
+    classes: tuple[int, int, int]
+    ambiguous: int
+    changed: int
+    confusion: np.ndarray  # [truth code 0 unknown/1 Local/2 Tourist, class 0/1/2]
+
+
+def _tally(ev: _Evidence, rule: HomeRule, base_cls: np.ndarray, tcode: np.ndarray | None) -> _Tally:
+    """The tally of one rule, from the per-user arrays (the reference of the cell tally)."""
+    cls, status, _ = ev.classes(rule)
+    counts = np.bincount(cls, minlength=3)
+    conf = np.zeros((3, 3), np.int64)
+    if tcode is not None:
+        conf = np.bincount(tcode.astype(np.int64) * 3 + cls, minlength=9).reshape(3, 3)
+    return _Tally((int(counts[0]), int(counts[1]), int(counts[2])),
+                  int(np.count_nonzero(status == 2)), int(np.count_nonzero(cls != base_cls)), conf)
+
+
+#: cells at most in :func:`_tallies_by_cells` (a few MB of counts)
+_MAX_CELLS = 1 << 21
+
+
+def _tallies_by_cells(ev: _Evidence, rules: Sequence[HomeRule], base_cls: np.ndarray,
+                      tcode: np.ndarray | None) -> list[_Tally] | None:
+    """Every rule's tally from one pass over the users, or None when the rules have too many
+    distinct thresholds.
+
+    A rule only compares each user's total, share, margin and separation with its
+    thresholds, so a user is described for every rule at once by how many of the rules'
+    distinct thresholds each value passes, its tie, whether its home is the study
+    country, its class under the chosen rule and its truth code. Users are counted per
+    such cell (one ``bincount``); each rule's tally is a sum over cells, exactly the
+    counts of :func:`_tally` (tested equal), without the 10-odd passes over all users
+    that each rule costs there.
+    """
+    axes = [np.unique(np.array([getattr(r, f) for r in rules], np.float64))
+            for f in ("min_userdays", "min_share", "min_margin")]
+    zs = np.unique(np.array([r.ambiguity_z for r in rules if r.ambiguity_z > 0], np.float64))
+    n_truth = 3 if tcode is not None else 1
+    dims = (*(len(a) + 1 for a in axes), len(zs) + 1, 2, 2, 3, n_truth)
+    if math.prod(dims) > _MAX_CELLS:
+        return None
+    # a value passes threshold j of an axis (value >= threshold; NaN passes all) iff j < k
+    passed = [np.searchsorted(a, v, side="right")
+              for a, v in zip(axes, (ev.total, ev.share, ev.margin), strict=True)]
+    within = np.searchsorted(zs, ev.separation, side="left")  # separation <= zs[j] iff j >= it
+    key = np.zeros(len(ev.total), np.int64)
+    for part, size in zip((*passed, within, ev.tie, ev.local, base_cls), dims, strict=False):
+        key *= size
+        key += part
+    key *= n_truth
+    if tcode is not None:
+        key += tcode
+    cells = np.bincount(key, minlength=math.prod(dims)).reshape(dims)
+
+    def grid(axis: int, values: np.ndarray) -> np.ndarray:
+        shape = [1] * 6
+        shape[axis] = len(values)
+        return values.reshape(shape)
+
+    tie, local = grid(4, np.array([False, True])), grid(5, np.array([False, True]))
+    base = np.arange(3).reshape(1, 1, 1, 1, 1, 1, 3, 1)
+    out = []
+    for rule in rules:
+        ok = [grid(i, np.arange(len(a) + 1) > np.searchsorted(a, x))
+              for i, (a, x) in enumerate(zip(axes, (rule.min_userdays, rule.min_share,
+                                                    rule.min_margin), strict=True))]
+        z_fail = (grid(3, np.arange(len(zs) + 1) <= np.searchsorted(zs, rule.ambiguity_z))
+                  if rule.ambiguity_z > 0 else grid(3, np.zeros(len(zs) + 1, bool)))
+        undetermined = ~(ok[0] & ok[1] & ok[2])
+        ambiguous = ~undetermined & (tie | z_fail)
+        cls = np.where(local, 1, 2) * ~(undetermined | (ambiguous & rule.drop_ambiguous))
+        cls = np.broadcast_to(cls, dims[:6])[..., None, None]
+        amb = np.broadcast_to(ambiguous, dims[:6])[..., None, None]
+        by_class = [int(cells[np.broadcast_to(cls == c, dims)].sum()) for c in range(3)]
+        conf = np.stack([(cells * (cls == c)).sum(axis=tuple(range(7))) for c in range(3)],
+                        axis=1) if tcode is not None else np.zeros((3, 3), np.int64)
+        out.append(_Tally(tuple(by_class), int(cells[np.broadcast_to(amb, dims)].sum()),
+                          int(cells[np.broadcast_to(cls != base, dims)].sum()),
+                          conf))
+    return out
+
+
+def _sensitivity_row(rule: HomeRule, n: int, tally: _Tally, missing: dict[int, int],
+                     with_truth: bool) -> dict:
+    """A rule's row of :func:`sensitivity`; truth users without a home row count as
+    undetermined (``missing``: such users per truth code)."""
+    locals_, tourists = tally.classes[1], tally.classes[2]
+    r = {"min_userdays": rule.min_userdays, "min_share": rule.min_share,
+         "min_margin": rule.min_margin, "ambiguity_z": rule.ambiguity_z,
+         "drop_ambiguous": rule.drop_ambiguous, "users": n,
+         "classified": locals_ + tourists, "locals": locals_, "tourists": tourists,
+         "undetermined": tally.classes[0], "ambiguous": tally.ambiguous,
+         "local_tourist_ratio": float(locals_ / tourists) if tourists else math.nan,
+         "changed_share": float(tally.changed / n) if n else 0.0}
+    if with_truth:
+        conf = tally.confusion
+        judged = int(conf[1:, 1:].sum())
+        r["accuracy"] = float((conf[1, 1] + conf[2, 2]) / judged) if judged else math.nan
+        n_known = int(conf[1:].sum()) + missing[1] + missing[2]
+        r["undetermined_share"] = (float((int(conf[1:, 0].sum()) + missing[1] + missing[2])
+                                         / n_known) if n_known else math.nan)
+        for tc, tn in ((1, "Local"), (2, "Tourist")):
+            for cc, cn in ((1, "Local"), (2, "Tourist"), (0, "undetermined")):
+                r[f"truth_{tn}_as_{cn}"] = int(conf[tc, cc]) + (missing[tc] if cc == 0 else 0)
+    return r
 
 
 def nest_classes(classified: pa.Table, region_homes: pa.Table, region_code: str) -> pa.Table:

@@ -43,6 +43,9 @@ def find_split_user(path: str | Path, users: Iterable[pa.Table],
     if len(tables) < 2:
         return None
     hashes = np.concatenate([t.column("hash").to_numpy() for t in tables])
+    h = np.sort(hashes)  # a sort of the values, 2-3x faster than argsort: nearly always no repeat
+    if not (h[1:] == h[:-1]).any():
+        return None
     offsets = np.concatenate([t.column("offset").to_numpy() for t in tables])
     order = np.argsort(hashes, kind="stable")
     h = hashes[order]
