@@ -159,8 +159,11 @@ def user_classification(
         # the next batch is read and classified while this one is written
         for c in homes.map_ahead(classify):
             if writer is None:
+                # one row per user: a dictionary of the ids is built and dropped, wasted
                 writer = pq.ParquetWriter(str(staged), info.attach(c.schema),
-                                          compression=PARQUET_COMPRESSION)
+                                          compression=PARQUET_COMPRESSION,
+                                          use_dictionary=[n for n in c.column_names
+                                                          if n != "user_guid"])
             writer.write_table(c)
             for item in pc.value_counts(c.column("classification")).to_pylist():
                 counts[item["values"]] += int(item["counts"])

@@ -164,13 +164,14 @@ def apply_rule(
     ev = _Evidence.of(homes, study_code, log2m, explicit_max)
     cls, status, reason = ev.classes(rule)
     out = homes
-    added = [("status", _STATUS[status]), ("reason", _REASONS[reason])]
+    # the texts by an Arrow take of the few labels: no Python string per user
+    added = [("status", _STATUS, status), ("reason", _REASONS, reason)]
     if study_code is not None:
-        added.append(("classification", _CLASSES[cls]))
-    for name, values in added:
+        added.append(("classification", _CLASSES, cls))
+    for name, labels, codes in added:
         if name in out.column_names:
             out = out.drop_columns([name])
-        out = out.append_column(name, pa.array(values, pa.string()))
+        out = out.append_column(name, pc.take(pa.array(labels, pa.string()), pa.array(codes)))
     return out
 
 

@@ -20,9 +20,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#define SCAN_VERSION 1
+#define SCAN_VERSION 2
 
-/* scan_lines(buf, starts, ends, raw_end, commas, flags) -> number of lines */
+/* scan_lines(buf, starts, ends, raw_end, commas, flags) -> number of lines, -1 when the
+ * output arrays have room for fewer */
 static PyObject *scan_lines(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer data, b_starts, b_ends, b_raw, b_commas, b_flags;
@@ -74,10 +75,8 @@ static PyObject *scan_lines(PyObject *self, PyObject *args) {
     PyBuffer_Release(&b_raw);
     PyBuffer_Release(&b_commas);
     PyBuffer_Release(&b_flags);
-    if (too_small) {
-        PyErr_SetString(PyExc_ValueError, "line scan: output arrays too small");
-        return NULL;
-    }
+    if (too_small) /* the caller sizes the arrays again for every line: -1 */
+        return PyLong_FromLongLong(-1);
     return PyLong_FromLongLong(lines);
 }
 
