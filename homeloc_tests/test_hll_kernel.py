@@ -9,7 +9,13 @@ inconsistent buffers instead of reading outside them, and it runs in threads.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -223,6 +229,66 @@ def test_inconsistent_buffers_are_refused(change, message):
         _vector._KERNEL.union_groups(*_kernel_args(**change).values())
 
 
+@pytest.mark.parametrize("value, kernel, warning", [
+    ("numpy", "numpy", False), ("compiled", "compiled", False), ("", "compiled", False),
+    ("Fortran", "compiled", True),
+])
+def test_the_environment_chooses_the_kernel(value, kernel, warning):
+    """``HOMELOC_HLL_KERNEL`` (read at import): numpy runs the reference; an unknown
+    value warns and keeps the default."""
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "from homeloc_assets import hll; print(hll.kernel())")
+    env = {**os.environ, "HOMELOC_HLL_KERNEL": value}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert res.stdout.strip() == kernel
+    assert ("is not one of compiled, numpy" in res.stderr) == warning, res.stderr
+
+
 def test_unknown_kernel_name_is_refused():
     with pytest.raises(hll.HLLError, match="unknown hll kernel"), hll.use_kernel("fortran"):
         pass
+
+
+@pytest.mark.slow
+def test_an_install_without_a_compiler_still_succeeds(tmp_path):
+    """The kernels are optional extensions: with a compiler that fails, the wheel builds
+    without them (and the engine then takes the numpy path, next test)."""
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    shutil.copytree(root / "homeloc_assets", src / "homeloc_assets",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(root / name, src / name)
+    env = {**os.environ, "CC": "false", "LDSHARED": "false"}
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                          "-q", str(src), "-w", str(tmp_path / "wheel")],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (wheel,) = (tmp_path / "wheel").glob("homeloc-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "homeloc_assets/hll/_vector.py" in names
+    assert not [n for n in names if n.endswith(".so")], names
+
+
+def test_without_the_compiled_kernels_the_numpy_paths_run():
+    """Where the extensions cannot be imported: kernel() is numpy, unions and the reader work."""
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("homeloc_assets.hll._kernel", "homeloc_assets.inputs._scan"):
+            raise ImportError("blocked for the test")
+sys.meta_path.insert(0, Block())
+from homeloc_assets import hll
+from homeloc_assets.inputs import reader
+assert reader._SCAN is None
+h = hll.add(hll.empty(11, 5, 0, 1), hll.hash_text("a"))
+card, out = hll.grouped_union([h, h, hll.add(h, hll.hash_text("b"))], [0, 0, 1])
+print(hll.kernel(), card.tolist(), len(reader._scan_lines(b"a,b\\nc,d\\n")[0]))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    h = hll.add(hll.empty(11, 5, 0, 1), hll.hash_text("a"))
+    with hll.use_kernel("compiled"):
+        card, _ = hll.grouped_union([h, h, hll.add(h, hll.hash_text("b"))], [0, 0, 1])
+    assert res.stdout.split() == ["numpy", f"[{float(card[0])!r},", f"{float(card[1])!r}]", "2"], res.stdout

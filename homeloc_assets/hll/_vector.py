@@ -844,7 +844,10 @@ def _kernel_from_env() -> str:
     if not name:
         return "compiled" if _KERNEL is not None else "numpy"
     if name not in KERNELS:
-        raise HLLError(f"HOMELOC_HLL_KERNEL={name!r}: use one of {', '.join(KERNELS)}")
+        default = "compiled" if _KERNEL is not None else "numpy"
+        warnings.warn(f"HOMELOC_HLL_KERNEL={name!r} is not one of {', '.join(KERNELS)}; "
+                      f"using {default}", stacklevel=2)
+        return default
     return name
 
 
