@@ -211,6 +211,26 @@ def test_the_kernel_call_itself():
     assert a["reg_sum"][0] == 2046 * 2**31 + 2**30 + 2**27
 
 
+@pytest.mark.parametrize("log2m", [2, 4, 6])
+def test_full_rows_read_and_written_eight_registers_at_a_time_or_not(log2m):
+    """FULL payloads: 8 registers per regwidth bytes where m allows (log2m >= 3), else bit by
+    bit (only a direct call reaches it: the estimator refuses fewer than 16 registers)."""
+    from homeloc_assets.hll._format import pack_fixed
+
+    pr = hll.Params(log2m, 5, -1, 0)
+    rng = np.random.default_rng(log2m)
+    regs = rng.integers(0, 32, pr.nregs).astype(np.uint8)
+    payload = np.frombuffer(pack_fixed(regs, 5), np.uint8)
+    a = _kernel_args(kind=np.array([1], np.uint8), lo=np.array([0], np.int64),
+                     hi=np.array([0], np.int64), padded=np.concatenate([payload, np.zeros(8, np.uint8)]),
+                     log2m=log2m, sparseon=0, hdr_sparse=pr.header(hll.SPARSE),
+                     hdr_full=pr.header(hll.FULL), out=np.zeros(3 + len(payload), np.uint8))
+    used = _vector._KERNEL.union_groups(*a.values())
+    assert bytes(a["out"][:used]) == pr.header(hll.FULL) + pack_fixed(regs, 5)
+    assert a["zeros"][0] == np.count_nonzero(regs == 0)
+    assert a["reg_sum"][0] == int(sum(2 ** (31 - int(r)) for r in regs))
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(hi=np.array([3], np.int64)), "row offsets outside"),
     (dict(lo=np.array([-1], np.int64)), "row offsets outside"),

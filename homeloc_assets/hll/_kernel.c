@@ -77,6 +77,31 @@ static inline void raise_reg(Group *gr, uint32_t idx, uint8_t v) {
     }
 }
 
+/* The registers of a FULL payload at p raised into gr: eight registers are regwidth whole
+ * bytes (m is a multiple of 8), read as one word; branch-free per register. */
+static inline void raise_full8(Group *gr, const uint8_t *p, int64_t m, int w) {
+    const unsigned mask = (1u << w) - 1;
+    int64_t sum = gr->sum, zeros = gr->zeros;
+    for (int64_t i = 0; i < m; i += 8, p += w) {
+        uint64_t word = 0;
+        for (int k = 0; k < w; k++) word = (word << 8) | p[k];
+        uint64_t newly_filled = 0;
+        for (int j = 0; j < 8; j++) {
+            uint8_t v = (uint8_t)((word >> (w * (7 - j))) & mask);
+            uint8_t old = gr->reg[i + j];
+            uint8_t nv = v > old ? v : old;
+            sum += gr->weight[nv] - gr->weight[old];
+            uint64_t newly = (old == 0) & (nv != 0);
+            zeros -= (int64_t)newly;
+            newly_filled |= newly << ((i + j) & 63);
+            gr->reg[i + j] = nv;
+        }
+        gr->filled[i >> 6] |= newly_filled;
+    }
+    gr->sum = sum;
+    gr->zeros = zeros;
+}
+
 static const char *ERR_OFFSETS = "hll kernel: row offsets outside their buffer";
 static const char *ERR_INDEX = "hll kernel: register index out of range";
 static const char *ERR_VALUE = "hll kernel: register value out of range";
@@ -208,6 +233,10 @@ static PyObject *union_groups(PyObject *self, PyObject *args) {
                     err = ERR_OFFSETS;
                     break;
                 }
+                if (m % 8 == 0) {
+                    raise_full8(&gr, padded + a, m, regwidth);
+                    break;
+                }
                 for (int64_t i = 0; i < m; i++) {
                     int64_t bit = i * regwidth;
                     const uint8_t *p = padded + a + (bit >> 3);
@@ -258,7 +287,15 @@ static PyObject *union_groups(PyObject *self, PyObject *args) {
             } else {
                 memcpy(w.out, hf, 3);
                 w.out += 3;
-                for (int64_t i = 0; i < m; i++) bw_put(&w, gr.reg[i], regwidth);
+                if (m % 8 == 0) { /* eight registers are regwidth whole bytes */
+                    for (int64_t i = 0; i < m; i += 8) {
+                        uint64_t word = 0;
+                        for (int j = 0; j < 8; j++) word = (word << regwidth) | gr.reg[i + j];
+                        for (int k = regwidth - 1; k >= 0; k--) *w.out++ = (uint8_t)(word >> (8 * k));
+                    }
+                } else {
+                    for (int64_t i = 0; i < m; i++) bw_put(&w, gr.reg[i], regwidth);
+                }
             }
             bw_flush(&w);
             written = w.out - out;
