@@ -312,3 +312,40 @@ print(hll.kernel(), card.tolist(), len(reader._scan_lines(b"a,b\\nc,d\\n")[0]))
     with hll.use_kernel("compiled"):
         card, _ = hll.grouped_union([h, h, hll.add(h, hll.hash_text("b"))], [0, 0, 1])
     assert res.stdout.split() == ["numpy", f"[{float(card[0])!r},", f"{float(card[1])!r}]", "2"], res.stdout
+
+
+_HEX_TEXT = st.one_of(
+    st.binary(max_size=40).map(lambda b: "\\x" + b.hex()),
+    st.binary(max_size=40).map(lambda b: "\\X" + b.hex().upper()),
+    st.text(alphabet="\\xX0123456789abcdefABCDEFgz \t", max_size=12),
+    st.none(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_HEX_TEXT, max_size=30))
+def test_compiled_unhex_equals_the_reference(texts):
+    """``unhex_many`` with the kernel's decoder and with the numpy/binascii one: same bytes,
+    same verdicts, on clean, upper-case, padded and broken texts."""
+    from homeloc_assets.hll import _hex
+
+    col = pa.array(texts, pa.string())
+    got, ok = hll.unhex_many(col)
+    assert _hex.KERNEL is not None
+    saved, _hex.KERNEL = _hex.KERNEL, None
+    try:
+        ref, ref_ok = hll.unhex_many(col)
+    finally:
+        _hex.KERNEL = saved
+    assert got.equals(ref) and np.array_equal(ok, ref_ok)
+
+
+def test_unhex_rows_refuses_rows_outside_their_buffer():
+    with pytest.raises(ValueError, match="do not fit"):
+        _vector._KERNEL.unhex_rows(np.frombuffer(b"\\x12", np.uint8), np.array([0, 9], np.int64),
+                                   np.zeros(4, np.uint8))
+    with pytest.raises(ValueError, match="do not fit"):  # an output too small
+        _vector._KERNEL.unhex_rows(np.frombuffer(b"\\x1234", np.uint8), np.array([0, 6], np.int64),
+                                   np.zeros(1, np.uint8))
+    assert _vector._KERNEL.unhex_rows(np.frombuffer(b"\\x1g", np.uint8), np.array([0, 4], np.int64),
+                                      np.zeros(1, np.uint8)) == -1

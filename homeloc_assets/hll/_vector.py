@@ -58,6 +58,7 @@ from ._inspect import (
     params_of_code,
     parse_many,
 )
+from ._native import KERNEL
 from ._ops import POW2_NEG, estimate_from_sums, gamma_m2, rho_and_index
 
 __all__ = ["grouped_cardinality", "grouped_union", "grouped_union_arrow", "kernel", "use_kernel"]
@@ -815,28 +816,11 @@ def _pack_groups(pr: Params, regs: Bytes, group_ids: Ints, n_filled: Ints, out: 
 
 # ---------------------------------------------------------------- estimator, compiled
 
-#: the interface version of ``_kernel.c`` this module calls (its ``KERNEL_VERSION``)
-_KERNEL_VERSION = 1
 KERNELS = ("compiled", "numpy")
 _OUT_BYTES = 8 << 20  # union bytes written per kernel call (at most)
 _EMPTY_U8 = np.zeros(0, np.uint8)
 _EMPTY_I64 = np.zeros(0, np.int64)
-
-
-def _load_kernel():
-    """The compiled kernel module, or None where it was not built or is out of date."""
-    try:
-        from . import _kernel  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    if getattr(_kernel, "VERSION", None) != _KERNEL_VERSION:
-        warnings.warn("homeloc's compiled hll kernel is out of date (run `make setup` or "
-                      "`pip install -e .` again); using the numpy path", stacklevel=2)
-        return None
-    return _kernel
-
-
-_KERNEL = _load_kernel()
+_KERNEL = KERNEL
 
 
 def _kernel_from_env() -> str:
