@@ -264,6 +264,15 @@ def test_combine_gives_the_same_bytes_however_it_bounds_memory(monkeypatch):
     often = land.combine(parts)
     assert len(calls) > 3 * 9 and max(calls) < 20
     assert often.equals(once)
+    # the byte bound alone: reductions whenever the held HLLs pass it (or twice the last
+    # union's bytes)
+    monkeypatch.setattr(land, "_COMBINE_ROWS", 10**9)
+    monkeypatch.setattr(land, "_UNION_BYTES", 1 << 20)
+    monkeypatch.setattr(land, "_COMBINE_BYTES", 1)
+    calls.clear()
+    by_bytes = land.combine(parts)
+    assert 2 <= len(calls) < 9  # the doubling spaces them out
+    assert by_bytes.equals(once)
 
 
 def test_rows_without_an_hll_are_no_trace():

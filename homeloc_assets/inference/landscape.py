@@ -42,6 +42,9 @@ _PREFIX = ("local", "tourist", "undetermined")
 CATEGORIES = ("touristic", "local", "not different", "too little data")
 #: rows of batch tables held before they are unioned down (bounds memory)
 _COMBINE_ROWS = 2_000_000
+#: HLL bytes held before they are unioned down, or twice the last union's if more (heavy
+#: users' batch tables are mostly FULL unions: 20 of them held 2.3 GB at 1 M users)
+_COMBINE_BYTES = 128 << 20
 #: HLL bytes unioned at once by :func:`union_groups`: parsing takes about 16x their
 #: bytes; the 126 batch tables of 6.25 M seed-shape users combined with a peak of 1.07 GB
 #: in 8.4 s with 1 MiB slices (1.36 GB, 10.8 s with 16 MiB; 1.81 GB, 11.1 s unsliced)
@@ -356,13 +359,18 @@ def combine(tables: Iterable[pa.Table]) -> pa.Table:
     rows and pools only those.
     """
     held: list[pa.Table] = []
-    rows = 0
+    rows = held_bytes = reduced_bytes = 0
     for t in tables:
         held.append(t.select(BATCH_SCHEMA.names).cast(BATCH_SCHEMA))
         rows += t.num_rows
-        if rows > _COMBINE_ROWS and len(held) > 1:
+        held_bytes += held[-1].column("hll").nbytes
+        # the byte bound doubles with the running union, so each byte is re-unioned a
+        # bounded number of times
+        if len(held) > 1 and (rows > _COMBINE_ROWS
+                              or held_bytes > max(_COMBINE_BYTES, 2 * reduced_bytes)):
             held = [_reduce(pa.concat_tables(held))]
             rows = held[0].num_rows
+            held_bytes = reduced_bytes = held[0].column("hll").nbytes
     if not held:
         return BATCH_SCHEMA.empty_table()
     t = pa.concat_tables(held)
