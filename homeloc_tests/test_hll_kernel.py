@@ -242,6 +242,9 @@ def test_full_rows_read_and_written_eight_registers_at_a_time_or_not(log2m):
     (dict(g1=2), "buffer sizes"),
     (dict(out=np.zeros(10, np.uint8)), "output buffer too small"),
     (dict(regwidth=6), "unsupported parameters"),
+    (dict(regwidth=-3), "unsupported parameters"),
+    (dict(regwidth=40), "unsupported parameters"),
+    (dict(kind=np.array([1], np.uint8), lo=np.array([2**62], np.int64)), "row offsets outside"),
     (dict(index_size=8), "unsupported parameters"),
 ])
 def test_inconsistent_buffers_are_refused(change, message):
@@ -347,5 +350,17 @@ def test_unhex_rows_refuses_rows_outside_their_buffer():
     with pytest.raises(ValueError, match="do not fit"):  # an output too small
         _vector._KERNEL.unhex_rows(np.frombuffer(b"\\x1234", np.uint8), np.array([0, 6], np.int64),
                                    np.zeros(1, np.uint8))
+    with pytest.raises(ValueError, match="do not fit"):  # offsets going backwards
+        _vector._KERNEL.unhex_rows(np.frombuffer(b"\\x00000000", np.uint8),
+                                   np.array([0, 100, 4], np.int64), np.zeros(64, np.uint8))
     assert _vector._KERNEL.unhex_rows(np.frombuffer(b"\\x1g", np.uint8), np.array([0, 4], np.int64),
                                       np.zeros(1, np.uint8)) == -1
+
+
+@pytest.mark.parametrize("texts", [["\\xzz"], ["\\xzz", "\\x12"], ["\\x1g", None, "\\x"]])
+def test_unhex_of_clean_shaped_rows_with_bad_digits(texts):
+    """Rows of clean shape whose digits are bad, alone or with good ones: null and not ok."""
+    got, ok = hll.unhex_many(pa.array(texts, pa.string()))
+    want = [bytes.fromhex(t[2:]) if t is not None and all(c in "0123456789abcdef" for c in t[2:])
+            else None for t in texts]
+    assert got.to_pylist() == want and ok.tolist() == [w is not None for w in want]

@@ -131,6 +131,8 @@ def _decode_compiled(rows: pa.Array) -> tuple[npt.NDArray[np.uint8], npt.NDArray
 
 def _decode_clean_numpy(rows: pa.Array) -> tuple[bytes, npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """:func:`_decode_clean` by Arrow and ``binascii`` (the reference of the compiled path)."""
+    if not len(rows):
+        return b"", np.zeros(1, np.int64), np.zeros(0, dtype=bool)
     _, row_offsets, _ = arrow_buffers(rows)
     longest = int(np.diff(row_offsets).max())
     digits = pc.binary_slice(rows.cast(pa.large_binary()), 2, max(2, longest))

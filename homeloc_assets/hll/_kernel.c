@@ -147,13 +147,13 @@ static PyObject *union_groups(PyObject *self, PyObject *args) {
         return NULL;
     }
     const char *err = NULL;
-    const int max_register = (1 << regwidth) - 1;
     if (log2m < 0 || log2m > 17 || regwidth < 1 || regwidth > 5 ||
-        log2m + 1 + max_register > 53 || (index_size != 2 && index_size != 4)) {
+        log2m + 1 + ((1 << regwidth) - 1) > 53 || (index_size != 2 && index_size != 4)) {
         release_all(&b);
         PyErr_SetString(PyExc_ValueError, "hll kernel: unsupported parameters");
         return NULL;
     }
+    const int max_register = (1 << regwidth) - 1;
     const int64_t m = (int64_t)1 << log2m;
     const Py_ssize_t n_rows = b.kind.len;
     const Py_ssize_t n_groups_off = b.grp_off.len / 8;
@@ -229,7 +229,7 @@ static PyObject *union_groups(PyObject *self, PyObject *args) {
                 }
                 break;
             case KIND_FULL:
-                if (a < 0 || a + full_bytes + 1 > n_padded) {
+                if (a < 0 || a > n_padded - full_bytes - 1) {
                     err = ERR_OFFSETS;
                     break;
                 }
@@ -350,7 +350,7 @@ static PyObject *unhex_rows(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (int64_t i = 0; i < n && !bad; i++) {
         int64_t a = o[i] + 2, z = o[i + 1];
-        if (z < a || (z - a) % 2 || w + (z - a) / 2 > end) {
+        if (o[i] < 0 || z < a || z > data.len || (z - a) % 2 || (z - a) / 2 > end - w) {
             bad = 2;
             break;
         }
