@@ -3,10 +3,13 @@
 Owns ``hll_union_agg ... GROUP BY`` with its cardinality
 (:func:`grouped_cardinality`, :func:`grouped_union`, :func:`grouped_union_arrow`)
 over a column validated and unpacked by ``_inspect._parse`` (or given parsed:
-``_inspect.parse_many``, whose rows ``ParsedColumn.take`` selects without a new parse).  All work is numpy
+``_inspect.parse_many``, whose rows ``ParsedColumn.take`` selects without a new parse).  The
+estimator groups run in the compiled ``_kernel.c`` (:func:`_estimate_compiled`) where it was
+built; the numpy estimator (:func:`_estimate_exact`) is the reference it is tested against
+(:func:`use_kernel`, ``HOMELOC_HLL_KERNEL=numpy``). Everything else is numpy
 and Arrow, split by storage type; there is no per-row or per-group Python loop
 (the union bytes are built as Arrow arrays of many groups, see :class:`_Out`;
-only SPARSE results whose entries are not 16 bits wide and the dense estimator's
+in the numpy path only SPARSE results whose entries are not 16 bits wide and the dense estimator's
 results, both rare parameter sets, are encoded one group at a time).  Hex text is
 decoded by ``_hex.unhex_many``.
 
