@@ -24,12 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from homeloc_assets import hll
-from homeloc_assets.hll import _vector
+from homeloc_assets.hll import _native, _vector
 
 
 def test_the_compiled_kernel_is_built():
     """`make setup` builds it; without it every run takes the slower numpy path."""
-    assert _vector._KERNEL is not None, "homeloc_assets/hll/_kernel.c was not built: run `make setup`"
+    assert _native.KERNEL is not None, "homeloc_assets/hll/_kernel.c was not built: run `make setup`"
     assert hll.kernel() == "compiled"
 
 
@@ -202,7 +202,7 @@ def _kernel_args(**change):
 def test_the_kernel_call_itself():
     """One SPARSE row: the sum, the zero count and the bytes are hll.c's."""
     a = _kernel_args()
-    used = _vector._KERNEL.union_groups(*a.values())
+    used = _native.KERNEL.union_groups(*a.values())
     regs = np.zeros(2048, np.uint8)
     regs[[3, 7]] = [1, 4]
     assert bytes(a["out"][:used]) == hll.encode(hll.HLL(_P, hll.SPARSE, registers=regs))
@@ -225,7 +225,7 @@ def test_full_rows_read_and_written_eight_registers_at_a_time_or_not(log2m):
                      hi=np.array([0], np.int64), padded=np.concatenate([payload, np.zeros(8, np.uint8)]),
                      log2m=log2m, sparseon=0, hdr_sparse=pr.header(hll.SPARSE),
                      hdr_full=pr.header(hll.FULL), out=np.zeros(3 + len(payload), np.uint8))
-    used = _vector._KERNEL.union_groups(*a.values())
+    used = _native.KERNEL.union_groups(*a.values())
     assert bytes(a["out"][:used]) == pr.header(hll.FULL) + pack_fixed(regs, 5)
     assert a["zeros"][0] == np.count_nonzero(regs == 0)
     assert a["reg_sum"][0] == int(sum(2 ** (31 - int(r)) for r in regs))
@@ -249,7 +249,7 @@ def test_full_rows_read_and_written_eight_registers_at_a_time_or_not(log2m):
 ])
 def test_inconsistent_buffers_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
-        _vector._KERNEL.union_groups(*_kernel_args(**change).values())
+        _native.KERNEL.union_groups(*_kernel_args(**change).values())
 
 
 @pytest.mark.parametrize("value, kernel, warning", [
@@ -345,15 +345,15 @@ def test_compiled_unhex_equals_the_reference(texts):
 
 def test_unhex_rows_refuses_rows_outside_their_buffer():
     with pytest.raises(ValueError, match="do not fit"):
-        _vector._KERNEL.unhex_rows(np.frombuffer(b"\\x12", np.uint8), np.array([0, 9], np.int64),
+        _native.KERNEL.unhex_rows(np.frombuffer(b"\\x12", np.uint8), np.array([0, 9], np.int64),
                                    np.zeros(4, np.uint8))
     with pytest.raises(ValueError, match="do not fit"):  # an output too small
-        _vector._KERNEL.unhex_rows(np.frombuffer(b"\\x1234", np.uint8), np.array([0, 6], np.int64),
+        _native.KERNEL.unhex_rows(np.frombuffer(b"\\x1234", np.uint8), np.array([0, 6], np.int64),
                                    np.zeros(1, np.uint8))
     with pytest.raises(ValueError, match="do not fit"):  # offsets going backwards
-        _vector._KERNEL.unhex_rows(np.frombuffer(b"\\x00000000", np.uint8),
+        _native.KERNEL.unhex_rows(np.frombuffer(b"\\x00000000", np.uint8),
                                    np.array([0, 100, 4], np.int64), np.zeros(64, np.uint8))
-    assert _vector._KERNEL.unhex_rows(np.frombuffer(b"\\x1g", np.uint8), np.array([0, 4], np.int64),
+    assert _native.KERNEL.unhex_rows(np.frombuffer(b"\\x1g", np.uint8), np.array([0, 4], np.int64),
                                       np.zeros(1, np.uint8)) == -1
 
 

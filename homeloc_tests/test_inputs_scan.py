@@ -58,3 +58,14 @@ def test_short_lines_past_the_first_guess_are_counted():
 def test_too_small_outputs_say_so():
     small = [np.empty(1, np.int64) for _ in range(3)] + [np.empty(1, np.int32), np.empty(1, np.uint8)]
     assert reader._SCAN.scan_lines(np.frombuffer(b"a\nb\n", np.uint8), *small) == -1
+
+
+def test_extensions_load_only_at_their_interface_version():
+    """One loader for both extensions: built and current, it is used; out of date, a warning
+    and the numpy path; not built, the numpy path."""
+    from homeloc_assets.native import load_extension
+
+    assert load_extension("homeloc_assets.inputs._scan", 2) is reader._SCAN
+    with pytest.warns(UserWarning, match="out of date"):
+        assert load_extension("homeloc_assets.inputs._scan", 999) is None
+    assert load_extension("homeloc_assets.inputs._no_such_extension", 1) is None

@@ -823,19 +823,15 @@ KERNELS = ("compiled", "numpy")
 _OUT_BYTES = 8 << 20  # union bytes written per kernel call (at most)
 _EMPTY_U8 = np.zeros(0, np.uint8)
 _EMPTY_I64 = np.zeros(0, np.int64)
-_KERNEL = KERNEL
 
 
 def _kernel_from_env() -> str:
     name = os.environ.get("HOMELOC_HLL_KERNEL", "").strip().lower()
-    if not name:
-        return "compiled" if _KERNEL is not None else "numpy"
-    if name not in KERNELS:
-        default = "compiled" if _KERNEL is not None else "numpy"
+    default = "compiled" if KERNEL is not None else "numpy"
+    if name and name not in KERNELS:
         warnings.warn(f"HOMELOC_HLL_KERNEL={name!r} is not one of {', '.join(KERNELS)}; "
                       f"using {default}", stacklevel=2)
-        return default
-    return name
+    return name if name in KERNELS else default
 
 
 _CHOSEN = _kernel_from_env()
@@ -855,7 +851,7 @@ def use_kernel(name: str) -> Iterator[None]:
     global _CHOSEN
     if name not in KERNELS:
         raise HLLError(f"unknown hll kernel {name!r}: use one of {', '.join(KERNELS)}")
-    if name == "compiled" and _KERNEL is None:
+    if name == "compiled" and KERNEL is None:
         raise HLLError("the compiled hll kernel is not built (run `make setup`)")
     before, _CHOSEN = _CHOSEN, name
     try:
@@ -867,7 +863,7 @@ def use_kernel(name: str) -> Iterator[None]:
 def _compiled() -> bool:
     if _CHOSEN == "numpy":
         return False
-    if _KERNEL is None:
+    if KERNEL is None:
         raise HLLError("HOMELOC_HLL_KERNEL=compiled, but the compiled hll kernel is not "
                        "built (run `make setup`)")
     return True
@@ -926,7 +922,7 @@ def _estimate_compiled(
     reg_sum = np.empty(n_local, np.int64)
     zeros = np.empty(n_local, np.int64)
     if out is None:
-        _KERNEL.union_groups(*args, 0, n_local, *heads, reg_sum, zeros, _EMPTY_U8, _EMPTY_I64)
+        KERNEL.union_groups(*args, 0, n_local, *heads, reg_sum, zeros, _EMPTY_U8, _EMPTY_I64)
     elif n_local:
         per_group = 3 + (pr.nregs * pr.regwidth + 7) // 8  # FULL, the largest a union can be
         step = max(1, _OUT_BYTES // per_group)
@@ -934,7 +930,7 @@ def _estimate_compiled(
         offsets = np.empty(min(n_local, step) + 1, np.int64)
         for c0 in range(0, n_local, step):
             c1 = min(n_local, c0 + step)
-            used = _KERNEL.union_groups(*args, c0, c1, *heads, reg_sum, zeros, buf, offsets)
+            used = KERNEL.union_groups(*args, c0, c1, *heads, reg_sum, zeros, buf, offsets)
             out.put(selected[c0:c1], _binary(buf[:used].copy(), offsets[: c1 - c0 + 1].copy()))
     card[selected] = estimate_from_sums(pr, reg_sum * np.ldexp(1.0, -pr.max_register), zeros)
 

@@ -52,6 +52,7 @@ from homeloc_assets.inputs.plan import (
     fingerprint_fd,
     read_layout,
 )
+from homeloc_assets.native import load_extension
 
 __all__ = [
     "EXPORTED_REJECTS_SCHEMA",
@@ -146,32 +147,29 @@ def _scan_lines_numpy(buf: np.ndarray) -> tuple[np.ndarray, ...]:
     return starts, ends, raw_end, commas, flags
 
 
-def _load_scan():
-    try:
-        from homeloc_assets.inputs import _scan  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return _scan if getattr(_scan, "VERSION", None) == 2 else None
-
-
-_SCAN = _load_scan()
+#: the compiled line scan (``_scan.c``, interface version 2), None where not built
+_SCAN = load_extension("homeloc_assets.inputs._scan", 2)
 
 
 def _scan_lines(data: bytes) -> tuple[np.ndarray, ...]:
     """:func:`_scan_lines_numpy` of ``data`` in one compiled pass where ``_scan.c`` was built."""
     if _SCAN is None:
         return _scan_lines_numpy(np.frombuffer(data, np.uint8))
-    # room for lines of 32 bytes on average (the real data's are 70-90), counted if short
-    for cap in (len(data) // 32 + 16, None):
-        if cap is None:
-            cap = (data.count(b"\n") if isinstance(data, bytes | bytearray)
-                   else int(np.count_nonzero(np.frombuffer(data, np.uint8) == 10))) + 1
-        starts, ends, raw_end = (np.empty(cap, np.int64) for _ in range(3))
-        commas, flags = np.empty(cap, np.int32), np.empty(cap, np.uint8)
-        n = _SCAN.scan_lines(data, starts, ends, raw_end, commas, flags)
-        if n >= 0:
-            return starts[:n], ends[:n], raw_end[:n], commas[:n], flags[:n]
-    raise AssertionError("line scan: counted lines do not fit")  # pragma: no cover
+    # room for lines of 32 bytes on average (the real data's are 70-90); counted if short
+    lines = _scan_into(data, len(data) // 32 + 16)
+    if lines is None:
+        count = (data.count(b"\n") if isinstance(data, bytes | bytearray)
+                 else int(np.count_nonzero(np.frombuffer(data, np.uint8) == 10)))
+        lines = _scan_into(data, count + 1)
+    return lines
+
+
+def _scan_into(data: bytes, cap: int) -> tuple[np.ndarray, ...] | None:
+    """``_scan.scan_lines`` into arrays for ``cap`` lines; None when there are more."""
+    starts, ends, raw_end = (np.empty(cap, np.int64) for _ in range(3))
+    commas, flags = np.empty(cap, np.int32), np.empty(cap, np.uint8)
+    n = _SCAN.scan_lines(data, starts, ends, raw_end, commas, flags)
+    return None if n < 0 else (starts[:n], ends[:n], raw_end[:n], commas[:n], flags[:n])
 
 
 def _parse_float(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
