@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -187,24 +188,43 @@ def write_exports(
     return paths
 
 
+#: the columns :func:`class_counts` counts users by
+CLASS_COUNT_KEYS = ["country", "country_code", "classification"]
+
+
+def class_counts(classification_path: str | Path) -> pa.Table:
+    """Users per (home ``country``, ``country_code``, ``classification``): the keys and
+    ``users``, read batch by batch from the classification (never the table of all users).
+
+    The exports and three figures of a run count the same file: the counts are kept per
+    process for the file's current version (path, size, modification time).
+    """
+    path = Path(classification_path)
+    st = path.stat()
+    return _class_counts(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _class_counts(path: str, size: int, mtime_ns: int) -> pa.Table:
+    parts = []
+    for rb in pq.ParquetFile(path).iter_batches(batch_size=1_000_000, columns=CLASS_COUNT_KEYS):
+        t = pa.Table.from_batches([rb])
+        parts.append(t.group_by(CLASS_COUNT_KEYS).aggregate([([], "count_all")]))
+    if not parts:
+        return pa.table({k: pa.array([], pa.string()) for k in CLASS_COUNT_KEYS}
+                        | {"users": pa.array([], pa.int64())})
+    t = pa.concat_tables(parts).group_by(CLASS_COUNT_KEYS).aggregate([("count_all", "sum")])
+    return t.select([*CLASS_COUNT_KEYS, "count_all_sum"]).rename_columns([*CLASS_COUNT_KEYS, "users"])
+
+
 def home_countries(classification_path: str | Path) -> pa.Table:
     """Users per home country: Locals, Tourists (every tourist class), undetermined, and the
-    country's share of all users with a home; most users first, then by name.
-
-    Read batch by batch from the classification, so the table of all users is never held.
-    """
-    parts = []
-    for rb in pq.ParquetFile(classification_path).iter_batches(
-            batch_size=1_000_000, columns=["country", "country_code", "classification"]):
-        t = pa.Table.from_batches([rb])
-        parts.append(t.group_by(["country", "country_code", "classification"])
-                     .aggregate([([], "count_all")]))
-    if not parts:
+    country's share of all users with a home; most users first, then by name."""
+    t = class_counts(classification_path)
+    if not t.num_rows:
         return HOME_COUNTRIES_SCHEMA.empty_table()
-    t = pa.concat_tables(parts).group_by(["country", "country_code", "classification"]).aggregate(
-        [("count_all", "sum")])
     cls = t.column("classification")
-    n = t.column("count_all_sum")
+    n = t.column("users")
     zero = pa.scalar(0, pa.int64())
     by_class = {
         "locals": pc.if_else(pc.equal(cls, CLASS_LOCAL), n, zero),

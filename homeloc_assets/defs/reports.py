@@ -8,20 +8,19 @@ the asset's page in the UI without a click (metadata entry ``figure``, see
 ``user_classification`` does (eager automation) and can be materialised by hand.
 """
 
-import functools
 import os
 from pathlib import Path
 
 import dagster as dg
 import geopandas as gpd
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from homeloc_assets import plots
 from homeloc_assets.defs.classification import classification_path, publication_dir
 from homeloc_assets.defs.resources import HomelocConfig
+from homeloc_assets.exports import class_counts
 from homeloc_assets.figure_cache import cached_derived, cached_figure_files
 from homeloc_assets.inference import CLASS_LOCAL, CLASS_TOURIST, CLASS_UNDETERMINED
 from homeloc_assets.inference.rules import CLASS_DOMESTIC, CLASS_INTERNATIONAL
@@ -56,33 +55,16 @@ def figures_dir(config: HomelocConfig) -> Path:
 
 
 def home_counts(path: str | Path) -> pd.DataFrame:
-    """Users per (home ``country_code``, ``country``, ``classification``), read batch by batch.
-
-    Three figures of a run count the same file: the counts are kept per process for the
-    file's current version (path, size, modification time), a copy given to each caller.
-    """
+    """Users per (home ``country_code``, ``country``, ``classification``) as a DataFrame
+    (:func:`homeloc_assets.exports.class_counts`, counted once per process and file version)."""
     path = Path(path)
     if not path.exists():
         raise dg.Failure(f"user_classification is not materialized yet ({path})")
-    st = path.stat()
-    return _home_counts(str(path.resolve()), st.st_size, st.st_mtime_ns).copy()
-
-
-@functools.lru_cache(maxsize=2)
-def _home_counts(path: str, size: int, mtime_ns: int) -> pd.DataFrame:
-    parts = []
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(columns=["country_code", "country", "classification"],
-                                 batch_size=1_000_000):
-        t = pa.Table.from_batches([batch])
-        parts.append(
-            t.group_by(["country_code", "country", "classification"]).aggregate([([], "count_all")])
-            .to_pandas()
-        )
-    if not parts:
+    counts = class_counts(path)
+    if not counts.num_rows:
         return pd.DataFrame({"country_code": [], "country": [], "classification": [], "users": []})
-    df = pd.concat(parts, ignore_index=True).rename(columns={"count_all": "users"})
-    return df.groupby(["country_code", "country", "classification"], as_index=False)["users"].sum()
+    return counts.to_pandas().groupby(["country_code", "country", "classification"],
+                                      as_index=False)["users"].sum()
 
 
 def _top_table(df: pd.DataFrame, value: str, n: int = 10, fmt: str = "{:,}") -> str:
